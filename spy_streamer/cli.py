@@ -1,0 +1,88 @@
+"""Command line: parse, build the pieces from the config, dispatch. No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+
+from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
+from .heartbeat_monitor import heartbeat_path, read_heartbeat
+from .log_setup import configure_logging
+from .market_hours import HolidaySource, MarketCalendar
+from .polygon_rest import fetch_upcoming_holidays, make_rest_client
+from .status_report import CHECK_UNKNOWN, evaluate_health, heartbeat_lines, market_lines
+
+EX_CONFIG = 78
+
+
+def build_calendar(config: Config, api_key: str | None) -> MarketCalendar:
+    """The calendar with Polygon's holidays, or the plain weekly calendar when no key is available."""
+    if api_key is None:
+        return MarketCalendar(config.market_hours)
+    client = make_rest_client(api_key, config.polygon.rest_base_url)
+    holidays = HolidaySource(lambda: fetch_upcoming_holidays(client))
+    return MarketCalendar(config.market_hours, holidays.for_year)
+
+
+def _operator_calendar(config: Config) -> tuple[MarketCalendar, str | None]:
+    """For status and check: holidays when a key is set; a failed holiday fetch warns on stderr."""
+    api_key = os.environ.get(config.polygon.api_key_env, "").strip() or None
+    configure_logging(None, secrets=(api_key or "",), level=logging.WARNING)
+    return build_calendar(config, api_key), api_key
+
+
+def cmd_status(config: Config) -> int:
+    calendar, api_key = _operator_calendar(config)
+    now = datetime.now(timezone.utc)
+    lines = market_lines(calendar, now)
+    if api_key is None:
+        lines.append(f"(holidays not checked: {config.polygon.api_key_env} is not set)")
+    try:
+        lines += heartbeat_lines(*read_heartbeat(heartbeat_path(config), now))
+    except ValueError as exc:
+        lines.append(f"heartbeat: {exc}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_check(config: Config) -> int:
+    calendar, _ = _operator_calendar(config)
+    now = datetime.now(timezone.utc)
+    try:
+        heartbeat, age = read_heartbeat(heartbeat_path(config), now)
+    except ValueError as exc:
+        code, line = CHECK_UNKNOWN, f"UNKNOWN: {exc}"
+    else:
+        code, line = evaluate_health(heartbeat, age, calendar.is_market_open(now))
+    print(line)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spy-streamer",
+        description="Capture Polygon.io A.SPY per-second aggregates into Parquet during US market hours.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("status", "market state now (open/closed, next open and close) and the heartbeat summary"),
+        ("check", "health probe for monitors: exit 0 healthy or idle, 2 stalled or stale, 3 unknown"),
+    ):
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--config", metavar="PATH",
+                             help="config file (default: $SPY_STREAMER_CONFIG, else config/settings.yaml)")
+    return parser
+
+
+COMMANDS = {"status": cmd_status, "check": cmd_check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(resolve_config_path(args.config))
+        return COMMANDS[args.command](config)
+    except ConfigError as exc:
+        print(f"spy-streamer: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG

@@ -1,0 +1,235 @@
+"""The heartbeat: proof of progress in `<heartbeat_dir>/polygon.json`, and the stall alert.
+
+`record_message()` is the only call on the reader's hot path: a counter and a monotonic time, no I/O,
+no logging. Everything else runs on the heartbeat thread (or the runner at transitions).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from .clock import SystemClock
+from .config import Config
+from .market_hours import MarketCalendar
+from .pipeline_stats import ReaderStats, WriterStats
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_FILE_NAME = "polygon.json"
+MAX_CHECK_TICK_SECONDS = 1.0
+
+
+def heartbeat_path(config: Config) -> Path:
+    return config.paths.heartbeat_dir / HEARTBEAT_FILE_NAME
+
+
+def read_heartbeat(path: Path, now: datetime) -> tuple[dict[str, Any] | None, float | None]:
+    """The heartbeat and its age in seconds; (None, None) when there is none. ValueError when unreadable."""
+    try:
+        heartbeat = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"heartbeat {path} is unreadable: {exc}") from None
+    try:
+        updated_at = datetime.fromisoformat(heartbeat["updated_at"])
+    except (TypeError, KeyError, ValueError):
+        raise ValueError(f"heartbeat {path} has no valid updated_at") from None
+    return heartbeat, (now - updated_at).total_seconds()
+
+
+def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Temp file in the same folder, fsync, rename, fsync the folder: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _iso(instant: datetime | None) -> str | None:
+    return None if instant is None else instant.isoformat(timespec="milliseconds")
+
+
+class HeartbeatMonitor:
+    def __init__(self, path: Path, calendar: MarketCalendar, *, interval_seconds: float,
+                 alert_threshold_seconds: float, subscriptions: tuple[str, ...],
+                 reader: ReaderStats, writer: WriterStats,
+                 queue_depth: Callable[[], int] = lambda: 0,
+                 on_stall: Callable[[], None] = lambda: None, clock=None):
+        self.path = path
+        self.calendar = calendar
+        self.interval_seconds = interval_seconds
+        self.alert_threshold_seconds = alert_threshold_seconds
+        self.subscriptions = subscriptions
+        self.reader = reader
+        self.writer = writer
+        self.queue_depth = queue_depth
+        self.on_stall = on_stall
+        self.clock = clock or SystemClock()
+        self.started_at = self.clock.now()
+        self.messages_total = 0
+        self._last_message_mono: float | None = None
+        self._messages_at_last_beat = 0
+        self._session_started_mono: float | None = None
+        self._stalled_since_mono: float | None = None
+        self._write_failing = False
+        # The heartbeat thread and the runner (at open, close and stop) both write the file.
+        self._write_lock = threading.Lock()
+
+    # --- hot path (reader thread) ---
+
+    def record_message(self) -> None:
+        self.messages_total += 1
+        self._last_message_mono = self.clock.monotonic()
+
+    # --- transitions (runner) ---
+
+    def session_started(self) -> None:
+        self._session_started_mono = self.clock.monotonic()
+        self._stalled_since_mono = None
+
+    def session_ended(self) -> None:
+        self._session_started_mono = None
+        self._stalled_since_mono = None
+
+    # --- heartbeat thread ---
+
+    def run(self, stop: threading.Event) -> None:
+        """Beat at start and every interval; check for a stall at least once a second."""
+        self.send_heartbeat()
+        tick = min(MAX_CHECK_TICK_SECONDS, self.interval_seconds, self.alert_threshold_seconds / 4)
+        next_beat = self.clock.monotonic() + self.interval_seconds
+        while not stop.wait(tick):
+            self.check_stalled_stream()
+            if self.clock.monotonic() >= next_beat:
+                self.send_heartbeat()
+                next_beat += self.interval_seconds
+
+    def silence_seconds(self) -> float | None:
+        """Seconds since the last message of this session (or since it started); None outside a session."""
+        if self._session_started_mono is None:
+            return None
+        reference = self._session_started_mono
+        if self._last_message_mono is not None and self._last_message_mono > reference:
+            reference = self._last_message_mono
+        return self.clock.monotonic() - reference
+
+    def check_stalled_stream(self) -> bool:
+        """Alert once when the open market has been silent too long; log once when messages resume."""
+        silence = self.silence_seconds()
+        if silence is None or not self.calendar.is_market_open(self.clock.now()):
+            self._stalled_since_mono = None
+            return False
+        if self._stalled_since_mono is not None:
+            if silence < self.clock.monotonic() - self._stalled_since_mono:
+                self._recovered()
+            return self._stalled_since_mono is not None
+        if silence > self.alert_threshold_seconds:
+            self._stalled(silence)
+            return True
+        return False
+
+    def _stalled(self, silence: float) -> None:
+        self._stalled_since_mono = self.clock.monotonic()
+        log.error("no message for %.0f s while the market is open", silence,
+                  extra={"event": "stream_stalled", "silence_seconds": round(silence, 1)})
+        self.send_heartbeat()
+        self.on_stall()
+
+    def _recovered(self) -> None:
+        stalled_for = self.clock.monotonic() - self._stalled_since_mono
+        self._stalled_since_mono = None
+        log.info("messages are arriving again", extra={"event": "stream_recovered",
+                                                       "stalled_seconds": round(stalled_for, 1)})
+        self.send_heartbeat()
+
+    def status(self) -> str:
+        if self._session_started_mono is None:
+            return "market_closed"
+        if self._stalled_since_mono is not None:
+            return "stalled"
+        return self.reader.state if self.reader.state != "idle" else "connecting"
+
+    def snapshot(self, status: str | None = None) -> dict[str, Any]:
+        now = self.clock.now()
+        session = self.calendar.current_or_next_session(now)
+        market_open = session.open <= now
+        next_open = self.calendar.current_or_next_session(session.close).open if market_open else session.open
+        last_message_at = None
+        if self._last_message_mono is not None:
+            last_message_at = now - timedelta(seconds=self.clock.monotonic() - self._last_message_mono)
+        return {
+            "source": "polygon",
+            "pid": os.getpid(),
+            "status": status or self.status(),
+            "connected": self.reader.connected,
+            "subscriptions": list(self.subscriptions),
+            "started_at": _iso(self.started_at),
+            "updated_at": _iso(now),
+            "last_message_at": _iso(last_message_at),
+            "messages_total": self.messages_total,
+            "messages_since_last_heartbeat": self.messages_total - self._messages_at_last_beat,
+            "rows_written": self.writer.rows_written,
+            "batches_written": self.writer.batches_written,
+            "rows_pending": self.writer.rows_pending,
+            "last_flush_at": _iso(self.writer.last_flush_at),
+            "rejected_late": self.writer.rejected_late,
+            "rejected_invalid": self.writer.rejected_invalid,
+            "duplicates": self.writer.duplicates,
+            "outside_session": self.writer.outside_session,
+            "write_errors": self.writer.write_errors,
+            "last_write_error": self.writer.last_write_error,
+            "dropped_queue_full": self.reader.dropped_queue_full,
+            "reconnects": self.reader.reconnects,
+            "last_disconnect_reason": self.reader.last_disconnect_reason,
+            "queue_depth": self.queue_depth(),
+            "memory_rss_bytes": psutil.Process().memory_info().rss,
+            "market_open": market_open,
+            "next_open": _iso(next_open),
+            "next_close": _iso(session.close),
+            "heartbeat_interval_seconds": self.interval_seconds,
+        }
+
+    def _write(self, heartbeat: dict[str, Any]) -> None:
+        try:
+            write_json_atomically(self.path, heartbeat)
+        except OSError as exc:
+            if not self._write_failing:  # one line per failure streak, not one per beat
+                log.error("cannot write heartbeat %s: %s", self.path, exc.strerror or exc,
+                          extra={"event": "heartbeat_write_failed"})
+            self._write_failing = True
+        else:
+            self._write_failing = False
+
+    def send_heartbeat(self, status: str | None = None) -> dict[str, Any]:
+        """Write the heartbeat file and one summary log line; a failed write is logged, never raised."""
+        with self._write_lock:
+            heartbeat = self.snapshot(status)
+            self._messages_at_last_beat = self.messages_total
+            self._write(heartbeat)
+        log.info("heartbeat", extra={"event": "heartbeat", **{key: heartbeat[key] for key in SUMMARY_FIELDS}})
+        return heartbeat
+
+
+SUMMARY_FIELDS = ("status", "connected", "messages_since_last_heartbeat", "rows_written", "rows_pending",
+                  "rejected_late", "rejected_invalid", "duplicates", "dropped_queue_full", "reconnects",
+                  "queue_depth", "memory_rss_bytes")

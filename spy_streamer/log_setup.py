@@ -1,0 +1,71 @@
+"""One place that sets up logging: JSON lines with timestamp, level, logger, event and message.
+
+Records carry a stable `event` name (`extra={"event": ...}`) so operators can grep and count them.
+The file handler reopens its file when logrotate moves it away, and third-party loggers are held at
+WARNING so WebSocket frames and the auth message can never reach the log.
+"""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from pythonjsonlogger.json import JsonFormatter
+
+# Loggers of the libraries we drive. polygon-api-client names its loggers after its classes and gives
+# them their own stdout handlers, which would bypass our format.
+THIRD_PARTY_LOGGERS = ("websockets", "urllib3", "asyncio", "polygon", "WebSocketClient", "RESTClient")
+REDACTED = "***"
+
+
+class _DefaultEvent(logging.Filter):
+    """Records from code that does not name an event (libraries) still get an `event` field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "event"):
+            record.event = "log"
+        return True
+
+
+class _RedactingJsonFormatter(JsonFormatter):
+    """Masks the API key wherever it would appear in a line, whatever put it there."""
+
+    def __init__(self, secrets: tuple[str, ...]):
+        super().__init__(
+            "{levelname}{name}{event}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp=True,
+        )
+        self._secrets = tuple(secret for secret in secrets if secret)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for secret in self._secrets:
+            line = line.replace(secret, REDACTED)
+        return line
+
+
+def configure_logging(log_file: Path | None, secrets: tuple[str, ...] = (), level: int = logging.INFO) -> None:
+    if log_file is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        # WatchedFileHandler notices when logrotate moved the file and reopens the path.
+        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(_RedactingJsonFormatter(secrets))
+    handler.addFilter(_DefaultEvent())
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+
+    for name in THIRD_PARTY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        library_logger.setLevel(logging.WARNING)
+        for old in list(library_logger.handlers):
+            library_logger.removeHandler(old)

@@ -1,0 +1,33 @@
+"""Counters the reader and the writer keep for the heartbeat.
+
+Each field has exactly one writing thread (the reader's or the writer's); the heartbeat thread only
+reads them, so plain attributes are enough under the GIL and the hot path takes no lock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass
+class ReaderStats:
+    state: str = "idle"                      # connecting | streaming | reconnecting | idle
+    connected: bool = False
+    reconnects: int = 0
+    last_disconnect_reason: str | None = None
+    dropped_queue_full: int = 0              # frames dropped because the writer fell behind
+
+
+@dataclass
+class WriterStats:
+    events_received: int = 0
+    rows_written: int = 0
+    batches_written: int = 0
+    rows_pending: int = 0
+    rejected_late: int = 0                   # bar started before the current trading day
+    rejected_invalid: int = 0                # not JSON, missing or wrongly typed fields
+    duplicates: int = 0                      # a (symbol, start) already stored today
+    outside_session: int = 0                 # pre-market / after-hours bars, not stored
+    write_errors: int = 0
+    last_write_error: str | None = None
+    last_flush_at: datetime | None = None

@@ -1,0 +1,72 @@
+"""Shared test helpers: config files built around tmp_path, an injectable clock, New York instants."""
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+NY = ZoneInfo("America/New_York")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_API_KEY = "test-key-0123456789abcdef"
+
+
+def ny(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=NY)
+
+
+class FakeClock:
+    """Wall clock and monotonic clock that move only when a test says so."""
+
+    def __init__(self, start: datetime):
+        self._now = start.astimezone(timezone.utc)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def time_ns(self) -> int:
+        return int(self._now.timestamp() * 1_000_000_000)
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+        self._mono += seconds
+
+
+def settings(tmp_path: Path, **sections) -> dict:
+    """The default settings with output under tmp_path, deep-merged with `sections`."""
+    base = yaml.safe_load((REPO_ROOT / "config" / "settings.yaml").read_text())
+    base["paths"] = {
+        "data_dir": str(tmp_path / "data"),
+        "heartbeat_dir": str(tmp_path / "heartbeat"),
+        "log_file": str(tmp_path / "log" / "spy_streamer.log"),
+    }
+    return _merge(base, sections)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_settings(tmp_path: Path, document: dict, name: str = "settings.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """Factory: config_file(**sections) -> path of a settings file under tmp_path."""
+    return lambda **sections: write_settings(tmp_path, settings(tmp_path, **sections))
