@@ -12,9 +12,8 @@ from .heartbeat_monitor import heartbeat_path, read_heartbeat
 from .log_setup import configure_logging
 from .market_hours import HolidaySource, MarketCalendar
 from .polygon_rest import fetch_upcoming_holidays, make_rest_client
+from .streaming_runner import EX_CONFIG, StreamingRunner
 from .status_report import CHECK_UNKNOWN, evaluate_health, heartbeat_lines, market_lines
-
-EX_CONFIG = 78
 
 
 def build_calendar(config: Config, api_key: str | None) -> MarketCalendar:
@@ -47,6 +46,12 @@ def cmd_status(config: Config) -> int:
     return 0
 
 
+def cmd_run(config: Config) -> int:
+    api_key = require_api_key(config)
+    configure_logging(config.paths.log_file, secrets=(api_key,))
+    return StreamingRunner(config, build_calendar(config, api_key), api_key).run()
+
+
 def cmd_check(config: Config) -> int:
     calendar, _ = _operator_calendar(config)
     now = datetime.now(timezone.utc)
@@ -66,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Capture Polygon.io A.SPY per-second aggregates into Parquet during US market hours.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in (
+        ("run", "the daemon: stream during market hours, sleep (no connection) outside them"),
         ("status", "market state now (open/closed, next open and close) and the heartbeat summary"),
         ("check", "health probe for monitors: exit 0 healthy or idle, 2 stalled or stale, 3 unknown"),
     ):
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"status": cmd_status, "check": cmd_check}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:

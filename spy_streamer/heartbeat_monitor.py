@@ -17,6 +17,7 @@ import psutil
 
 from .clock import SystemClock
 from .config import Config
+from .durable_files import write_json_atomically
 from .market_hours import MarketCalendar
 from .pipeline_stats import ReaderStats, WriterStats
 
@@ -43,26 +44,6 @@ def read_heartbeat(path: Path, now: datetime) -> tuple[dict[str, Any] | None, fl
     except (TypeError, KeyError, ValueError):
         raise ValueError(f"heartbeat {path} has no valid updated_at") from None
     return heartbeat, (now - updated_at).total_seconds()
-
-
-def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _iso(instant: datetime | None) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time as monotonic_time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -92,8 +93,14 @@ class HolidaySource:
         self._monotonic = monotonic
         self._failed_at: dict[int, float] = {}
         self._cached_year = functools.lru_cache(maxsize=4)(self._load_year)
+        # Several threads ask the calendar; lru_cache alone would let them fetch the same year at once.
+        self._lock = threading.Lock()
 
     def for_year(self, year: int) -> dict[date, SpecialDay]:
+        with self._lock:
+            return self._for_year_locked(year)
+
+    def _for_year_locked(self, year: int) -> dict[date, SpecialDay]:
         failed_at = self._failed_at.get(year)
         if failed_at is not None and self._monotonic() - failed_at < self._retry_seconds:
             return {}

@@ -1,0 +1,233 @@
+"""The reader: polygon-api-client's WebSocketClient in its own event loop, feeding the bounded queue.
+
+The message callback only counts and enqueues the raw frame (`raw=True`: no per-event objects), because
+Polygon disconnects consumers that fall behind. Every end of a connection (the library's `connect()`
+simply returns on a clean close) leads to a reconnect with exponential backoff and jitter until the
+session is over; a rejected key is fatal.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import random
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+from polygon import WebSocketClient
+from polygon.exceptions import AuthError
+from websockets.exceptions import ConnectionClosed
+
+from .config import PolygonConfig
+from .heartbeat_monitor import HeartbeatMonitor
+from .market_hours import MarketCalendar
+from .pipeline_stats import ReaderStats
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
+class AuthRejected(Exception):
+    """Polygon refused the API key: retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_seconds: float = 1.0
+    max_seconds: float = 60.0
+    healthy_after_seconds: float = 30.0          # a connection this old resets the backoff
+    max_connections_seconds: float = 60.0        # another client holds the key: do not fight it
+
+    def delays(self) -> Iterator[float]:
+        """Exponential delays with full jitter in [delay/2, delay]."""
+        delay = self.initial_seconds
+        while True:
+            yield random.uniform(delay / 2, delay)
+            delay = min(delay * 2, self.max_seconds)
+
+
+class PolygonStream:
+    def __init__(self, polygon: PolygonConfig, api_key: str, calendar: MarketCalendar,
+                 monitor: HeartbeatMonitor, stats: ReaderStats, frames: queue.Queue, clock,
+                 backoff: Backoff = Backoff()):
+        self.polygon = polygon
+        self.api_key = api_key
+        self.calendar = calendar
+        self.monitor = monitor
+        self.stats = stats
+        self.frames = frames
+        self.clock = clock
+        self.backoff = backoff
+        self._stop_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._client: WebSocketClient | None = None
+        self._max_connections_seen = False
+        self._dropping = False
+
+    # --- called from other threads ---
+
+    def request_stop(self) -> None:
+        """Thread-safe: close the connection and end stream_realtime() promptly."""
+        self._stop_requested = True
+        self._call_in_loop(lambda: self._stop_event.set())
+
+    def force_reconnect(self) -> None:
+        """Thread-safe: drop the current connection (e.g. silent for too long); the loop reconnects."""
+        self._call_in_loop(lambda: asyncio.ensure_future(self._close_client()))
+
+    def _call_in_loop(self, callback) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop has already finished
+            pass
+
+    # --- the reader thread ---
+
+    def stream_realtime(self, until: datetime) -> None:
+        """Stream until request_stop(); after `until` a lost connection is not reopened.
+
+        Refuses to connect at all while the market is closed. Raises AuthRejected on a bad key.
+        """
+        if not self.calendar.is_market_open(self.clock.now()):
+            log.warning("market is closed; not connecting", extra={"event": "connect_refused_closed"})
+            return
+        asyncio.run(self._stream(until))
+
+    async def _stream(self, until: datetime) -> None:
+        self._stop_event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        delays = self.backoff.delays()
+        while not self._stop_requested:
+            started = self.clock.monotonic()
+            reason = await self._one_connection()
+            self._mark_disconnected()
+            if self._stop_requested:
+                return
+            if self.clock.now() >= until:
+                log.info("session is over; not reconnecting", extra={"event": "reconnect_skipped_closed"})
+                return
+            if self.clock.monotonic() - started >= self.backoff.healthy_after_seconds:
+                delays = self.backoff.delays()
+            wait = next(delays)
+            if self._max_connections_seen:
+                wait = max(wait, self.backoff.max_connections_seconds)
+                self._max_connections_seen = False
+            self.stats.reconnects += 1
+            self.stats.last_disconnect_reason = reason
+            self.stats.state = "reconnecting"
+            log.warning("disconnected: %s; reconnecting in %.1f s", reason, wait,
+                        extra={"event": "disconnected", "reason": reason, "retry_in_seconds": round(wait, 2)})
+            await self._sleep_unless_stopped(wait)
+
+    async def _one_connection(self) -> str:
+        """Run one WebSocketClient.connect() to its end; the reason it ended, for the log and heartbeat."""
+        self.stats.state = "connecting"
+        self._client = WebSocketClient(
+            api_key=self.api_key, feed=self.polygon.ws_feed, market="stocks", raw=True,
+            subscriptions=list(self.polygon.subscriptions), secure=self.polygon.ws_secure,
+            max_reconnects=0,  # every reconnect goes through our loop, with our backoff
+        )
+        connection = asyncio.ensure_future(
+            self._client.connect(self._on_frame, reconnect_delays=self._handshake_delays))
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        await asyncio.wait({connection, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not connection.done():
+            await self._close_client()
+            await asyncio.wait({connection}, timeout=CLOSE_TIMEOUT_SECONDS)
+            connection.cancel()
+        stop.cancel()
+        return self._ending_reason(connection)
+
+    def _ending_reason(self, connection: asyncio.Future) -> str:
+        if connection.cancelled():
+            return "stopped"
+        exc = connection.exception()
+        if exc is None:
+            return "closed by the server"
+        if isinstance(exc, AuthError):
+            log.error("Polygon rejected the API key: %s", exc, extra={"event": "auth_failed"})
+            raise AuthRejected(str(exc))
+        if isinstance(exc, ConnectionClosed):
+            code = exc.rcvd.code if exc.rcvd is not None else 1006
+            return f"connection closed with code {code}"
+        return f"{type(exc).__name__}"
+
+    def _handshake_delays(self) -> Iterator[float]:
+        """Backoff for failed handshakes (refused, HTTP error), which the library retries itself."""
+        for delay in self.backoff.delays():
+            self.stats.state = "reconnecting"
+            self.stats.reconnects += 1
+            self.stats.last_disconnect_reason = "connection failed"
+            yield delay
+
+    async def _close_client(self) -> None:
+        client = self._client
+        if client is not None and client.websocket is not None:
+            try:
+                await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_SECONDS)
+            except Exception:  # the connection is going away either way
+                pass
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _mark_disconnected(self) -> None:
+        self.stats.connected = False
+        self._client = None
+
+    # --- hot path: runs in the event loop for every frame ---
+
+    async def _on_frame(self, frame: str) -> None:
+        self.monitor.record_message()
+        # Data frames never contain the word "status"; only Polygon's control messages do.
+        if "status" in frame and self._handle_status(frame):
+            return
+        if not self.stats.connected:
+            self._mark_streaming()
+        try:
+            self.frames.put_nowait((self.clock.time_ns(), frame))
+        except queue.Full:
+            self._count_drop()
+        else:
+            self._dropping = False
+
+    def _count_drop(self) -> None:
+        self.stats.dropped_queue_full += 1
+        if not self._dropping:  # one alert per overflow streak, never one per frame
+            log.error("queue full: the writer is behind, dropping frames", extra={"event": "queue_overflow"})
+            self._dropping = True
+
+    def _handle_status(self, frame: str) -> bool:
+        """Act on Polygon status messages; False when the frame is not one (the writer counts it)."""
+        try:
+            messages = json.loads(frame)
+            statuses = [(m["status"], m.get("message", "")) for m in messages if m.get("ev") == "status"]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return False
+        if not statuses or len(statuses) != len(messages):
+            return False
+        for status, message in statuses:
+            if status == "success" and not self.stats.connected:
+                self._mark_streaming()
+            elif status == "max_connections":
+                self._max_connections_seen = True
+                log.error("Polygon refused the connection: %s", message,
+                          extra={"event": "max_connections", "reason": "max_connections"})
+        return True
+
+    def _mark_streaming(self) -> None:
+        self.stats.connected = True
+        self.stats.state = "streaming"
+        log.info("connected to %s, subscribed to %s", self.polygon.ws_feed, ",".join(self.polygon.subscriptions),
+                 extra={"event": "connected"})

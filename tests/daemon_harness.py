@@ -1,0 +1,112 @@
+"""Running the real daemon as a user would: a config window around now, scripts/run_streamer.sh as a
+subprocess against the fake Polygon, then the Parquet, heartbeat and log read back."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pyarrow.dataset as ds
+
+from conftest import REPO_ROOT, TEST_API_KEY, settings, write_settings
+
+ALL_DAYS = [0, 1, 2, 3, 4, 5, 6]
+
+
+def midday_zone(now: datetime) -> ZoneInfo:
+    """A fixed-offset zone where it is about noon now, so a window around now never crosses midnight."""
+    offset = now.astimezone(timezone.utc).hour - 12  # Etc/GMT+N is N hours *behind* UTC
+    return ZoneInfo("Etc/GMT" if offset == 0 else f"Etc/GMT{offset:+d}")
+
+
+def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) -> dict:
+    """Settings pointing at the fake, with a session open now (or opening in two hours), every day."""
+    now = datetime.now(timezone.utc)
+    zone = midday_zone(now)
+    local = now.astimezone(zone)
+    start, end = (local - timedelta(minutes=10), local + timedelta(hours=1)) if open_now else \
+        (local + timedelta(hours=2), local + timedelta(hours=3))
+    base = settings(
+        tmp_path,
+        polygon={"ws_feed": fake.ws_feed, "ws_secure": False, "rest_base_url": fake.rest_base_url},
+        streaming={
+            "market_hours": {"timezone": zone.key, "active_days": ALL_DAYS,
+                             "start_time": f"{start:%H:%M}", "end_time": f"{end:%H:%M}"},
+            "monitoring": {"heartbeat_interval_seconds": 0.5, "alert_threshold_seconds": 30},
+            "batching": {"write_interval_seconds": 0.3},
+        },
+    )
+    from conftest import _merge
+    return _merge(base, sections)
+
+
+class Daemon:
+    """scripts/run_streamer.sh as a subprocess, with the test key in its environment."""
+
+    def __init__(self, config_path: Path, api_key: str = TEST_API_KEY):
+        env = dict(os.environ, POLYGON_API_KEY=api_key, PYTHONUNBUFFERED="1")
+        env.pop("SPY_STREAMER_CONFIG", None)
+        self.config_path = config_path
+        self.process = subprocess.Popen(
+            ["bash", str(REPO_ROOT / "scripts" / "run_streamer.sh"), "--config", str(config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
+        """Send `sig`; (exit code, seconds it took to exit)."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def output(self) -> tuple[str, str]:
+        return self.process.communicate(timeout=5)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+def wait_for(predicate, timeout: float = 10, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def log_events(log_file: Path) -> list[dict]:
+    if not log_file.exists():
+        return []
+    return [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+
+
+def events_named(log_file: Path, name: str) -> list[dict]:
+    return [entry for entry in log_events(log_file) if entry.get("event") == name]
+
+
+def read_heartbeat(heartbeat_dir: Path) -> dict | None:
+    try:
+        return json.loads((heartbeat_dir / "polygon.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def stored_rows(data_dir: Path) -> list[dict]:
+    if not (data_dir / "A").exists():
+        return []
+    return ds.dataset(data_dir / "A", format="parquet", partitioning="hive").to_table().to_pylist()
+
+
+def stored_keys(data_dir: Path) -> list[tuple[str, int]]:
+    return [(row["symbol"], int(row["start"].timestamp() * 1000)) for row in stored_rows(data_dir)]
