@@ -15,7 +15,10 @@ from pythonjsonlogger.json import JsonFormatter
 
 # Loggers of the libraries we drive. polygon-api-client names its loggers after its classes and gives
 # them their own stdout handlers, which would bypass our format.
-THIRD_PARTY_LOGGERS = ("websockets", "urllib3", "asyncio", "polygon", "WebSocketClient", "RESTClient")
+# urllib3 is held at ERROR: it warns once per retry, and the failed request is reported by our own line.
+THIRD_PARTY_LEVELS = {"websockets": logging.WARNING, "asyncio": logging.WARNING, "polygon": logging.WARNING,
+                      "WebSocketClient": logging.WARNING, "RESTClient": logging.WARNING,
+                      "urllib3": logging.ERROR}
 REDACTED = "***"
 
 
@@ -64,8 +67,8 @@ def configure_logging(log_file: Path | None, secrets: tuple[str, ...] = (), leve
     root.addHandler(handler)
     root.setLevel(level)
 
-    for name in THIRD_PARTY_LOGGERS:
+    for name, library_level in THIRD_PARTY_LEVELS.items():
         library_logger = logging.getLogger(name)
-        library_logger.setLevel(logging.WARNING)
+        library_logger.setLevel(library_level)
         for old in list(library_logger.handlers):
             library_logger.removeHandler(old)

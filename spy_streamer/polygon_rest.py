@@ -11,7 +11,7 @@ from typing import Any
 import urllib3
 from polygon import RESTClient
 
-REST_TIMEOUT_SECONDS = 10.0
+REST_TIMEOUT_SECONDS = 5.0
 REST_RETRIES = 2
 
 

@@ -47,14 +47,14 @@ def settings(tmp_path: Path, **sections) -> dict:
         "heartbeat_dir": str(tmp_path / "heartbeat"),
         "log_file": str(tmp_path / "log" / "spy_streamer.log"),
     }
-    return _merge(base, sections)
+    return merge_settings(base, sections)
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_settings(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = value
     return merged

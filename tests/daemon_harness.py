@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow.dataset as ds
 
-from conftest import REPO_ROOT, TEST_API_KEY, settings, write_settings
+from conftest import REPO_ROOT, TEST_API_KEY, merge_settings, settings
 
 ALL_DAYS = [0, 1, 2, 3, 4, 5, 6]
 
@@ -42,7 +42,7 @@ def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) 
         },
     )
     from conftest import _merge
-    return _merge(base, sections)
+    return merge_settings(base, sections)
 
 
 class Daemon:

@@ -1,0 +1,85 @@
+"""`spy-streamer status` and `check` as a user runs them, against the loopback fake Polygon."""
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import REPO_ROOT, TEST_API_KEY, write_settings
+from daemon_harness import midday_zone, window_settings
+from fake_polygon import FakePolygon, holiday_rows
+
+
+def run_command(command, config_path, api_key=TEST_API_KEY):
+    env = {k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "SPY_STREAMER_CONFIG")}
+    if api_key:
+        env["POLYGON_API_KEY"] = api_key
+    return subprocess.run([sys.executable, "-m", "spy_streamer", command, "--config", str(config_path)],
+                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
+
+
+def iso_z(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+@pytest.fixture
+def fake():
+    with FakePolygon(api_key=TEST_API_KEY) as server:
+        yield server
+
+
+def local_today():
+    return datetime.now(timezone.utc).astimezone(midday_zone(datetime.now(timezone.utc))).date()
+
+
+def test_status_in_open_window(tmp_path, fake):
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)))
+    assert result.returncode == 0, result.stderr
+    assert "market: OPEN" in result.stdout
+    assert "next close:" in result.stdout and "heartbeat: none yet" in result.stdout
+
+
+def test_status_on_a_holiday_names_it(tmp_path, fake):
+    fake.holidays = holiday_rows(local_today().isoformat(), "Founders Day")
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)))
+    assert result.returncode == 0, result.stderr
+    assert "market: CLOSED (holiday: Founders Day)" in result.stdout
+    assert "next open:" in result.stdout
+
+
+def test_status_after_an_early_close(tmp_path, fake):
+    now = datetime.now(timezone.utc)
+    fake.holidays = holiday_rows(local_today().isoformat(), "Half Day", "early-close",
+                                 iso_z(now - timedelta(minutes=10)), iso_z(now - timedelta(minutes=1)))
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)))
+    assert "market: CLOSED (early close (Half Day) at" in result.stdout, result.stdout + result.stderr
+
+
+def test_status_before_an_early_close(tmp_path, fake):
+    now = datetime.now(timezone.utc)
+    fake.holidays = holiday_rows(local_today().isoformat(), "Half Day", "early-close",
+                                 iso_z(now - timedelta(minutes=10)), iso_z(now + timedelta(minutes=5)))
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)))
+    assert "market: OPEN (early close today: Half Day)" in result.stdout, result.stdout + result.stderr
+    assert "(in 4 min)" in result.stdout or "(in 5 min)" in result.stdout
+
+
+def test_status_with_rest_down_still_answers(tmp_path, fake):
+    fake.set_rest_failure("/v1/marketstatus/upcoming", "500")
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)))
+    assert result.returncode == 0 and "market: OPEN" in result.stdout
+    assert "holidays_unavailable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_without_key_says_holidays_unchecked(tmp_path, fake):
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)), api_key=None)
+    assert result.returncode == 0
+    assert "holidays not checked: POLYGON_API_KEY is not set" in result.stdout
+    assert fake.request_count("/") == 0
+
+
+def test_check_without_heartbeat_is_unknown(tmp_path, fake):
+    result = run_command("check", write_settings(tmp_path, window_settings(tmp_path, fake)))
+    assert result.returncode == 3
+    assert result.stdout.startswith("UNKNOWN") and len(result.stdout.splitlines()) == 1
