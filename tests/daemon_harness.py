@@ -41,7 +41,6 @@ def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) 
             "batching": {"write_interval_seconds": 0.3},
         },
     )
-    from conftest import _merge
     return merge_settings(base, sections)
 
 

@@ -1,0 +1,198 @@
+"""The task's six scenarios, run as a user would: scripts/run_streamer.sh as a subprocess against the fake
+Polygon on 127.0.0.1, then SIGTERM, and the Parquet, the heartbeat and the log read back."""
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import TEST_API_KEY, write_settings
+from daemon_harness import (Daemon, events_named, log_events, midday_zone, read_heartbeat, stored_keys,
+                            stored_rows, wait_for, window_settings)
+from fake_polygon import FakePolygon, holiday_rows, session_timeline
+from test_status_command import iso_z, run_command
+
+
+@pytest.fixture
+def fake():
+    with FakePolygon(api_key=TEST_API_KEY) as server:
+        yield server
+
+
+class Run:
+    """One daemon run in tmp_path: its config, its output folders, the process."""
+
+    def __init__(self, tmp_path, fake, **settings_kwargs):
+        self.tmp_path = tmp_path
+        self.config_path = write_settings(tmp_path, window_settings(tmp_path, fake, **settings_kwargs))
+        self.log_file = tmp_path / "log" / "spy_streamer.log"
+        self.data_dir = tmp_path / "data"
+        self.heartbeat_dir = tmp_path / "heartbeat"
+        self.daemon = Daemon(self.config_path)
+
+    def heartbeat(self) -> dict | None:
+        return read_heartbeat(self.heartbeat_dir)
+
+    def events(self, name: str) -> list[dict]:
+        return events_named(self.log_file, name)
+
+
+@pytest.fixture
+def start(tmp_path, fake):
+    runs = []
+
+    def starter(**settings_kwargs) -> Run:
+        run = Run(tmp_path, fake, **settings_kwargs)
+        runs.append(run)
+        return run
+
+    yield starter
+    for run in runs:
+        run.daemon.kill()
+
+
+def recent_start_ms(seconds_ago: int = 120) -> int:
+    """Bars that started within today's open window (which began ten minutes ago)."""
+    return (int(time.time()) - seconds_ago) * 1000
+
+
+# 1. Started outside market hours: refuses, no connection; SIGTERM -> exit 0.
+def test_outside_market_hours_opens_no_connection(start, fake):
+    run = start(open_now=False)
+    wait_for(lambda: run.events("market_closed"), timeout=15, what="market_closed log line")
+    time.sleep(1.0)
+    assert fake.connections_total == 0
+    (closed,) = run.events("market_closed")
+    assert "next_open" in closed
+    assert run.heartbeat()["status"] == "market_closed"
+    code, seconds = run.daemon.stop()
+    assert code == 0 and seconds < 3
+    assert run.heartbeat()["status"] == "stopped"
+    assert fake.connections_total == 0
+
+
+# 2. Started in market hours: connects, subscribes A.SPY, every row sent is stored once.
+def test_in_market_hours_stores_every_row_once(start, fake):
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    assert fake.subscriptions == ["A.SPY"]
+    timeline = session_timeline(recent_start_ms(300), 3000)
+    fake.push(timeline[:1000], frame_size=1)        # Polygon's usual one bar per frame
+    fake.push(timeline[1000:], frame_size=200)
+    fake.push(timeline[:50], frame_size=10)         # Polygon sometimes repeats bars
+    wait_for(lambda: (run.heartbeat() or {}).get("rows_written") == 3000, timeout=10, what="3000 rows")
+    code, seconds = run.daemon.stop()
+    assert code == 0 and seconds < 3
+    rows = stored_rows(run.data_dir)
+    assert len(rows) == 3000
+    assert sorted(stored_keys(run.data_dir)) == [("SPY", event["s"]) for event in timeline]
+    first = min(rows, key=lambda row: row["start"])
+    assert (first["open"], first["close"], first["volume"], first["source"]) == \
+        (timeline[0]["o"], timeline[0]["c"], timeline[0]["v"], "ws")
+    final = run.heartbeat()
+    assert final["status"] == "stopped" and final["duplicates"] == 50 and final["rows_written"] == 3000
+
+
+# 3. The heartbeat file is rewritten every interval.
+def test_heartbeat_updates_every_interval(start, fake):
+    run = start(streaming={"monitoring": {"heartbeat_interval_seconds": 0.4}})
+    assert fake.wait_for_subscribers(1, timeout=15)
+    stamps = set()
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        heartbeat = run.heartbeat()
+        if heartbeat:
+            stamps.add(heartbeat["updated_at"])
+        time.sleep(0.05)
+    assert len(stamps) >= 4          # ~6 expected in 2.5 s at 0.4 s
+    heartbeat = run.heartbeat()
+    assert heartbeat["status"] == "streaming" and heartbeat["connected"] is True
+    assert heartbeat["market_open"] is True and heartbeat["memory_rss_bytes"] > 0
+    assert run.daemon.stop()[0] == 0
+
+
+# 4. A stall alerts once, the heartbeat says stalled, check exits 2; messages resuming recover.
+def test_stall_alerts_once_and_recovers(start, fake):
+    run = start(streaming={"monitoring": {"alert_threshold_seconds": 1.5, "heartbeat_interval_seconds": 0.5}})
+    assert fake.wait_for_subscribers(1, timeout=15)
+    fake.push(session_timeline(recent_start_ms(), 5))
+    wait_for(lambda: run.events("stream_stalled"), timeout=6, what="stall alert")
+    assert wait_for(lambda: (run.heartbeat() or {}).get("status") == "stalled", timeout=3, what="stalled heartbeat")
+    check = run_command("check", run.config_path)
+    assert check.returncode == 2 and check.stdout.startswith("CRITICAL: stream stalled")
+    time.sleep(2.0)  # still silent: no second alert for the same stall
+    assert len(run.events("stream_stalled")) == 1
+    assert run.events("stream_stalled")[0]["level"] == "ERROR"
+    # The stall forced a reconnect (a silent socket is often a dead one); data flows again.
+    assert fake.wait_for_subscribers(1, timeout=10)
+    fake.push(session_timeline(recent_start_ms(60), 5))
+    wait_for(lambda: run.events("stream_recovered"), timeout=5, what="recovery")
+    assert run.daemon.stop()[0] == 0
+
+
+# 5. An early close a few seconds away: connection closed after a short grace, final flush,
+#    heartbeat market_closed, and the process stays alive and asleep.
+def test_early_close_ends_session_and_sleeps(start, fake):
+    now = datetime.now(timezone.utc)
+    today = now.astimezone(midday_zone(now)).date().isoformat()
+    close_at = now + timedelta(seconds=4)
+    fake.holidays = holiday_rows(today, "Half Day", "early-close",
+                                 iso_z(now - timedelta(minutes=10)), iso_z(close_at))
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=10)
+    before_close = session_timeline(recent_start_ms(60), 30)
+    fake.push(before_close)
+    wait_for(lambda: run.events("session_ended"), timeout=20, what="session end at the early close")
+    assert fake.active_connections() == 0
+    assert len(stored_keys(run.data_dir)) == 30
+    assert run.heartbeat()["status"] == "market_closed"
+    wait_for(lambda: run.events("market_closed"), timeout=3, what="market_closed line")
+    time.sleep(1.0)
+    assert run.daemon.process.poll() is None  # asleep until the next open, not exited
+    assert fake.connections_total == 1
+    assert run.daemon.stop()[0] == 0
+
+
+# 6. Log size: thousands of messages, a few dozen lines; no message, tick or API key in any line.
+def test_log_stays_small_and_clean(start, fake):
+    run = start(streaming={"monitoring": {"heartbeat_interval_seconds": 2}})
+    assert fake.wait_for_subscribers(1, timeout=15)
+    fake.push(session_timeline(recent_start_ms(300), 3000), frame_size=1)
+    wait_for(lambda: (run.heartbeat() or {}).get("rows_written") == 3000, timeout=15, what="3000 rows")
+    assert run.daemon.stop()[0] == 0
+    text = run.log_file.read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 30, lines
+    assert TEST_API_KEY not in text
+    assert '"ev"' not in text and '"sym"' not in text and "\\\"ev\\\"" not in text
+    assert all(entry["event"] and entry["level"] and entry["timestamp"] for entry in log_events(run.log_file))
+    stdout, stderr = run.daemon.output()
+    assert TEST_API_KEY not in stdout + stderr
+
+
+def test_sigint_stops_gracefully(start, fake):
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    fake.push(session_timeline(recent_start_ms(), 20))
+    code, seconds = run.daemon.stop(signal.SIGINT)
+    assert code == 0 and seconds < 3
+    assert len(stored_keys(run.data_dir)) == 20  # the final flush kept what the batch timer had not
+
+
+def test_rejected_key_exits_78_without_retrying(tmp_path, fake):
+    config = write_settings(tmp_path, window_settings(tmp_path, fake))
+    daemon = Daemon(config, api_key="wrong-key")
+    assert daemon.wait_exit(timeout=20) == 78
+    assert len(fake.auth_attempts) == 1
+    assert events_named(tmp_path / "log" / "spy_streamer.log", "auth_failed")
+    assert "wrong-key" not in (tmp_path / "log" / "spy_streamer.log").read_text()
+
+
+def test_missing_key_exits_78(tmp_path, fake):
+    config = write_settings(tmp_path, window_settings(tmp_path, fake))
+    daemon = Daemon(config, api_key="")
+    assert daemon.wait_exit(timeout=20) == 78
+    _, stderr = daemon.output()
+    assert "POLYGON_API_KEY is not set" in stderr and "Traceback" not in stderr
