@@ -38,6 +38,7 @@ REST_OPTIONAL = {"vwap": "vw"}
 
 FLOAT_COLUMNS = {"open", "high", "low", "close", "vwap", "day_vwap", "average_size", "official_open"}
 INT_COLUMNS = {"start", "end", "volume", "accumulated_volume"}
+FLOAT_LIMIT = 2 ** 1023  # ints beyond this overflow float()
 DATA_COLUMNS = tuple(name for name in SCHEMA.names if name not in ("received_at", "source"))
 
 
@@ -45,18 +46,22 @@ class InvalidBar(ValueError):
     """An event that is not a well-formed aggregate."""
 
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def _checked(column: str, value):
     kind = type(value)
     if column in INT_COLUMNS:
-        # JSON gives Polygon's volumes and timestamps as ints; tolerate 12.0 but nothing fractional.
-        if kind is int or (kind is float and value.is_integer()):
+        # JSON gives Polygon's volumes and timestamps as ints; tolerate 12.0 but nothing fractional,
+        # and nothing Arrow's int64 cannot hold (that would fail the whole flush, not one row).
+        if (kind is int or (kind is float and value.is_integer())) and INT64_MIN <= value <= INT64_MAX:
             return int(value)
     elif column in FLOAT_COLUMNS:
-        if kind is float or kind is int:
+        if kind is float or (kind is int and -FLOAT_LIMIT < value < FLOAT_LIMIT):
             return float(value)
     elif kind is str and value:
         return value
-    raise InvalidBar(f"{column}: {value!r}")
+    raise InvalidBar(f"{column}: {str(value)[:40]}")
 
 
 def _map_event(event, required: dict[str, str], optional: dict[str, str]) -> dict:

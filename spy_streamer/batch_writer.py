@@ -12,19 +12,22 @@ import logging
 import queue
 from datetime import date, datetime
 
+from typing import Callable
+
 from .aggregate_bars import CHANNEL, BarColumns, InvalidBar, rest_bar, ws_bar
+from .gap_backfill import Gap
 from .market_hours import MarketCalendar
 from .parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
+from .queue_items import DISCONNECTED, END_OF_STREAM, RestBars
 
 log = logging.getLogger(__name__)
-
-END_OF_STREAM = None  # put on the queue by the runner after the reader stopped
 
 
 class BatchWriter:
     def __init__(self, frames: queue.Queue, sink: ParquetSink, calendar: MarketCalendar,
-                 stats: WriterStats, interval_seconds: float, clock):
+                 stats: WriterStats, interval_seconds: float, clock,
+                 request_backfill: Callable[[Gap], None] | None = None, backfill_symbols: tuple[str, ...] = ()):
         self.frames = frames
         self.sink = sink
         self.calendar = calendar
@@ -37,6 +40,10 @@ class BatchWriter:
         self._stored_keys: set[tuple[str, int]] = set()
         self._pending = BarColumns()
         self._flush_failing = False
+        self.request_backfill = request_backfill
+        self.backfill_symbols = backfill_symbols if request_backfill else ()
+        self._last_start: dict[str, int] = {}    # latest bar start stored today, per symbol
+        self._gap_from: dict[str, int] = {}      # per symbol: first bar start that may be missing
 
     # --- thread body ---
 
@@ -49,15 +56,23 @@ class BatchWriter:
             try:
                 item = self.frames.get(timeout=timeout)
             except queue.Empty:
-                item = ()
-            if item is END_OF_STREAM:
-                break
-            if item:
-                self.accept_frame(*item)
+                pass
+            else:
+                if item is END_OF_STREAM:
+                    break
+                self.accept(item)
             if self.clock.monotonic() >= next_flush:
                 self.flush()
                 next_flush = self.clock.monotonic() + self.interval_seconds
         self.flush()
+
+    def accept(self, item) -> None:
+        if type(item) is tuple:
+            self.accept_frame(*item)
+        elif item is DISCONNECTED:
+            self.open_gaps()
+        elif isinstance(item, RestBars):
+            self.accept_rest_results(item.symbol, item.results, item.received_ns)
 
     # --- day and session bounds ---
 
@@ -74,6 +89,29 @@ class BatchWriter:
         self._session_bounds_ms = (0, 0) if session is None else (
             int(session.open.timestamp() * 1000), int(session.close.timestamp() * 1000))
         self._stored_keys = self.sink.existing_keys(CHANNEL, day)
+        self._last_start = {}
+        for symbol, start in self._stored_keys:
+            self._last_start[symbol] = max(start, self._last_start.get(symbol, start))
+        # Started (or restarted) mid-session: whatever came before the first live bar may be missing.
+        self.open_gaps()
+
+    # --- gaps ---
+
+    def open_gaps(self) -> None:
+        """The stream may have missed bars from just after the last stored one (or the open) on."""
+        opens = self._session_bounds_ms[0]
+        for symbol in self.backfill_symbols:
+            last = self._last_start.get(symbol)
+            self._gap_from[symbol] = opens if last is None else max(opens, last + 1000)
+
+    def _close_gap(self, symbol: str, live_start: int) -> None:
+        """The first live bar after a possible gap tells where the gap ends."""
+        gap_from = self._gap_from.get(symbol)
+        if gap_from is None or live_start < gap_from:
+            return
+        del self._gap_from[symbol]
+        if live_start > gap_from:
+            self.request_backfill(Gap(symbol, gap_from, live_start - 1000))
 
     # --- accepting bars ---
 
@@ -115,13 +153,21 @@ class BatchWriter:
         if not opens <= start < closes:
             self.stats.outside_session += 1
             return
-        key = (row["symbol"], start)
+        symbol = row["symbol"]
+        if self._gap_from and source == "ws":
+            self._close_gap(symbol, start)
+        key = (symbol, start)
         if key in self._stored_keys:
-            self.stats.duplicates += 1
+            if source == "ws":  # a REST bar the stream already delivered is expected overlap
+                self.stats.duplicates += 1
             return
         self._stored_keys.add(key)
+        if start > self._last_start.get(symbol, start - 1):
+            self._last_start[symbol] = start
         self._pending.append(row, received_us, source)
         self.stats.rows_pending = len(self._pending)
+        if source == "rest":
+            self.stats.rows_backfilled += 1
 
     # --- flushing ---
 

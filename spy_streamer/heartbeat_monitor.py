@@ -19,7 +19,7 @@ from .clock import SystemClock
 from .config import Config
 from .durable_files import write_json_atomically
 from .market_hours import MarketCalendar
-from .pipeline_stats import ReaderStats, WriterStats
+from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _iso(instant: datetime | None) -> str | None:
 class HeartbeatMonitor:
     def __init__(self, path: Path, calendar: MarketCalendar, *, interval_seconds: float,
                  alert_threshold_seconds: float, subscriptions: tuple[str, ...],
-                 reader: ReaderStats, writer: WriterStats,
+                 reader: ReaderStats, writer: WriterStats, backfill: BackfillStats | None = None,
                  queue_depth: Callable[[], int] = lambda: 0,
                  on_stall: Callable[[], None] = lambda: None, clock=None):
         self.path = path
@@ -63,6 +63,7 @@ class HeartbeatMonitor:
         self.subscriptions = subscriptions
         self.reader = reader
         self.writer = writer
+        self.backfill = backfill or BackfillStats()
         self.queue_depth = queue_depth
         self.on_stall = on_stall
         self.clock = clock or SystemClock()
@@ -180,6 +181,9 @@ class HeartbeatMonitor:
             "write_errors": self.writer.write_errors,
             "last_write_error": self.writer.last_write_error,
             "dropped_queue_full": self.reader.dropped_queue_full,
+            "rows_backfilled": self.writer.rows_backfilled,
+            "backfill_requests": self.backfill.backfill_requests,
+            "backfill_failures": self.backfill.backfill_failures,
             "reconnects": self.reader.reconnects,
             "last_disconnect_reason": self.reader.last_disconnect_reason,
             "queue_depth": self.queue_depth(),

@@ -45,7 +45,12 @@ class ParquetSink:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        fsync_directory(folder)
+        try:
+            fsync_directory(folder)
+        except OSError as exc:
+            # The file is in place and complete; failing the flush now would write its rows twice.
+            log.warning("could not fsync %s after writing %s: %s", folder, name, exc.strerror or exc,
+                        extra={"event": "fsync_failed"})
         return final
 
     def existing_keys(self, channel: str, day: date) -> set[tuple[str, int]]:

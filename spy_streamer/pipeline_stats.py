@@ -21,6 +21,7 @@ class ReaderStats:
 @dataclass
 class WriterStats:
     events_received: int = 0
+    rows_backfilled: int = 0                 # rows stored from REST gap backfill (source "rest")
     rows_written: int = 0
     batches_written: int = 0
     rows_pending: int = 0
@@ -31,3 +32,9 @@ class WriterStats:
     write_errors: int = 0
     last_write_error: str | None = None
     last_flush_at: datetime | None = None
+
+
+@dataclass
+class BackfillStats:
+    backfill_requests: int = 0
+    backfill_failures: int = 0

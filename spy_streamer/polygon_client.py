@@ -25,6 +25,7 @@ from .config import PolygonConfig
 from .heartbeat_monitor import HeartbeatMonitor
 from .market_hours import MarketCalendar
 from .pipeline_stats import ReaderStats
+from .queue_items import DISCONNECTED
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,11 @@ class PolygonStream:
         stop = asyncio.ensure_future(self._stop_event.wait())
         await asyncio.wait({connection, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not connection.done():
-            await self._close_client()
-            await asyncio.wait({connection}, timeout=CLOSE_TIMEOUT_SECONDS)
+            await self._close_client()  # a clean close frame when there is a connection
+            await asyncio.wait({connection}, timeout=CLOSE_TIMEOUT_SECONDS if self._client.websocket else 0)
+        if not connection.done():  # e.g. between refused handshakes: nothing to close politely
             connection.cancel()
+            await asyncio.wait({connection})
         stop.cancel()
         return self._ending_reason(connection)
 
@@ -185,14 +188,19 @@ class PolygonStream:
     def _mark_disconnected(self) -> None:
         self.stats.connected = False
         self._client = None
+        try:
+            self.frames.put_nowait(DISCONNECTED)  # tells the writer to look for a gap to backfill
+        except queue.Full:
+            self._count_drop()
 
     # --- hot path: runs in the event loop for every frame ---
 
     async def _on_frame(self, frame: str) -> None:
-        self.monitor.record_message()
-        # Data frames never contain the word "status"; only Polygon's control messages do.
+        # Data frames never contain the word "status"; only Polygon's control messages do. Those are
+        # not market data, so they neither count as messages nor end a stall.
         if "status" in frame and self._handle_status(frame):
             return
+        self.monitor.record_message()
         if not self.stats.connected:
             self._mark_streaming()
         try:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 from polygon import RESTClient
 
 REST_TIMEOUT_SECONDS = 5.0
 REST_RETRIES = 2
+AGGS_PAGE_LIMIT = 50_000   # Polygon's maximum; a whole session of one-second bars is 23,400
+MAX_AGGS_PAGES = 100
 
 
 class RestAnswerError(Exception):
@@ -37,6 +40,38 @@ def fetch_upcoming_holidays(client: RESTClient) -> list[dict[str, Any]]:
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise RestAnswerError("marketstatus/upcoming did not answer a JSON list of objects")
     return rows
+
+
+def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int) -> list:
+    """The raw `results` of GET /v2/aggs/ticker/{symbol}/range/1/second/{from}/{to}, all pages.
+
+    The items are returned unchecked (the writer validates and counts each); an answer that is not a
+    Polygon aggregates page raises RestAnswerError. Pages are fetched raw because the client's own
+    iterator ends silently on a body that is not JSON, which would look like "no bars".
+    """
+    results: list = []
+    page = _aggs_page(lambda: client.list_aggs(symbol, 1, "second", from_ms, to_ms, adjusted=True,
+                                               sort="asc", limit=AGGS_PAGE_LIMIT, raw=True))
+    for _ in range(MAX_AGGS_PAGES):
+        results.extend(page.get("results", []))
+        next_url = page.get("next_url")
+        if not next_url:
+            return results
+        # As the client's own paginator does: keep the path and query, prepend the configured base.
+        parts = urlsplit(next_url)
+        page = _aggs_page(lambda: client._get(path=f"{parts.path}?{parts.query}", raw=True))
+    raise RestAnswerError(f"aggregates for {symbol} ran past {MAX_AGGS_PAGES} pages")
+
+
+def _aggs_page(request) -> dict[str, Any]:
+    try:
+        page = json.loads(request().data)
+    except Exception as exc:
+        raise RestAnswerError(_describe(exc)) from None
+    if not isinstance(page, dict) or not isinstance(page.get("results", []), list) \
+            or not isinstance(page.get("next_url", ""), str):
+        raise RestAnswerError("aggregates answer is not a Polygon aggregates page")
+    return page
 
 
 def _describe(exc: Exception) -> str:

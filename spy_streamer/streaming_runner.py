@@ -17,14 +17,17 @@ from typing import Callable
 
 import schedule
 
-from .batch_writer import END_OF_STREAM, BatchWriter
+from .batch_writer import BatchWriter
 from .clock import SystemClock
 from .config import Config
 from .heartbeat_monitor import HeartbeatMonitor, heartbeat_path
+from .gap_backfill import GapBackfiller
 from .market_hours import MarketCalendar, Session
 from .parquet_sink import ParquetSink
-from .pipeline_stats import ReaderStats, WriterStats
+from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
 from .polygon_client import AuthRejected, PolygonStream
+from .polygon_rest import fetch_second_aggs, make_rest_client
+from .queue_items import END_OF_STREAM
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +39,21 @@ MAX_WAIT_SECONDS = 1.0               # a signal is acted on within this
 QUEUE_MAX_FRAMES = 100_000
 
 
+def backfill_symbols(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
+    """Symbols of the aggregate channels whose gaps REST can fill ("A.SPY" -> "SPY"; not wildcards)."""
+    return tuple(sub.split(".", 1)[1] for sub in subscriptions
+                 if sub.startswith("A.") and not sub.endswith("*"))
+
+
 class CaptureSession:
-    """One market session: the reader and writer threads with the queue between them."""
+    """One market session: the reader, backfill and writer threads with the queue between them."""
 
     def __init__(self, market_session: Session, stream: PolygonStream, writer: BatchWriter,
-                 frames: queue.Queue, start_thread: Callable[..., threading.Thread]):
+                 backfiller: GapBackfiller, frames: queue.Queue, start_thread: Callable[..., threading.Thread]):
         self.market_session = market_session
         self.stream = stream
         self.writer = writer
+        self.backfiller = backfiller
         self.frames = frames
         self._start_thread = start_thread
         self._threads: list[threading.Thread] = []
@@ -51,14 +61,17 @@ class CaptureSession:
     def start(self) -> None:
         self._threads = [
             self._start_thread("parquet-writer", self.writer.run),
+            self._start_thread("rest-backfill", self.backfiller.run),
             self._start_thread("ws-reader", lambda: self.stream.stream_realtime(until=self.market_session.close)),
         ]
 
     def stop(self, deadline: float, monotonic: Callable[[], float]) -> bool:
-        """Producer first, then drain the queue to its end marker and flush; True if all joined in time."""
-        writer_thread, reader_thread = self._threads
+        """Producers first, then drain the queue to its end marker and flush; True if all joined in time."""
+        writer_thread, backfill_thread, reader_thread = self._threads
         self.stream.request_stop()
+        self.backfiller.stop()
         reader_thread.join(max(0.0, deadline - monotonic()))
+        backfill_thread.join(max(0.0, deadline - monotonic()))
         try:
             self.frames.put(END_OF_STREAM, timeout=max(0.0, deadline - monotonic()))
         except queue.Full:
@@ -81,6 +94,8 @@ class StreamingRunner:
         self.sink = ParquetSink(config.paths.data_dir)
         self.reader_stats = ReaderStats()
         self.writer_stats = WriterStats()
+        self.backfill_stats = BackfillStats()
+        self.rest_client = make_rest_client(api_key, config.polygon.rest_base_url)
         self.monitor = HeartbeatMonitor(
             heartbeat_path(config), calendar,
             interval_seconds=config.monitoring.heartbeat_interval_seconds,
@@ -207,11 +222,16 @@ class StreamingRunner:
 
     def _begin_session(self, market_session: Session) -> None:
         frames: queue.Queue = queue.Queue(maxsize=QUEUE_MAX_FRAMES)
+        backfiller = GapBackfiller(
+            lambda symbol, from_ms, to_ms: fetch_second_aggs(self.rest_client, symbol, from_ms, to_ms),
+            frames.put, self.backfill_stats, self.clock)
         writer = BatchWriter(frames, self.sink, self.calendar, self.writer_stats,
-                             self.config.batching.write_interval_seconds, self.clock)
+                             self.config.batching.write_interval_seconds, self.clock,
+                             request_backfill=backfiller.request,
+                             backfill_symbols=backfill_symbols(self.config.polygon.subscriptions))
         stream = PolygonStream(self.config.polygon, self.api_key, self.calendar, self.monitor,
                                self.reader_stats, frames, self.clock)
-        self._session = CaptureSession(market_session, stream, writer, frames, self._start_thread)
+        self._session = CaptureSession(market_session, stream, writer, backfiller, frames, self._start_thread)
         self._announced_next_open = None
         log.info("market open; streaming until %s", market_session.close.astimezone(self.calendar.tz).isoformat(),
                  extra={"event": "market_open", "close": market_session.close.isoformat()})

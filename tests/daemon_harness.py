@@ -12,8 +12,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pyarrow.dataset as ds
+import pytest
 
-from conftest import REPO_ROOT, TEST_API_KEY, merge_settings, settings
+from conftest import REPO_ROOT, TEST_API_KEY, merge_settings, settings, write_settings
+from fake_polygon import FakePolygon
 
 ALL_DAYS = [0, 1, 2, 3, 4, 5, 6]
 
@@ -109,3 +111,54 @@ def stored_rows(data_dir: Path) -> list[dict]:
 
 def stored_keys(data_dir: Path) -> list[tuple[str, int]]:
     return [(row["symbol"], int(row["start"].timestamp() * 1000)) for row in stored_rows(data_dir)]
+
+
+@pytest.fixture
+def fake():
+    """A fresh fake Polygon on 127.0.0.1 per test."""
+    with FakePolygon(api_key=TEST_API_KEY) as server:
+        yield server
+
+
+class Run:
+    """One daemon run in tmp_path: its config, its output folders, the process."""
+
+    def __init__(self, tmp_path, fake, **settings_kwargs):
+        document = window_settings(tmp_path, fake, **settings_kwargs)
+        self.config_path = write_settings(tmp_path, document)
+        self.log_file = Path(document["paths"]["log_file"])
+        self.data_dir = Path(document["paths"]["data_dir"])
+        self.heartbeat_dir = Path(document["paths"]["heartbeat_dir"])
+        self.daemon = Daemon(self.config_path)
+
+    def restart(self) -> None:
+        """A new process on the same config and files, as supervisord would start after a crash."""
+        self.daemon.kill()
+        self.daemon = Daemon(self.config_path)
+
+    def heartbeat(self) -> dict | None:
+        return read_heartbeat(self.heartbeat_dir)
+
+    def events(self, name: str) -> list[dict]:
+        return events_named(self.log_file, name)
+
+
+@pytest.fixture
+def start(tmp_path, fake):
+    runs = []
+
+    def starter(**settings_kwargs) -> Run:
+        run = Run(tmp_path, fake, **settings_kwargs)
+        runs.append(run)
+        return run
+
+    yield starter
+    for run in runs:
+        run.daemon.kill()
+
+
+def recent_start_ms(seconds_ago: int = 120) -> int:
+    """Bars that started within today's open window (which began ten minutes ago)."""
+    return (int(time.time()) - seconds_ago) * 1000
+
+

@@ -9,53 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import TEST_API_KEY, write_settings
-from daemon_harness import (Daemon, events_named, log_events, midday_zone, read_heartbeat, stored_keys,
-                            stored_rows, wait_for, window_settings)
-from fake_polygon import FakePolygon, holiday_rows, session_timeline
+from daemon_harness import (Daemon, events_named, fake, log_events, midday_zone, recent_start_ms, start,
+                            stored_keys, stored_rows, wait_for, window_settings)
+from fake_polygon import holiday_rows, session_timeline
 from test_status_command import iso_z, run_command
-
-
-@pytest.fixture
-def fake():
-    with FakePolygon(api_key=TEST_API_KEY) as server:
-        yield server
-
-
-class Run:
-    """One daemon run in tmp_path: its config, its output folders, the process."""
-
-    def __init__(self, tmp_path, fake, **settings_kwargs):
-        self.tmp_path = tmp_path
-        self.config_path = write_settings(tmp_path, window_settings(tmp_path, fake, **settings_kwargs))
-        self.log_file = tmp_path / "log" / "spy_streamer.log"
-        self.data_dir = tmp_path / "data"
-        self.heartbeat_dir = tmp_path / "heartbeat"
-        self.daemon = Daemon(self.config_path)
-
-    def heartbeat(self) -> dict | None:
-        return read_heartbeat(self.heartbeat_dir)
-
-    def events(self, name: str) -> list[dict]:
-        return events_named(self.log_file, name)
-
-
-@pytest.fixture
-def start(tmp_path, fake):
-    runs = []
-
-    def starter(**settings_kwargs) -> Run:
-        run = Run(tmp_path, fake, **settings_kwargs)
-        runs.append(run)
-        return run
-
-    yield starter
-    for run in runs:
-        run.daemon.kill()
-
-
-def recent_start_ms(seconds_ago: int = 120) -> int:
-    """Bars that started within today's open window (which began ten minutes ago)."""
-    return (int(time.time()) - seconds_ago) * 1000
 
 
 # 1. Started outside market hours: refuses, no connection; SIGTERM -> exit 0.
