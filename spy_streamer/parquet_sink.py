@@ -57,10 +57,22 @@ class ParquetSink:
         """(symbol, start in ms) of every row already stored for the day, so a restart adds no duplicate."""
         keys: set[tuple[str, int]] = set()
         for path in sorted(self.partition_dir(channel, day).glob("*.parquet")):
-            table = pq.read_table(path, columns=["symbol", "start"])
+            try:
+                table = pq.read_table(path, columns=["symbol", "start"])
+            except (pa.ArrowException, OSError) as exc:
+                self._set_aside(path, exc)
+                continue
             starts = table.column("start").cast(pa.int64()).to_pylist()
             keys.update(zip(table.column("symbol").to_pylist(), starts))
         return keys
+
+    @staticmethod
+    def _set_aside(path: Path, exc: Exception) -> None:
+        """A file no reader can open would break every whole-folder read; hide it (kept for a person)."""
+        hidden = path.with_name(f".corrupt-{path.name}")
+        path.rename(hidden)
+        log.error("unreadable Parquet file %s moved aside to %s: %s", path.name, hidden.name, exc,
+                  extra={"event": "corrupt_file_set_aside"})
 
     def remove_temp_files(self) -> int:
         """Delete temporaries left by a process killed mid-write; returns how many."""

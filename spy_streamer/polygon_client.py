@@ -69,6 +69,7 @@ class PolygonStream:
         self._client: WebSocketClient | None = None
         self._max_connections_seen = False
         self._dropping = False
+        self._forced_reason: str | None = None
 
     # --- called from other threads ---
 
@@ -77,9 +78,12 @@ class PolygonStream:
         self._stop_requested = True
         self._call_in_loop(lambda: self._stop_event.set())
 
-    def force_reconnect(self) -> None:
+    def force_reconnect(self, reason: str = "silent too long") -> None:
         """Thread-safe: drop the current connection (e.g. silent for too long); the loop reconnects."""
-        self._call_in_loop(lambda: asyncio.ensure_future(self._close_client()))
+        def close_in_loop():
+            self._forced_reason = reason
+            asyncio.ensure_future(self._close_client())
+        self._call_in_loop(close_in_loop)
 
     def _call_in_loop(self, callback) -> None:
         loop = self._loop
@@ -153,11 +157,14 @@ class PolygonStream:
         if connection.cancelled():
             return "stopped"
         exc = connection.exception()
-        if exc is None:
-            return "closed by the server"
         if isinstance(exc, AuthError):
             log.error("Polygon rejected the API key: %s", exc, extra={"event": "auth_failed"})
             raise AuthRejected(str(exc))
+        forced, self._forced_reason = self._forced_reason, None
+        if forced is not None:
+            return f"reconnect forced: {forced}"
+        if exc is None:
+            return "closed by the server"
         if isinstance(exc, ConnectionClosed):
             code = exc.rcvd.code if exc.rcvd is not None else 1006
             return f"connection closed with code {code}"

@@ -1,0 +1,623 @@
+"""BatchWriter + ParquetSink: frames in, one durable Parquet file per flush out.
+
+The writer gets a FakeClock inside a regular session (Tuesday 2025-06-10, 10:00 New York) and a calendar
+built from the default market hours; only the flush-timer tests use a clock whose monotonic time is
+real, and they wait well under two seconds.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from datetime import datetime, time as clock_time, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FakeClock, ny
+from fake_polygon import agg_event, session_timeline
+from spy_streamer import parquet_sink
+from spy_streamer.aggregate_bars import SCHEMA
+from spy_streamer.batch_writer import END_OF_STREAM, BatchWriter
+from spy_streamer.config import MarketHoursConfig
+from spy_streamer.market_hours import MarketCalendar
+from spy_streamer.parquet_sink import ParquetSink
+from spy_streamer.pipeline_stats import WriterStats
+
+NEW_YORK = ZoneInfo("America/New_York")
+HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
+                          start_time=clock_time(9, 30), end_time=clock_time(16, 0))
+SESSION_NOW = ny(2025, 6, 10, 10, 0)   # a Tuesday, no holiday nearby
+DAY = "2025-06-10"
+
+EXPECTED_SCHEMA = {
+    "symbol": pa.string(),
+    "start": pa.timestamp("ms", tz="UTC"),
+    "end": pa.timestamp("ms", tz="UTC"),
+    "open": pa.float64(), "high": pa.float64(), "low": pa.float64(), "close": pa.float64(),
+    "vwap": pa.float64(), "day_vwap": pa.float64(), "average_size": pa.float64(),
+    "official_open": pa.float64(),
+    "volume": pa.int64(), "accumulated_volume": pa.int64(),
+    "received_at": pa.timestamp("us", tz="UTC"),
+    "source": pa.string(),
+}
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def frame(events) -> str:
+    return json.dumps(list(events))
+
+
+def events_named(caplog, name: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if getattr(record, "event", None) == name]
+
+
+@pytest.fixture(autouse=True)
+def _info_logs(caplog):
+    caplog.set_level(logging.INFO)
+
+
+class Rig:
+    def __init__(self, data_dir: Path, clock=None, interval_seconds: float = 30.0):
+        self.clock = clock or FakeClock(SESSION_NOW)
+        self.calendar = MarketCalendar(HOURS)
+        self.frames: queue.Queue = queue.Queue()
+        self.sink = ParquetSink(data_dir)
+        self.stats = WriterStats()
+        self.writer = BatchWriter(self.frames, self.sink, self.calendar, self.stats, interval_seconds, self.clock)
+        self.writer.start_day()
+
+    def send(self, events, received_ns: int | None = None) -> int:
+        received_ns = self.clock.time_ns() if received_ns is None else received_ns
+        self.writer.accept_frame(received_ns, frame(events))
+        return received_ns
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def rig(data_dir) -> Rig:
+    return Rig(data_dir)
+
+
+def partition(data_dir: Path) -> Path:
+    return data_dir / "A" / f"date={DAY}"
+
+
+def parquet_files(data_dir: Path) -> list[Path]:
+    return sorted(partition(data_dir).glob("*.parquet")) if partition(data_dir).exists() else []
+
+
+def stored(data_dir: Path) -> list[dict]:
+    table = ds.dataset(data_dir / "A", format="parquet", partitioning="hive").to_table()
+    return sorted(table.to_pylist(), key=lambda row: (row["symbol"], row["start"]))
+
+
+def stored_keys(data_dir: Path) -> list[tuple[str, int]]:
+    return [(row["symbol"], ms(row["start"])) for row in stored(data_dir)]
+
+
+def utc_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames -> Parquet
+# --------------------------------------------------------------------------------------------------
+
+def test_flush_writes_one_parquet_file_with_the_design_schema_and_the_sent_values(rig, data_dir):
+    sent = session_timeline(ms(ny(2025, 6, 10, 9, 45)), 5)
+    received_ns = rig.send(sent[:3]) + 1234  # not a whole millisecond: received_at keeps microseconds
+    rig.send(sent[3:], received_ns=received_ns)
+
+    assert rig.writer.flush() is True
+
+    files = parquet_files(data_dir)
+    assert len(files) == 1
+    assert not files[0].name.startswith((".", "_"))
+    schema = pq.read_schema(files[0])
+    assert {name: schema.field(name).type for name in schema.names} == EXPECTED_SCHEMA
+    assert schema.names == list(EXPECTED_SCHEMA)
+
+    rows = stored(data_dir)
+    assert len(rows) == 5
+    for row, event in zip(rows, sent):
+        assert row["symbol"] == event["sym"] == "SPY"
+        assert row["start"] == utc_ms(event["s"]) and row["end"] == utc_ms(event["e"])
+        assert (row["open"], row["high"], row["low"], row["close"]) == (event["o"], event["h"], event["l"], event["c"])
+        assert (row["vwap"], row["day_vwap"], row["average_size"], row["official_open"]) == \
+            (event["vw"], event["a"], float(event["z"]), event["op"])
+        assert (row["volume"], row["accumulated_volume"]) == (event["v"], event["av"])
+        assert row["source"] == "ws"
+    first_received = rig.clock.time_ns() // 1000
+    assert [ms_us(row["received_at"]) for row in rows] == [first_received] * 3 + [received_ns // 1000] * 2
+
+    assert rig.stats.rows_written == 5 and rig.stats.batches_written == 1
+    assert rig.stats.rows_pending == 0 and rig.stats.events_received == 5
+    assert rig.stats.last_flush_at == rig.clock.now()
+
+
+def ms_us(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def test_dataset_reads_every_flush_and_the_hive_date(rig, data_dir):
+    start = ms(ny(2025, 6, 10, 9, 30))
+    for batch in range(3):
+        rig.send(session_timeline(start + batch * 10_000, 10))
+        rig.clock.advance(30)
+        assert rig.writer.flush() is True
+    assert len(parquet_files(data_dir)) == 3
+    table = ds.dataset(data_dir / "A", format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 30
+    assert {str(value) for value in table.column("date").to_pylist()} == {DAY}
+    assert rig.stats.batches_written == 3 and rig.stats.rows_written == 30
+
+
+def test_empty_flush_writes_no_file(rig, data_dir):
+    assert rig.writer.flush() is True
+    assert parquet_files(data_dir) == []
+    assert rig.stats.batches_written == 0
+
+
+def test_optional_fields_may_be_missing(rig, data_dir):
+    event = agg_event(ms(ny(2025, 6, 10, 9, 50)))
+    for key in ("vw", "a", "z", "op", "av"):
+        del event[key]
+    rig.send([event])
+    assert rig.writer.flush() is True
+    (row,) = stored(data_dir)
+    assert row["vwap"] is None and row["accumulated_volume"] is None and row["official_open"] is None
+    assert row["volume"] == event["v"]
+
+
+def test_bytes_frames_and_integral_floats_are_accepted(rig, data_dir):
+    event = agg_event(ms(ny(2025, 6, 10, 9, 51)))
+    event["v"] = 12.0   # JSON may give an integral volume as a float
+    event["o"] = 500    # and a price as an int
+    rig.writer.accept_frame(rig.clock.time_ns(), frame([event]).encode())
+    assert rig.writer.flush() is True
+    (row,) = stored(data_dir)
+    assert row["volume"] == 12 and row["open"] == 500.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Duplicates
+# --------------------------------------------------------------------------------------------------
+
+def test_duplicates_within_a_batch_are_stored_once(rig, data_dir):
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 4)
+    rig.send(bars)
+    rig.send(bars[1:3])
+    rig.send([bars[0], bars[0]])
+    assert rig.stats.duplicates == 4
+    assert rig.stats.rows_pending == 4
+    assert rig.writer.flush() is True
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+
+
+def test_duplicates_across_flushes_are_stored_once(rig, data_dir):
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 4)
+    rig.send(bars[:2])
+    assert rig.writer.flush()
+    rig.clock.advance(30)
+    rig.send(bars)          # two repeats, two new
+    assert rig.writer.flush()
+    rig.clock.advance(30)
+    rig.send(bars)          # all repeats: no new file
+    assert rig.writer.flush()
+    assert rig.stats.duplicates == 6
+    assert len(parquet_files(data_dir)) == 2
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+
+
+def test_same_start_of_another_symbol_is_not_a_duplicate(rig, data_dir):
+    start = ms(ny(2025, 6, 10, 9, 40))
+    rig.send([agg_event(start, "SPY"), agg_event(start, "QQQ")])
+    assert rig.stats.duplicates == 0
+    assert rig.writer.flush()
+    assert stored_keys(data_dir) == [("QQQ", start), ("SPY", start)]
+
+
+def test_a_restarted_writer_does_not_store_existing_keys_again(rig, data_dir):
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 6)
+    rig.send(bars[:4])
+    assert rig.writer.flush()
+
+    # A new process later the same day: new sink, new writer, same data dir.
+    clock = FakeClock(SESSION_NOW + timedelta(minutes=5))
+    restarted = Rig(data_dir, clock=clock)
+    restarted.send(bars)    # Polygon replays a few bars after a reconnect
+    assert restarted.stats.duplicates == 4
+    assert restarted.writer.flush()
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+
+
+def test_a_writer_on_another_day_does_not_see_yesterdays_keys(rig, data_dir):
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3)
+    rig.send(bars)
+    assert rig.writer.flush()
+    tomorrow = Rig(data_dir, clock=FakeClock(ny(2025, 6, 11, 10, 0)))
+    same_time_tomorrow = session_timeline(ms(ny(2025, 6, 11, 9, 40)), 3)
+    tomorrow.send(same_time_tomorrow)
+    assert tomorrow.stats.duplicates == 0
+    assert tomorrow.writer.flush()
+    assert (data_dir / "A" / "date=2025-06-11").is_dir()
+    assert len(stored(data_dir)) == 6
+
+
+# --------------------------------------------------------------------------------------------------
+# Late, out-of-session and malformed input
+# --------------------------------------------------------------------------------------------------
+
+def test_bars_from_yesterday_are_rejected_late(rig, data_dir):
+    rig.send([agg_event(ms(ny(2025, 6, 9, 10, 0))), agg_event(ms(ny(2025, 6, 9, 15, 59, 59))),
+              agg_event(ms(ny(2025, 6, 9, 23, 59, 59)))])
+    assert rig.stats.rejected_late == 3
+    assert rig.stats.rows_pending == 0
+    assert rig.writer.flush() and parquet_files(data_dir) == []
+
+
+def test_pre_market_and_after_hours_bars_are_not_stored(rig, data_dir):
+    inside = [agg_event(ms(ny(2025, 6, 10, 9, 30, 0))), agg_event(ms(ny(2025, 6, 10, 15, 59, 59)))]
+    outside = [agg_event(ms(ny(2025, 6, 10, 8, 0))), agg_event(ms(ny(2025, 6, 10, 17, 0))),
+               agg_event(ms(ny(2025, 6, 10, 9, 29, 59))), agg_event(ms(ny(2025, 6, 10, 16, 0, 0))),
+               agg_event(ms(ny(2025, 6, 11, 10, 0)))]
+    rig.send(outside + inside)
+    assert rig.stats.outside_session == 5
+    assert rig.stats.rejected_late == 0
+    assert rig.writer.flush()
+    assert stored_keys(data_dir) == [("SPY", event["s"]) for event in inside]
+
+
+def test_nothing_is_stored_on_a_weekend_day(data_dir):
+    saturday = Rig(data_dir, clock=FakeClock(ny(2025, 6, 14, 11, 0)))
+    saturday.send([agg_event(ms(ny(2025, 6, 14, 10, 0)))])
+    assert saturday.stats.outside_session == 1
+    assert saturday.writer.flush() and not (data_dir / "A").exists()
+
+
+@pytest.mark.parametrize("bad_frame", [
+    "not json",
+    '{"a": 1}',
+    '[{"ev": "A"}]',
+    "[1]",
+    "[null]",
+    '"a string"',
+    b"\xff\xfe not utf-8",
+])
+def test_malformed_frames_are_counted_not_raised(rig, data_dir, bad_frame):
+    rig.writer.accept_frame(rig.clock.time_ns(), bad_frame)
+    assert rig.stats.rejected_invalid == 1
+    assert rig.stats.rows_pending == 0
+    assert rig.writer.flush() is True and parquet_files(data_dir) == []
+
+
+def bad_events() -> list[dict]:
+    start = ms(ny(2025, 6, 10, 9, 45))
+    string_price = agg_event(start); string_price["o"] = "500.0"
+    string_volume = agg_event(start); string_volume["v"] = "100"
+    fractional_volume = agg_event(start); fractional_volume["v"] = 12.5
+    bool_volume = agg_event(start); bool_volume["v"] = True
+    string_start = agg_event(start); string_start["s"] = str(start)
+    empty_symbol = agg_event(start); empty_symbol["sym"] = ""
+    no_close = agg_event(start); del no_close["c"]
+    trade = agg_event(start); trade["ev"] = "T"
+    string_optional = agg_event(start); string_optional["vw"] = "x"
+    return [string_price, string_volume, fractional_volume, bool_volume, string_start, empty_symbol,
+            no_close, trade, string_optional]
+
+
+def test_malformed_events_are_counted_and_the_good_ones_in_the_same_frame_kept(rig, data_dir):
+    bad = bad_events()
+    good = agg_event(ms(ny(2025, 6, 10, 9, 46)))
+    rig.send(bad + [good])
+    assert rig.stats.rejected_invalid == len(bad)
+    assert rig.writer.flush() is True
+    assert stored_keys(data_dir) == [("SPY", good["s"])]
+
+
+def test_an_out_of_range_volume_is_rejected_not_fatal(rig, data_dir):
+    """Regression: an int beyond int64 used to pass validation and then make flush() raise OverflowError
+    (not OSError), killing the writer thread and losing the batch."""
+    good = agg_event(ms(ny(2025, 6, 10, 9, 46)))
+    huge = agg_event(ms(ny(2025, 6, 10, 9, 47)))
+    huge["v"] = 2 ** 63
+    rig.send([good, huge])
+    try:
+        flushed = rig.writer.flush()
+    except Exception as exc:  # noqa: BLE001 - the bug being shown
+        pytest.fail(f"flush raised {type(exc).__name__}: {exc}")
+    assert flushed is True
+    assert rig.stats.rejected_invalid == 1
+    assert stored_keys(data_dir) == [("SPY", good["s"])]
+
+
+def test_an_int_too_large_for_a_float_price_is_rejected_not_raised(rig):
+    """Regression: a price given as an int too large for a float (10**400) used to make accept_frame()
+    raise OverflowError instead of counting rejected_invalid."""
+    event = agg_event(ms(ny(2025, 6, 10, 9, 46)))
+    event["o"] = 10 ** 400
+    try:
+        rig.send([event])
+    except Exception as exc:  # noqa: BLE001 - the bug being shown
+        pytest.fail(f"accept_frame raised {type(exc).__name__}: {exc}")
+    assert rig.stats.rejected_invalid == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The flush timer (real monotonic time, short interval)
+# --------------------------------------------------------------------------------------------------
+
+class SessionClock:
+    """Wall clock frozen inside a session, monotonic and time_ns real: the writer's timer runs for real."""
+
+    def __init__(self, now: datetime):
+        self._now = now.astimezone(timezone.utc)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time_ns(self) -> int:
+        return time.time_ns()
+
+
+def start_writer(rig: Rig) -> threading.Thread:
+    thread = threading.Thread(target=rig.writer.run, name="test-writer", daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_the_flush_timer_fires_without_further_messages(data_dir):
+    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=0.2)
+    thread = start_writer(rig)
+    try:
+        bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 5)
+        rig.frames.put((time.time_ns(), frame(bars)))
+        # Nothing else is sent: the file must appear because the interval elapsed, not because of a message.
+        wait_until(lambda: parquet_files(data_dir), timeout=2.0, what="a Parquet file from the timer")
+        assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+        assert rig.stats.batches_written == 1
+        assert thread.is_alive()
+
+        # A second quiet period: another batch written on its own.
+        more = session_timeline(ms(ny(2025, 6, 10, 9, 36)), 3)
+        rig.frames.put((time.time_ns(), frame(more)))
+        wait_until(lambda: len(parquet_files(data_dir)) == 2, timeout=2.0, what="a second file")
+    finally:
+        rig.frames.put(END_OF_STREAM)
+        thread.join(2)
+    assert not thread.is_alive()
+    assert rig.stats.rows_written == 8
+
+
+def test_end_of_stream_ends_run_after_a_final_flush(data_dir):
+    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=60)
+    thread = start_writer(rig)
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 7)
+    rig.frames.put((time.time_ns(), frame(bars[:4])))
+    rig.frames.put((time.time_ns(), frame(bars[4:])))
+    rig.frames.put(END_OF_STREAM)
+    thread.join(2)
+    assert not thread.is_alive(), "run() did not return after END_OF_STREAM"
+    # The 60 s timer never fired; everything came out in the final flush.
+    assert rig.stats.batches_written == 1
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+
+
+def test_an_idle_writer_writes_no_empty_files(data_dir):
+    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=0.05)
+    thread = start_writer(rig)
+    time.sleep(0.3)
+    rig.frames.put(END_OF_STREAM)
+    thread.join(2)
+    assert not thread.is_alive()
+    assert not (data_dir / "A").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Disk failures
+# --------------------------------------------------------------------------------------------------
+
+def test_a_failing_disk_keeps_the_rows_and_logs_once(tmp_path, caplog):
+    data_dir = tmp_path / "data"
+    data_dir.write_text("a file where the data folder should be: every mkdir under it fails")
+    rig = Rig(data_dir)
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 10)
+
+    rig.send(bars[:4])
+    assert rig.writer.flush() is False
+    rig.clock.advance(30)
+    rig.send(bars[4:8])
+    assert rig.writer.flush() is False
+    rig.clock.advance(30)
+    rig.send(bars[8:])
+    assert rig.writer.flush() is False
+
+    assert rig.stats.write_errors == 3
+    assert rig.stats.rows_pending == 10
+    assert rig.stats.rows_written == 0 and rig.stats.batches_written == 0
+    assert rig.stats.last_write_error and "Error" in rig.stats.last_write_error
+    failures = events_named(caplog, "write_failed")
+    assert len(failures) == 1
+    assert failures[0].levelno == logging.ERROR
+    # Repeats during the outage are still recognised as repeats.
+    rig.send(bars[:2])
+    assert rig.stats.duplicates == 2
+
+    data_dir.unlink()  # the operator frees the path
+    rig.clock.advance(30)
+    assert rig.writer.flush() is True
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+    assert len(parquet_files(data_dir)) == 1
+    assert rig.stats.rows_written == 10 and rig.stats.rows_pending == 0
+    assert rig.stats.last_write_error is None
+    assert len(events_named(caplog, "write_recovered")) == 1
+    assert len(events_named(caplog, "write_failed")) == 1
+
+    # A new failure streak logs again, once.
+    data_dir.rename(tmp_path / "moved")
+    data_dir.write_text("blocked again")
+    rig.send(session_timeline(ms(ny(2025, 6, 10, 9, 50)), 2))
+    assert rig.writer.flush() is False
+    assert rig.writer.flush() is False
+    assert len(events_named(caplog, "write_failed")) == 2
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root ignores directory permissions")
+def test_a_read_only_partition_keeps_the_rows(rig, data_dir, caplog):
+    folder = partition(data_dir)
+    folder.mkdir(parents=True)
+    folder.chmod(0o500)
+    try:
+        rig.send(session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3))
+        assert rig.writer.flush() is False
+        assert rig.writer.flush() is False
+        assert rig.stats.rows_pending == 3 and rig.stats.write_errors == 2
+        assert len(events_named(caplog, "write_failed")) == 1
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+    assert rig.writer.flush() is True
+    assert len(stored(data_dir)) == 3
+
+
+def test_a_failed_write_leaves_no_partial_file(rig, data_dir, monkeypatch):
+    real_write_table = pq.write_table
+    seen_during_write: list[list[str]] = []
+
+    def failing_write_table(table, handle, **kwargs):
+        real_write_table(table.slice(0, 1), handle, **kwargs)  # some bytes are on disk...
+        seen_during_write.append(sorted(p.name for p in partition(data_dir).iterdir()))
+        raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk fills up
+
+    monkeypatch.setattr(parquet_sink.pq, "write_table", failing_write_table)
+    rig.send(session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3))
+    assert rig.writer.flush() is False
+    # While being written, the file has a hidden temporary name, never a .parquet one.
+    (names,) = seen_during_write
+    assert len(names) == 1 and names[0].startswith(".") and names[0].endswith(".parquet.tmp")
+    # After the failure the temporary is gone and nothing half-written is visible.
+    assert list(partition(data_dir).iterdir()) == []
+    assert "No space left" in rig.stats.last_write_error
+
+    monkeypatch.setattr(parquet_sink.pq, "write_table", real_write_table)
+    assert rig.writer.flush() is True
+    assert len(stored(data_dir)) == 3
+
+
+def test_a_failed_directory_fsync_after_the_rename_does_not_duplicate_rows(rig, data_dir, monkeypatch):
+    """Regression: a failed folder fsync after os.replace used to fail the flush although the file was in
+    place, so the writer kept the rows and stored them a second time."""
+    real_fsync_directory = parquet_sink.fsync_directory
+    calls = {"n": 0}
+
+    def flaky_fsync_directory(directory):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync_directory(directory)
+
+    monkeypatch.setattr(parquet_sink, "fsync_directory", flaky_fsync_directory)
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3)
+    rig.send(bars)
+    rig.writer.flush()
+    rig.clock.advance(30)
+    rig.writer.flush()
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+
+
+# --------------------------------------------------------------------------------------------------
+# Temporary files
+# --------------------------------------------------------------------------------------------------
+
+def test_remove_temp_files_removes_leftovers_only(rig, data_dir, caplog):
+    rig.send(session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3))
+    assert rig.writer.flush()
+    folder = partition(data_dir)
+    other_day = data_dir / "A" / "date=2025-06-09"
+    other_day.mkdir(parents=True)
+    leftovers = [folder / ".part-1-2-000001.parquet.tmp", folder / ".part-3-4-000009.parquet.tmp",
+                 other_day / ".part-5-6-000002.parquet.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"PAR1 half a file")  # killed before the footer
+    keep = [*parquet_files(data_dir)]
+
+    assert rig.sink.remove_temp_files() == 3
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in keep)
+    assert len(events_named(caplog, "partial_files_removed")) == 1
+    assert rig.sink.remove_temp_files() == 0
+    assert len(events_named(caplog, "partial_files_removed")) == 1
+    assert len(stored(data_dir)) == 3
+
+
+def test_remove_temp_files_on_a_fresh_data_dir(tmp_path):
+    assert ParquetSink(tmp_path / "nothing-here").remove_temp_files() == 0
+
+
+def test_a_leftover_temp_file_does_not_break_readers_or_the_restart(rig, data_dir):
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3)
+    rig.send(bars)
+    assert rig.writer.flush()
+    (partition(data_dir) / ".part-9-9-000001.parquet.tmp").write_bytes(b"PAR1 half")
+    assert len(stored(data_dir)) == 3              # pyarrow skips the hidden temporary
+    restarted = Rig(data_dir, clock=FakeClock(SESSION_NOW + timedelta(minutes=1)))
+    restarted.send(bars)
+    assert restarted.stats.duplicates == 3         # existing_keys ignores the temporary too
+
+
+def test_an_unreadable_parquet_file_does_not_stop_the_writer(data_dir):
+    folder = partition(data_dir)
+    folder.mkdir(parents=True)
+    (folder / "part-0-0-000001.parquet").write_bytes(b"PAR1 truncated by a disk error")
+    restarted = Rig(data_dir)  # start_day() reads the existing keys
+    assert (folder / ".corrupt-part-0-0-000001.parquet").exists()   # kept for a person, hidden from readers
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3)
+    restarted.send(bars)
+    assert restarted.writer.flush() is True
+    assert restarted.stats.rows_written == 3
+    assert len(stored(data_dir)) == 3                               # the whole folder reads again
+
+
+def test_the_partition_holds_only_complete_parquet_files(rig, data_dir):
+    for batch in range(3):
+        rig.send(session_timeline(ms(ny(2025, 6, 10, 9, 40)) + batch * 5000, 5))
+        rig.clock.advance(30)
+        assert rig.writer.flush()
+    names = sorted(p.name for p in partition(data_dir).iterdir())
+    assert len(names) == 3 and all(name.endswith(".parquet") and not name.startswith(".") for name in names)
+    for path in partition(data_dir).iterdir():
+        assert pq.ParquetFile(path).metadata.num_rows == 5
+
+
+def test_schema_constant_matches_the_design():
+    assert {field.name: field.type for field in SCHEMA} == EXPECTED_SCHEMA
