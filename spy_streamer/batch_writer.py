@@ -1,27 +1,33 @@
-"""The writer thread: drains raw frames from the queue, keeps the bars that belong to today's session,
-and flushes them to Parquet every `write_interval_seconds`, on its own timer.
+"""The writer thread: drains the queue, keeps the bars that belong to today's session once each, and
+flushes them to Parquet every `write_interval_seconds`, on its own timer (and sooner when a batch is big,
+so the interval never bounds throughput).
 
-Parsing happens here, not in the reader, so the WebSocket loop never waits on JSON or Arrow. A failed
-flush keeps the rows in memory and retries at the next interval, so a full or read-only disk loses
-nothing once it recovers.
+Parsing happens here, not in the reader, so the WebSocket loop never waits on JSON or Arrow; frames are
+parsed many at a time into columns. A failed flush keeps the rows in memory and retries at the next
+interval, so a full or read-only disk loses nothing once it recovers.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 from datetime import date, datetime
-
 from typing import Callable
 
-from .aggregate_bars import CHANNEL, BarColumns, InvalidBar, rest_bar, ws_bar
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .aggregate_bars import CHANNEL, rest_results_to_table, ws_frames_to_table
 from .gap_backfill import Gap
 from .market_hours import MarketCalendar
 from .parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
 from .queue_items import DISCONNECTED, END_OF_STREAM, RestBars
+from .seen_bars import SeenBars
 
 log = logging.getLogger(__name__)
+
+MAX_FRAMES_PER_PARSE = 2000      # frames parsed together; bounds the latency a parse adds
+MAX_PENDING_ROWS = 250_000       # flush early past this, so memory stays flat under heavy load
 
 
 class BatchWriter:
@@ -34,52 +40,117 @@ class BatchWriter:
         self.stats = stats
         self.interval_seconds = interval_seconds
         self.clock = clock
-        self._day: date | None = None
-        self._session_bounds_ms: tuple[int, int] = (0, 0)
-        self._day_start_ms = 0
-        self._stored_keys: set[tuple[str, int]] = set()
-        self._pending = BarColumns()
-        self._flush_failing = False
         self.request_backfill = request_backfill
         self.backfill_symbols = backfill_symbols if request_backfill else ()
+        self._day: date | None = None
+        self._day_start_ms = 0
+        self._session_bounds_ms: tuple[int, int] = (0, 0)
+        self._seen = SeenBars(0)
         self._last_start: dict[str, int] = {}    # latest bar start stored today, per symbol
         self._gap_from: dict[str, int] = {}      # per symbol: first bar start that may be missing
+        self._pending: list[pa.Table] = []
+        self._flush_failing = False
 
     # --- thread body ---
 
     def run(self) -> None:
-        """Until END_OF_STREAM: accept frames, flush whenever the interval elapses (even if idle)."""
+        """Until END_OF_STREAM: accept items, flush whenever the interval elapses (even if idle)."""
         self.start_day()
         next_flush = self.clock.monotonic() + self.interval_seconds
         while True:
-            timeout = max(0.0, next_flush - self.clock.monotonic())
-            try:
-                item = self.frames.get(timeout=timeout)
-            except queue.Empty:
-                pass
-            else:
-                if item is END_OF_STREAM:
-                    break
-                self.accept(item)
-            if self.clock.monotonic() >= next_flush:
+            items = self._next_items(timeout=max(0.0, next_flush - self.clock.monotonic()))
+            ended = END_OF_STREAM in items
+            self.accept_items([item for item in items if item is not END_OF_STREAM])
+            if ended:
+                break
+            if self.clock.monotonic() >= next_flush or self.stats.rows_pending >= MAX_PENDING_ROWS:
                 self.flush()
                 next_flush = self.clock.monotonic() + self.interval_seconds
         self.flush()
 
-    def accept(self, item) -> None:
-        if type(item) is tuple:
-            self.accept_frame(*item)
-        elif item is DISCONNECTED:
-            self.open_gaps()
-        elif isinstance(item, RestBars):
-            self.accept_rest_results(item.symbol, item.results, item.received_ns)
+    def _next_items(self, timeout: float) -> list:
+        """Wait up to `timeout` for one item, then take whatever else is already queued (bounded)."""
+        try:
+            items = [self.frames.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(items) < MAX_FRAMES_PER_PARSE and items[-1] is not END_OF_STREAM:
+            try:
+                items.append(self.frames.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    # --- accepting bars ---
+
+    def accept_items(self, items: list) -> None:
+        """Queue items in order: runs of live frames are parsed together; control items between them."""
+        run: list = []
+        for item in items:
+            if type(item) is tuple:
+                run.append(item)
+                continue
+            self._accept_frames(run)
+            run = []
+            if item is DISCONNECTED:
+                self.open_gaps()
+            elif isinstance(item, RestBars):
+                self.accept_rest_results(item.symbol, item.results, item.received_ns)
+        self._accept_frames(run)
+
+    def accept_frame(self, received_ns: int, frame: str | bytes) -> None:
+        self._accept_frames([(received_ns, frame)])
+
+    def _accept_frames(self, frames: list) -> None:
+        if frames:
+            table, invalid = ws_frames_to_table(frames)
+            self.stats.rejected_invalid += invalid
+            self._keep(table, "ws")
+
+    def accept_rest_results(self, symbol: str, results: list, received_ns: int) -> None:
+        table, invalid = rest_results_to_table(symbol, results, received_ns)
+        self.stats.rejected_invalid += invalid
+        self._keep(table, "rest")
+
+    def _keep(self, table: pa.Table, source: str) -> None:
+        """Drop late, out-of-session and already stored bars; queue the rest for the next flush."""
+        self.stats.events_received += table.num_rows
+        starts = pc.cast(table.column("start"), pa.int64())
+        late = pc.less(starts, self._day_start_ms)
+        opens, closes = self._session_bounds_ms
+        in_session = pc.and_(pc.greater_equal(starts, opens), pc.less(starts, closes))
+        late_count = pc.sum(late).as_py() or 0
+        self.stats.rejected_late += late_count
+        self.stats.outside_session += table.num_rows - late_count - (pc.sum(in_session).as_py() or 0)
+        table = table.filter(in_session)
+        symbols = table.column("symbol").to_pylist()
+        session_starts = starts.filter(in_session).to_pylist()
+        if self._gap_from and source == "ws":
+            self._close_gaps(symbols, session_starts)
+        new = [self._seen.add(symbol, start) for symbol, start in zip(symbols, session_starts)]
+        repeats = len(new) - sum(new)
+        if source == "ws":  # a REST bar the stream already delivered is expected overlap, not a repeat
+            self.stats.duplicates += repeats
+        if repeats:
+            table = table.filter(pa.array(new, pa.bool_()))
+        if table.num_rows:
+            self._store(table, source)
+
+    def _store(self, table: pa.Table, source: str) -> None:
+        latest = table.group_by("symbol").aggregate([("start", "max")])
+        for symbol, start in zip(latest.column("symbol").to_pylist(), latest.column("start_max").to_pylist()):
+            start_ms = int(start.timestamp() * 1000)
+            self._last_start[symbol] = max(start_ms, self._last_start.get(symbol, start_ms))
+        self._pending.append(table)
+        self.stats.rows_pending += table.num_rows
+        if source == "rest":
+            self.stats.rows_backfilled += table.num_rows
 
     # --- day and session bounds ---
 
     def start_day(self) -> None:
         """Load what is already stored for the current trading day, so no (symbol, start) is written twice."""
-        now = self.clock.now()
-        day = self.calendar.trading_day(now)
+        day = self.calendar.trading_day(self.clock.now())
         if day == self._day:
             return
         self._day = day
@@ -88,9 +159,10 @@ class BatchWriter:
         self._day_start_ms = int(midnight.timestamp() * 1000)
         self._session_bounds_ms = (0, 0) if session is None else (
             int(session.open.timestamp() * 1000), int(session.close.timestamp() * 1000))
-        self._stored_keys = self.sink.existing_keys(CHANNEL, day)
+        self._seen = SeenBars(self._day_start_ms)
         self._last_start = {}
-        for symbol, start in self._stored_keys:
+        for symbol, start in self.sink.existing_keys(CHANNEL, day):
+            self._seen.add(symbol, start)
             self._last_start[symbol] = max(start, self._last_start.get(symbol, start))
         # Started (or restarted) mid-session: whatever came before the first live bar may be missing.
         self.open_gaps()
@@ -104,78 +176,26 @@ class BatchWriter:
             last = self._last_start.get(symbol)
             self._gap_from[symbol] = opens if last is None else max(opens, last + 1000)
 
-    def _close_gap(self, symbol: str, live_start: int) -> None:
-        """The first live bar after a possible gap tells where the gap ends."""
-        gap_from = self._gap_from.get(symbol)
-        if gap_from is None or live_start < gap_from:
-            return
-        del self._gap_from[symbol]
-        if live_start > gap_from:
-            self.request_backfill(Gap(symbol, gap_from, live_start - 1000))
-
-    # --- accepting bars ---
-
-    def accept_frame(self, received_ns: int, frame: str | bytes) -> None:
-        try:
-            events = json.loads(frame)
-        except ValueError:
-            self.stats.rejected_invalid += 1
-            return
-        if not isinstance(events, list):
-            self.stats.rejected_invalid += 1
-            return
-        received_us = received_ns // 1000
-        for event in events:
-            try:
-                row = ws_bar(event)
-            except InvalidBar:
-                self.stats.rejected_invalid += 1
+    def _close_gaps(self, symbols: list[str], starts: list[int]) -> None:
+        """The first live bar of a symbol after a possible gap tells where the gap ends."""
+        for symbol, start in zip(symbols, starts):
+            gap_from = self._gap_from.get(symbol)
+            if gap_from is None or start < gap_from:
                 continue
-            self._keep(row, received_us, "ws")
-
-    def accept_rest_results(self, symbol: str, results: list, received_ns: int) -> None:
-        received_us = received_ns // 1000
-        for result in results:
-            try:
-                row = rest_bar(result, symbol)
-            except InvalidBar:
-                self.stats.rejected_invalid += 1
-                continue
-            self._keep(row, received_us, "rest")
-
-    def _keep(self, row: dict, received_us: int, source: str) -> None:
-        self.stats.events_received += 1
-        start = row["start"]
-        if start < self._day_start_ms:
-            self.stats.rejected_late += 1
-            return
-        opens, closes = self._session_bounds_ms
-        if not opens <= start < closes:
-            self.stats.outside_session += 1
-            return
-        symbol = row["symbol"]
-        if self._gap_from and source == "ws":
-            self._close_gap(symbol, start)
-        key = (symbol, start)
-        if key in self._stored_keys:
-            if source == "ws":  # a REST bar the stream already delivered is expected overlap
-                self.stats.duplicates += 1
-            return
-        self._stored_keys.add(key)
-        if start > self._last_start.get(symbol, start - 1):
-            self._last_start[symbol] = start
-        self._pending.append(row, received_us, source)
-        self.stats.rows_pending = len(self._pending)
-        if source == "rest":
-            self.stats.rows_backfilled += 1
+            del self._gap_from[symbol]
+            if start > gap_from:
+                self.request_backfill(Gap(symbol, gap_from, start - 1000))
+            if not self._gap_from:
+                return
 
     # --- flushing ---
 
     def flush(self) -> bool:
         """Write the pending rows as one file; on failure keep them for the next attempt."""
-        if not len(self._pending):
+        if not self._pending:
             return True
-        table = self._pending.to_table()
+        table = pa.concat_tables(self._pending)
+        self._pending = [table]
         try:
             self.sink.write(CHANNEL, self._day, table, self.clock.time_ns())
         except OSError as exc:
@@ -201,4 +221,4 @@ class BatchWriter:
         self.stats.batches_written += 1
         self.stats.rows_pending = 0
         self.stats.last_flush_at = self.clock.now()
-        self._pending = BarColumns()
+        self._pending = []
