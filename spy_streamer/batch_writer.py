@@ -26,8 +26,9 @@ from .seen_bars import SeenBars
 
 log = logging.getLogger(__name__)
 
-MAX_FRAMES_PER_PARSE = 2000      # frames parsed together; bounds the latency a parse adds
-MAX_PENDING_ROWS = 250_000       # flush early past this, so memory stays flat under heavy load
+MAX_FRAMES_PER_PARSE = 2000      # frames parsed together: amortizes the parser's set-up per call...
+MAX_BYTES_PER_PARSE = 1_000_000  # ...but about a MB at most: a batch is held three times (text, NDJSON, Arrow)
+MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat under heavy load
 
 
 class BatchWriter:
@@ -46,7 +47,6 @@ class BatchWriter:
         self._day_start_ms = 0
         self._session_bounds_ms: tuple[int, int] = (0, 0)
         self._seen = SeenBars(0)
-        self._last_start: dict[str, int] = {}    # latest bar start stored today, per symbol
         self._gap_from: dict[str, int] = {}      # per symbol: first bar start that may be missing
         self._pending: list[pa.Table] = []
         self._flush_failing = False
@@ -74,11 +74,15 @@ class BatchWriter:
             items = [self.frames.get(timeout=timeout)]
         except queue.Empty:
             return []
-        while len(items) < MAX_FRAMES_PER_PARSE and items[-1] is not END_OF_STREAM:
+        size = 0
+        while len(items) < MAX_FRAMES_PER_PARSE and size < MAX_BYTES_PER_PARSE and items[-1] is not END_OF_STREAM:
             try:
-                items.append(self.frames.get_nowait())
+                item = self.frames.get_nowait()
             except queue.Empty:
                 break
+            items.append(item)
+            if type(item) is tuple:
+                size += len(item[1])
         return items
 
     # --- accepting bars ---
@@ -123,24 +127,20 @@ class BatchWriter:
         self.stats.rejected_late += late_count
         self.stats.outside_session += table.num_rows - late_count - (pc.sum(in_session).as_py() or 0)
         table = table.filter(in_session)
-        symbols = table.column("symbol").to_pylist()
-        session_starts = starts.filter(in_session).to_pylist()
+        symbols = table.column("symbol").combine_chunks()
+        session_starts = starts.filter(in_session).combine_chunks()
         if self._gap_from and source == "ws":
-            self._close_gaps(symbols, session_starts)
-        new = [self._seen.add(symbol, start) for symbol, start in zip(symbols, session_starts)]
-        repeats = len(new) - sum(new)
+            self._close_gaps(symbols.to_pylist(), session_starts.to_pylist())
+        new = self._seen.add(symbols, session_starts)
+        repeats = len(new) - (pc.sum(new).as_py() or 0)
         if source == "ws":  # a REST bar the stream already delivered is expected overlap, not a repeat
             self.stats.duplicates += repeats
         if repeats:
-            table = table.filter(pa.array(new, pa.bool_()))
+            table = table.filter(new)
         if table.num_rows:
             self._store(table, source)
 
     def _store(self, table: pa.Table, source: str) -> None:
-        latest = table.group_by("symbol").aggregate([("start", "max")])
-        for symbol, start in zip(latest.column("symbol").to_pylist(), latest.column("start_max").to_pylist()):
-            start_ms = int(start.timestamp() * 1000)
-            self._last_start[symbol] = max(start_ms, self._last_start.get(symbol, start_ms))
         self._pending.append(table)
         self.stats.rows_pending += table.num_rows
         if source == "rest":
@@ -160,10 +160,8 @@ class BatchWriter:
         self._session_bounds_ms = (0, 0) if session is None else (
             int(session.open.timestamp() * 1000), int(session.close.timestamp() * 1000))
         self._seen = SeenBars(self._day_start_ms)
-        self._last_start = {}
-        for symbol, start in self.sink.existing_keys(CHANNEL, day):
-            self._seen.add(symbol, start)
-            self._last_start[symbol] = max(start, self._last_start.get(symbol, start))
+        stored = self.sink.stored_bars(CHANNEL, day)
+        self._seen.add(stored.column("symbol").combine_chunks(), stored.column("start").combine_chunks())
         # Started (or restarted) mid-session: whatever came before the first live bar may be missing.
         self.open_gaps()
 
@@ -173,7 +171,7 @@ class BatchWriter:
         """The stream may have missed bars from just after the last stored one (or the open) on."""
         opens = self._session_bounds_ms[0]
         for symbol in self.backfill_symbols:
-            last = self._last_start.get(symbol)
+            last = self._seen.latest_start(symbol)
             self._gap_from[symbol] = opens if last is None else max(opens, last + 1000)
 
     def _close_gaps(self, symbols: list[str], starts: list[int]) -> None:

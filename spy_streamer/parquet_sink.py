@@ -12,6 +12,7 @@ from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .durable_files import fsync_directory
@@ -53,18 +54,18 @@ class ParquetSink:
                         extra={"event": "fsync_failed"})
         return final
 
-    def existing_keys(self, channel: str, day: date) -> set[tuple[str, int]]:
-        """(symbol, start in ms) of every row already stored for the day, so a restart adds no duplicate."""
-        keys: set[tuple[str, int]] = set()
+    def stored_bars(self, channel: str, day: date) -> pa.Table:
+        """`symbol` and `start` (ms) of every row already stored for the day, so a restart adds no duplicate."""
+        tables = [pa.table({"symbol": pa.array([], pa.string()), "start": pa.array([], pa.int64())})]
         for path in sorted(self.partition_dir(channel, day).glob("*.parquet")):
             try:
                 table = pq.read_table(path, columns=["symbol", "start"])
             except (pa.ArrowException, OSError) as exc:
                 self._set_aside(path, exc)
                 continue
-            starts = table.column("start").cast(pa.int64()).to_pylist()
-            keys.update(zip(table.column("symbol").to_pylist(), starts))
-        return keys
+            tables.append(pa.table({"symbol": table.column("symbol"),
+                                    "start": pc.cast(table.column("start"), pa.int64())}))
+        return pa.concat_tables(tables)
 
     @staticmethod
     def _set_aside(path: Path, exc: Exception) -> None:

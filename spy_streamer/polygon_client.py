@@ -30,6 +30,10 @@ from .queue_items import DISCONNECTED
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_SECONDS = 2.0
+# How long a full queue may pause reading before frames are dropped: well under the server's keepalive
+# timeout (websockets pings every 20 s), so a burst slows the sender instead of costing data.
+FULL_QUEUE_PATIENCE_SECONDS = 2.0
+FULL_QUEUE_POLL_SECONDS = 0.002
 
 
 class AuthRejected(Exception):
@@ -54,7 +58,7 @@ class Backoff:
 class PolygonStream:
     def __init__(self, polygon: PolygonConfig, api_key: str, calendar: MarketCalendar,
                  monitor: HeartbeatMonitor, stats: ReaderStats, frames: queue.Queue, clock,
-                 backoff: Backoff = Backoff()):
+                 backoff: Backoff = Backoff(), full_queue_patience_seconds: float = FULL_QUEUE_PATIENCE_SECONDS):
         self.polygon = polygon
         self.api_key = api_key
         self.calendar = calendar
@@ -63,6 +67,7 @@ class PolygonStream:
         self.frames = frames
         self.clock = clock
         self.backoff = backoff
+        self.full_queue_patience_seconds = full_queue_patience_seconds
         self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -210,12 +215,26 @@ class PolygonStream:
         self.monitor.record_message()
         if not self.stats.connected:
             self._mark_streaming()
+        item = (self.clock.time_ns(), frame)
         try:
-            self.frames.put_nowait((self.clock.time_ns(), frame))
+            self.frames.put_nowait(item)
         except queue.Full:
-            self._count_drop()
+            await self._wait_for_room(item)
         else:
             self._dropping = False
+
+    async def _wait_for_room(self, item: tuple) -> None:
+        """A burst outran the writer: pause reading briefly (TCP pushes back on the sender) rather
+        than lose the frame; the loop keeps running meanwhile. Past the patience, drop and alert."""
+        deadline = self.clock.monotonic() + self.full_queue_patience_seconds
+        while self.clock.monotonic() < deadline:
+            await asyncio.sleep(FULL_QUEUE_POLL_SECONDS)
+            try:
+                self.frames.put_nowait(item)
+                return
+            except queue.Full:
+                continue
+        self._count_drop()
 
     def _count_drop(self) -> None:
         self.stats.dropped_queue_full += 1

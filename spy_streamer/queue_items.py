@@ -5,6 +5,7 @@ nothing else; the rare control items below are told apart by identity or type.
 """
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 
 END_OF_STREAM = None          # the runner's last item: flush and stop
@@ -17,3 +18,33 @@ class RestBars:
     symbol: str
     results: list
     received_ns: int
+
+
+class FrameQueue(queue.Queue):
+    """A queue.Queue bounded by the bytes it holds rather than the number of items: a frame may carry one
+    bar (A.SPY) or hundreds (a firehose), and memory is what the bound protects."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(maxsize=max_bytes)
+        self._bytes = 0
+
+    def items_waiting(self) -> int:
+        with self.mutex:
+            return len(self.queue)
+
+    @staticmethod
+    def _size(item) -> int:
+        # Never 0: Queue.get() takes a size of 0 for "empty".
+        return len(item[1]) + 1 if type(item) is tuple else 1
+
+    def _qsize(self) -> int:
+        return self._bytes
+
+    def _put(self, item) -> None:
+        self._bytes += self._size(item)
+        self.queue.append(item)
+
+    def _get(self):
+        item = self.queue.popleft()
+        self._bytes -= self._size(item)
+        return item

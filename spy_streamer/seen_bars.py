@@ -1,10 +1,17 @@
 """Which (symbol, start) bars of one trading day are already stored.
 
-One bit per second of the local day per symbol (11 KB a symbol), instead of a set of tuples that would
-grow by ~100 bytes a row: memory stays flat however many bars or repeats a day brings. Bars that do not
+One byte per second of the local day per symbol (90 KB a symbol), instead of a set of tuples that would
+grow by ~100 bytes a row: memory stays flat however many bars or repeats a day brings, and a whole batch
+is checked with C-level loops (`map` over the bytearray) rather than Python code per bar. Bars that do not
 start on a whole second of the day (never seen from Polygon's one-second aggregates) go to a set.
 """
 from __future__ import annotations
+
+from collections import deque
+from itertools import repeat
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 DAY_SECONDS = 25 * 3600  # the longest local day: the autumn DST change
 
@@ -12,25 +19,59 @@ DAY_SECONDS = 25 * 3600  # the longest local day: the autumn DST change
 class SeenBars:
     def __init__(self, day_start_ms: int):
         self.day_start_ms = day_start_ms
-        self._bits: dict[str, bytearray] = {}
+        self._symbol_ids: dict[str, int] = {}
+        self._seen = bytearray()                 # DAY_SECONDS bytes per symbol, in id order
         self._irregular: set[tuple[str, int]] = set()
 
-    def add(self, symbol: str, start_ms: int) -> bool:
-        """Record the bar; True if it was not seen before."""
+    def add(self, symbols: pa.Array, starts_ms: pa.Array) -> pa.BooleanArray:
+        """Record a batch of bars; True where a bar was not seen before (earlier in the batch included)."""
+        offsets = pc.subtract(starts_ms, self.day_start_ms)
+        seconds = pc.divide(offsets, 1000)
+        regular = pc.and_(pc.equal(pc.multiply(seconds, 1000), offsets),
+                          pc.and_(pc.greater_equal(offsets, 0), pc.less(seconds, DAY_SECONDS)))
+        if not pc.all(regular).as_py():
+            return self._add_one_by_one(symbols.to_pylist(), starts_ms.to_pylist())
+        keys = pc.add(pc.multiply(self._ids_of(symbols), DAY_SECONDS), seconds).to_pylist()
+        if len(set(keys)) != len(keys):  # repeats inside the batch: only the first one is new
+            return self._add_one_by_one(symbols.to_pylist(), starts_ms.to_pylist())
+        seen = pa.Array.from_buffers(pa.uint8(), len(keys), [None, pa.py_buffer(bytes(map(self._seen.__getitem__, keys)))])
+        deque(map(self._seen.__setitem__, keys, repeat(1)), maxlen=0)  # mark all, at C speed
+        return pc.equal(seen, 0)
+
+    def latest_start(self, symbol: str) -> int | None:
+        """The latest whole-second bar start recorded for `symbol` (where a gap would begin), or None."""
+        symbol_id = self._symbol_ids.get(symbol)
+        if symbol_id is None:
+            return None
+        first = symbol_id * DAY_SECONDS
+        second = self._seen.rfind(1, first, first + DAY_SECONDS)
+        return None if second < 0 else self.day_start_ms + (second - first) * 1000
+
+    def _ids_of(self, symbols: pa.Array) -> pa.Array:
+        encoded = pc.dictionary_encode(symbols)
+        ids = [self._symbol_id(name) for name in encoded.dictionary.to_pylist()]
+        return pa.array(ids, pa.int64()).take(encoded.indices)
+
+    def _symbol_id(self, symbol: str) -> int:
+        symbol_id = self._symbol_ids.get(symbol)
+        if symbol_id is None:
+            symbol_id = self._symbol_ids[symbol] = len(self._symbol_ids)
+            self._seen.extend(bytes(DAY_SECONDS))
+        return symbol_id
+
+    def _add_one_by_one(self, symbols: list[str], starts_ms: list[int]) -> pa.BooleanArray:
+        return pa.array([self._add_single(symbol, start) for symbol, start in zip(symbols, starts_ms)], pa.bool_())
+
+    def _add_single(self, symbol: str, start_ms: int) -> bool:
         second, remainder = divmod(start_ms - self.day_start_ms, 1000)
         if remainder or not 0 <= second < DAY_SECONDS:
-            return self._add_irregular((symbol, start_ms))
-        bits = self._bits.get(symbol)
-        if bits is None:
-            bits = self._bits[symbol] = bytearray(DAY_SECONDS // 8 + 1)
-        index, mask = second >> 3, 1 << (second & 7)
-        if bits[index] & mask:
+            key = (symbol, start_ms)
+            if key in self._irregular:
+                return False
+            self._irregular.add(key)
+            return True
+        index = self._symbol_id(symbol) * DAY_SECONDS + second
+        if self._seen[index]:
             return False
-        bits[index] |= mask
-        return True
-
-    def _add_irregular(self, key: tuple[str, int]) -> bool:
-        if key in self._irregular:
-            return False
-        self._irregular.add(key)
+        self._seen[index] = 1
         return True

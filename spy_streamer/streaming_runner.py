@@ -15,6 +15,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Callable
 
+import pyarrow as pa
 import schedule
 
 from .batch_writer import BatchWriter
@@ -27,7 +28,7 @@ from .parquet_sink import ParquetSink
 from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
 from .polygon_client import AuthRejected, PolygonStream
 from .polygon_rest import fetch_second_aggs, make_rest_client
-from .queue_items import END_OF_STREAM
+from .queue_items import END_OF_STREAM, FrameQueue
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above 
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends
 RECONCILE_EVERY_SECONDS = 60         # safety net against clock jumps; transitions have their own jobs
 MAX_WAIT_SECONDS = 1.0               # a signal is acted on within this
-QUEUE_MAX_FRAMES = 100_000
+QUEUE_MAX_BYTES = 4_000_000         # hours of A.SPY (a ~230-byte bar a frame); 100 frames of 200 events
 
 
 def backfill_symbols(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
@@ -126,6 +127,9 @@ class StreamingRunner:
 
     def run(self) -> int:
         self._install_signal_handlers()
+        # Arrow's default mimalloc pool keeps freed pages per thread; after a burst the system allocator
+        # gives more of them back, which keeps the daemon's resident memory lower over a long session.
+        pa.set_memory_pool(pa.system_memory_pool())
         log.info("spy-streamer started (config %s)", self.config.source,
                  extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions)})
         self.sink.remove_temp_files()
@@ -221,7 +225,7 @@ class StreamingRunner:
         self.monitor.send_heartbeat()
 
     def _begin_session(self, market_session: Session) -> None:
-        frames: queue.Queue = queue.Queue(maxsize=QUEUE_MAX_FRAMES)
+        frames = FrameQueue(QUEUE_MAX_BYTES)
         backfiller = GapBackfiller(
             lambda symbol, from_ms, to_ms: fetch_second_aggs(self.rest_client, symbol, from_ms, to_ms),
             frames.put, self.backfill_stats, self.clock)
@@ -253,7 +257,7 @@ class StreamingRunner:
 
     def _queue_depth(self) -> int:
         session = self._session
-        return 0 if session is None else session.frames.qsize()
+        return 0 if session is None else session.frames.items_waiting()
 
     def _on_stall(self) -> None:
         session = self._session

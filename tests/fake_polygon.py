@@ -144,9 +144,11 @@ class _Client:
 # The fake
 # --------------------------------------------------------------------------
 class FakePolygon:
-    def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1"):
+    def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1", compression: str | None = "deflate"):
         self.api_key = api_key
         self.host = host
+        self.compression = compression  # permessage-deflate, as the client offers; None to switch it off
+        self.last_blast_started: float | None = None
         # Recorded state (read by tests; written under self._lock).
         self.connections_total = 0
         self.refused_handshakes = 0
@@ -229,7 +231,8 @@ class FakePolygon:
     async def _start_ws(self):
         # close_timeout bounds how long a close() waits for the peer's close frame.
         return await serve(self._handler, self.host, 0,
-                           process_request=self._process_request, close_timeout=0.5)
+                           process_request=self._process_request, close_timeout=0.5,
+                           compression=self.compression)
 
     async def _stop_ws(self) -> None:
         for task in list(self._tasks):
@@ -391,19 +394,23 @@ class FakePolygon:
         return sent
 
     def blast(self, total_events: int, frame_size: int = 200, start_ms: int = 1_767_000_000_000,
-              symbol: str = "SPY") -> float:
+              symbols: tuple[str, ...] = ("SPY",)) -> float:
         """Benchmark: send pre-encoded frames as fast as possible; returns seconds.
 
-        The time ends when the last frame is handed to the socket, i.e. the client
-        may still have up to the write buffer plus kernel buffers left to read.
-        Nothing is recorded in sent_events/timeline.
+        Events go round-robin over `symbols`, one bar per symbol per second from start_ms, so with
+        several symbols many events fit in a short session window. The time ends when the last frame
+        is handed to the socket, i.e. the client may still have up to the write buffer plus kernel
+        buffers left to read. Nothing is recorded in sent_events/timeline.
         """
-        frames = [json.dumps(c) for c in _chunks(_timeline_iter(start_ms, total_events, symbol),
-                                                 frame_size)]
-        return self._call(self._blast(frames, symbol), timeout=None)
+        per_symbol = -(-total_events // len(symbols))
+        timelines = [list(_timeline_iter(start_ms, per_symbol, symbol)) for symbol in symbols]
+        events = [timeline[i] for i in range(per_symbol) for timeline in timelines][:total_events]
+        frames = [json.dumps(c, separators=(",", ":")) for c in _chunks(events, frame_size)]
+        return self._call(self._blast(frames, symbols), timeout=None)
 
-    async def _blast(self, frames: list[str], symbol: str) -> float:
-        clients = [c for c in self._subscribed() if c.wants({"ev": "A", "sym": symbol})]
+    async def _blast(self, frames: list[str], symbols: tuple[str, ...]) -> float:
+        clients = [c for c in self._subscribed() if any(c.wants({"ev": "A", "sym": s}) for s in symbols)]
+        self.last_blast_started = time.monotonic()  # after encoding: when the first frame goes out
         started = time.perf_counter()
         for frame in frames:
             for client in list(clients):

@@ -592,7 +592,7 @@ def test_a_leftover_temp_file_does_not_break_readers_or_the_restart(rig, data_di
     assert len(stored(data_dir)) == 3              # pyarrow skips the hidden temporary
     restarted = Rig(data_dir, clock=FakeClock(SESSION_NOW + timedelta(minutes=1)))
     restarted.send(bars)
-    assert restarted.stats.duplicates == 3         # existing_keys ignores the temporary too
+    assert restarted.stats.duplicates == 3         # stored_bars ignores the temporary too
 
 
 def test_an_unreadable_parquet_file_does_not_stop_the_writer(data_dir):

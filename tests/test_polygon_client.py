@@ -77,7 +77,8 @@ class StreamRig:
     """One PolygonStream with its stats, monitor and queue; runs stream_realtime in a thread."""
 
     def __init__(self, fake: FakePolygon, tmp_path, *, now: datetime = OPEN_NOW, api_key: str = TEST_API_KEY,
-                 backoff: Backoff = FAST, maxsize: int = 0, until: datetime = SESSION_CLOSE):
+                 backoff: Backoff = FAST, maxsize: int = 0, until: datetime = SESSION_CLOSE,
+                 patience: float = 2.0):
         self.fake = fake
         self.clock = SessionClock(now)
         self.calendar = MarketCalendar(HOURS)
@@ -90,7 +91,7 @@ class StreamRig:
         polygon = PolygonConfig(api_key_env="POLYGON_API_KEY", ws_feed=fake.ws_feed, ws_secure=False,
                                 rest_base_url=fake.rest_base_url, subscriptions=("A.SPY",))
         self.stream = PolygonStream(polygon, api_key, self.calendar, self.monitor, self.stats, self.frames,
-                                    self.clock, backoff)
+                                    self.clock, backoff, full_queue_patience_seconds=patience)
         self.until = until
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
@@ -423,8 +424,18 @@ def test_a_healthy_connection_resets_the_backoff(make_rig, fake, caplog):
 # A full queue
 # --------------------------------------------------------------------------------------------------
 
-def test_a_full_queue_drops_frames_without_blocking_and_alerts_once_per_streak(make_rig, fake, caplog):
-    rig = make_rig(maxsize=1).start()
+def test_a_full_queue_pauses_reading_instead_of_dropping(make_rig, fake, caplog):
+    rig = make_rig(maxsize=1, patience=2.0).start()
+    rig.streaming()
+    sent = session_timeline(BAR_START_MS, 5)
+    fake.push(sent, frame_size=1)                      # five frames; room for one at a time
+    assert rig.received_events(5) == sent              # the writer catching up gets every one, in order
+    assert rig.stats.dropped_queue_full == 0 and not events_named(caplog, "queue_overflow")
+    assert rig.stop() < 1.0
+
+
+def test_a_full_queue_drops_frames_after_its_patience_and_alerts_once_per_streak(make_rig, fake, caplog):
+    rig = make_rig(maxsize=1, patience=0.05).start()
     rig.streaming()
 
     first = session_timeline(BAR_START_MS, 5)
