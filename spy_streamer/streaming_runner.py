@@ -134,8 +134,8 @@ class StreamingRunner:
                  extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions)})
         self.sink.remove_temp_files()
         heartbeat_thread = self._start_thread("heartbeat", lambda: self.monitor.run(self._heartbeat_stop))
-        self.scheduler.every(RECONCILE_EVERY_SECONDS).seconds.do(self._reconcile)
-        self._reconcile()
+        self.scheduler.every(RECONCILE_EVERY_SECONDS).seconds.do(self.reconcile)
+        self.reconcile()
         while self._exit_code is None:
             self.scheduler.run_pending()
             self._wait_for_event(self._seconds_to_next_job())
@@ -188,7 +188,7 @@ class StreamingRunner:
 
     # --- market transitions ---
 
-    def _reconcile(self) -> None:
+    def reconcile(self) -> None:
         """Make the running state match the calendar now, then schedule the next transition."""
         now = self.clock.now()
         if self._session is not None:
@@ -213,8 +213,8 @@ class StreamingRunner:
         self.scheduler.every(seconds).seconds.do(self._transition).tag("transition")
 
     def _transition(self):
-        self._reconcile()
-        return schedule.CancelJob  # _reconcile scheduled the next one
+        self.reconcile()
+        return schedule.CancelJob  # reconcile() scheduled the next one
 
     def _announce_closed(self, upcoming: Session, now: datetime) -> None:
         self._announced_next_open = upcoming.open

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -70,3 +72,19 @@ def write_settings(tmp_path: Path, document: dict, name: str = "settings.yaml") 
 def config_file(tmp_path):
     """Factory: config_file(**sections) -> path of a settings file under tmp_path."""
     return lambda **sections: write_settings(tmp_path, settings(tmp_path, **sections))
+
+
+@pytest.fixture
+def record_figure(request):
+    """record_figure(name, value): a figure a test measured, for scripts/completion_report.py.
+
+    Written as a JSON line to $SPY_STREAMER_FIGURES when that is set; tests assert on the same values,
+    so the report never quotes a figure the test did not check."""
+    target = os.environ.get("SPY_STREAMER_FIGURES")
+
+    def record(name: str, value) -> None:
+        if target:
+            with open(target, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"test": request.node.nodeid, "name": name, "value": value}) + "\n")
+
+    return record

@@ -3,6 +3,7 @@ Polygon on 127.0.0.1, then SIGTERM, and the Parquet, the heartbeat and the log r
 from __future__ import annotations
 
 import signal
+import statistics
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -16,7 +17,7 @@ from test_status_command import iso_z, run_command
 
 
 # 1. Started outside market hours: refuses, no connection; SIGTERM -> exit 0.
-def test_outside_market_hours_opens_no_connection(start, fake):
+def test_outside_market_hours_opens_no_connection(start, fake, record_figure):
     run = start(open_now=False)
     wait_for(lambda: run.events("market_closed"), timeout=15, what="market_closed log line")
     time.sleep(1.0)
@@ -28,10 +29,12 @@ def test_outside_market_hours_opens_no_connection(start, fake):
     assert code == 0 and seconds < 3
     assert run.heartbeat()["status"] == "stopped"
     assert fake.connections_total == 0
+    record_figure("connections while closed", fake.connections_total)
+    record_figure("shutdown seconds", round(seconds, 2))
 
 
 # 2. Started in market hours: connects, subscribes A.SPY, every row sent is stored once.
-def test_in_market_hours_stores_every_row_once(start, fake):
+def test_in_market_hours_stores_every_row_once(start, fake, record_figure):
     run = start()
     assert fake.wait_for_subscribers(1, timeout=15)
     assert fake.subscriptions == ["A.SPY"]
@@ -50,20 +53,30 @@ def test_in_market_hours_stores_every_row_once(start, fake):
         (timeline[0]["o"], timeline[0]["c"], timeline[0]["v"], "ws")
     final = run.heartbeat()
     assert final["status"] == "stopped" and final["duplicates"] == 50 and final["rows_written"] == 3000
+    record_figure("bars sent (distinct)", len(timeline))
+    record_figure("rows stored", len(rows))
+    record_figure("repeats dropped", final["duplicates"])
+    record_figure("shutdown seconds", round(seconds, 2))
 
 
 # 3. The heartbeat file is rewritten every interval.
-def test_heartbeat_updates_every_interval(start, fake):
+def test_heartbeat_updates_every_interval(start, fake, record_figure):
     run = start(streaming={"monitoring": {"heartbeat_interval_seconds": 0.4}})
     assert fake.wait_for_subscribers(1, timeout=15)
+    time.sleep(0.5)  # past the beats written at start and at the open
     stamps = set()
     deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
         heartbeat = run.heartbeat()
         if heartbeat:
             stamps.add(heartbeat["updated_at"])
-        time.sleep(0.05)
-    assert len(stamps) >= 4          # ~6 expected in 2.5 s at 0.4 s
+        time.sleep(0.02)
+    instants = sorted(datetime.fromisoformat(stamp) for stamp in stamps)
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(instants, instants[1:])]
+    assert len(stamps) >= 5          # ~6 expected in 2.5 s at 0.4 s
+    assert 0.3 <= statistics.median(gaps) <= 0.6
+    record_figure("heartbeat interval configured (s)", 0.4)
+    record_figure("heartbeat interval seen, median (s)", round(statistics.median(gaps), 3))
     heartbeat = run.heartbeat()
     assert heartbeat["status"] == "streaming" and heartbeat["connected"] is True
     assert heartbeat["market_open"] is True and heartbeat["memory_rss_bytes"] > 0
@@ -71,7 +84,7 @@ def test_heartbeat_updates_every_interval(start, fake):
 
 
 # 4. A stall alerts once, the heartbeat says stalled, check exits 2; messages resuming recover.
-def test_stall_alerts_once_and_recovers(start, fake):
+def test_stall_alerts_once_and_recovers(start, fake, record_figure):
     run = start(streaming={"monitoring": {"alert_threshold_seconds": 1.5, "heartbeat_interval_seconds": 0.5}})
     assert fake.wait_for_subscribers(1, timeout=15)
     fake.push(session_timeline(recent_start_ms(), 5))
@@ -80,8 +93,13 @@ def test_stall_alerts_once_and_recovers(start, fake):
     check = run_command("check", run.config_path)
     assert check.returncode == 2 and check.stdout.startswith("CRITICAL: stream stalled")
     time.sleep(2.0)  # still silent: no second alert for the same stall
-    assert len(run.events("stream_stalled")) == 1
-    assert run.events("stream_stalled")[0]["level"] == "ERROR"
+    (alert,) = run.events("stream_stalled")
+    assert alert["level"] == "ERROR"
+    assert 1.5 <= alert["silence_seconds"] <= 3.0   # threshold 1.5 s, checked at least once a second
+    record_figure("alert threshold (s)", 1.5)
+    record_figure("silence when the alert fired (s)", alert["silence_seconds"])
+    record_figure("alerts for one stall", 1)
+    record_figure("check exit code while stalled", check.returncode)
     # The stall forced a reconnect (a silent socket is often a dead one); data flows again.
     assert fake.wait_for_subscribers(1, timeout=10)
     fake.push(session_timeline(recent_start_ms(60), 5))
@@ -91,18 +109,21 @@ def test_stall_alerts_once_and_recovers(start, fake):
 
 # 5. An early close a few seconds away: connection closed after a short grace, final flush,
 #    heartbeat market_closed, and the process stays alive and asleep.
-def test_early_close_ends_session_and_sleeps(start, fake):
+def test_early_close_ends_session_and_sleeps(start, fake, record_figure):
     now = datetime.now(timezone.utc)
     today = now.astimezone(midday_zone(now)).date().isoformat()
-    close_at = now + timedelta(seconds=4)
+    close_at = (now + timedelta(seconds=4)).replace(microsecond=0)  # Polygon's rows carry whole seconds
     fake.holidays = holiday_rows(today, "Half Day", "early-close",
                                  iso_z(now - timedelta(minutes=10)), iso_z(close_at))
     run = start()
     assert fake.wait_for_subscribers(1, timeout=10)
     before_close = session_timeline(recent_start_ms(60), 30)
     fake.push(before_close)
-    wait_for(lambda: run.events("session_ended"), timeout=20, what="session end at the early close")
+    (ended,) = wait_for(lambda: run.events("session_ended"), timeout=20, what="session end at the early close")
     assert fake.active_connections() == 0
+    after_close = (datetime.fromisoformat(ended["timestamp"]) - close_at).total_seconds()
+    assert 5 <= after_close <= 7  # the close plus the 5 s grace for the last bars, then stopped
+    record_figure("session end after the early close (s)", round(after_close, 2))
     assert len(stored_keys(run.data_dir)) == 30
     assert run.heartbeat()["status"] == "market_closed"
     wait_for(lambda: run.events("market_closed"), timeout=3, what="market_closed line")
@@ -113,7 +134,7 @@ def test_early_close_ends_session_and_sleeps(start, fake):
 
 
 # 6. Log size: thousands of messages, a few dozen lines; no message, tick or API key in any line.
-def test_log_stays_small_and_clean(start, fake):
+def test_log_stays_small_and_clean(start, fake, record_figure):
     run = start(streaming={"monitoring": {"heartbeat_interval_seconds": 2}})
     assert fake.wait_for_subscribers(1, timeout=15)
     fake.push(session_timeline(recent_start_ms(300), 3000), frame_size=1)
@@ -122,6 +143,9 @@ def test_log_stays_small_and_clean(start, fake):
     text = run.log_file.read_text()
     lines = text.splitlines()
     assert len(lines) <= 30, lines
+    record_figure("messages streamed", 3000)
+    record_figure("log lines", len(lines))
+    record_figure("log bytes", len(text.encode()))
     assert TEST_API_KEY not in text
     assert '"ev"' not in text and '"sym"' not in text and "\\\"ev\\\"" not in text
     assert all(entry["event"] and entry["level"] and entry["timestamp"] for entry in log_events(run.log_file))
