@@ -12,7 +12,6 @@ import json
 import logging
 import queue
 import random
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator

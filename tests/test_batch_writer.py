@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FakeClock, ny
+from conftest import FakeClock, SessionClock, ny
 from fake_polygon import agg_event, session_timeline
 from spy_streamer import parquet_sink
 from spy_streamer.aggregate_bars import SCHEMA
@@ -363,22 +363,6 @@ def test_an_int_too_large_for_a_float_price_is_rejected_not_raised(rig):
 # --------------------------------------------------------------------------------------------------
 # The flush timer (real monotonic time, short interval)
 # --------------------------------------------------------------------------------------------------
-
-class SessionClock:
-    """Wall clock frozen inside a session, monotonic and time_ns real: the writer's timer runs for real."""
-
-    def __init__(self, now: datetime):
-        self._now = now.astimezone(timezone.utc)
-
-    def now(self) -> datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time_ns(self) -> int:
-        return time.time_ns()
-
 
 def start_writer(rig: Rig) -> threading.Thread:
     thread = threading.Thread(target=rig.writer.run, name="test-writer", daemon=True)

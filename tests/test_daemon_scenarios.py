@@ -7,11 +7,9 @@ import statistics
 import time
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from conftest import TEST_API_KEY, write_settings
-from daemon_harness import (Daemon, events_named, fake, log_events, midday_zone, recent_start_ms, start,
-                            stored_keys, stored_rows, wait_for, window_settings)
+from daemon_harness import (Daemon, events_named, log_events, midday_zone, recent_start_ms, stored_keys,
+                            stored_rows, wait_for, window_settings)
 from fake_polygon import holiday_rows, session_timeline
 from test_status_command import iso_z, run_command
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from daemon_harness import fake, recent_start_ms, start, stored_keys, wait_for  # noqa: F401 (fixtures)
+from daemon_harness import recent_start_ms, stored_keys, wait_for
 from fake_polygon import session_timeline
 
 AGGS = "/v2/aggs/ticker/SPY/range/1/second/"

@@ -11,12 +11,12 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, time as clock_time, timedelta, timezone
+from datetime import datetime, time as clock_time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import TEST_API_KEY, ny
+from conftest import TEST_API_KEY, SessionClock, ny
 from fake_polygon import FakePolygon, session_timeline
 from spy_streamer.config import MarketHoursConfig, PolygonConfig
 from spy_streamer.heartbeat_monitor import HeartbeatMonitor
@@ -30,22 +30,6 @@ OPEN_NOW = ny(2025, 6, 10, 11, 0)          # a Tuesday, mid-session
 SESSION_CLOSE = ny(2025, 6, 10, 16, 0)
 FAST = Backoff(initial_seconds=0.05, max_seconds=0.2, healthy_after_seconds=5, max_connections_seconds=0.5)
 BAR_START_MS = int(ny(2025, 6, 10, 10, 0).timestamp() * 1000)
-
-
-class SessionClock:
-    """Wall clock frozen at `now`; monotonic and time_ns are the real ones."""
-
-    def __init__(self, now: datetime):
-        self._now = now.astimezone(timezone.utc)
-
-    def now(self) -> datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time_ns(self) -> int:
-        return time.time_ns()
 
 
 def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):

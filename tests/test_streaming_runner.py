@@ -3,12 +3,12 @@ early close) after the grace, sleep over weekends. The reader and writer are rea
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import date
 
 import pytest
 
 from conftest import FakeClock, TEST_API_KEY, ny, settings, write_settings
-from daemon_harness import fake, wait_for  # noqa: F401 (fixture)
+from daemon_harness import wait_for
 from fake_polygon import session_timeline
 from spy_streamer.config import load_config
 from spy_streamer.market_hours import MarketCalendar, SpecialDay
