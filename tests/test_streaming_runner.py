@@ -3,6 +3,7 @@ early close) after the grace, sleep over weekends. The reader and writer are rea
 from __future__ import annotations
 
 import json
+import signal
 from datetime import date
 
 import pytest
@@ -12,7 +13,7 @@ from daemon_harness import wait_for
 from fake_polygon import session_timeline
 from spy_streamer.config import load_config
 from spy_streamer.market_hours import MarketCalendar, SpecialDay
-from spy_streamer.streaming_runner import StreamingRunner
+from spy_streamer.streaming_runner import StreamingRunner, backfill_symbols
 
 TUESDAY = date(2026, 11, 24)
 
@@ -108,3 +109,23 @@ def test_the_open_starts_a_session(make_runner, fake):
     runner.reconcile()
     assert runner._session is not None
     assert fake.wait_for_subscribers(1, timeout=10)
+
+
+def test_signal_handler_only_records_and_a_second_ctrl_c_exits_at_once(make_runner, monkeypatch):
+    runner = make_runner(ny(2026, 11, 28, 12, 0))
+    exits = []
+    monkeypatch.setattr("spy_streamer.streaming_runner.os._exit", exits.append)
+    runner._on_signal(signal.SIGTERM, None)
+    runner._on_signal(signal.SIGINT, None)
+    assert exits == []                                   # recorded, acted on by the main loop
+    assert [runner._events.get_nowait(), runner._events.get_nowait()] == \
+        [("signal", signal.SIGTERM), ("signal", signal.SIGINT)]
+    runner._on_signal(signal.SIGINT, None)
+    assert exits == [130]
+
+
+@pytest.mark.parametrize("subscriptions, symbols", [
+    (("A.SPY",), ("SPY",)), (("A.SPY", "A.QQQ"), ("SPY", "QQQ")), (("A.*",), ()), (("T.SPY", "A.SPY"), ("SPY",)),
+])
+def test_backfill_covers_the_aggregate_subscriptions(subscriptions, symbols):
+    assert backfill_symbols(subscriptions) == symbols
