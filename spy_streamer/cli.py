@@ -5,9 +5,11 @@ import argparse
 import logging
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
+from .compaction import CompactionError, Outcome, compact_day, compaction_refusal, describe
 from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
+from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds, subscribed_symbols
 from .heartbeat_monitor import heartbeat_path, read_heartbeat
 from .log_setup import configure_logging
 from .market_hours import HolidaySource, MarketCalendar
@@ -32,7 +34,7 @@ def _operator_calendar(config: Config) -> tuple[MarketCalendar, str | None]:
     return build_calendar(config, api_key), api_key
 
 
-def cmd_status(config: Config) -> int:
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
     calendar, api_key = _operator_calendar(config)
     now = datetime.now(timezone.utc)
     lines = market_lines(calendar, now)
@@ -46,13 +48,13 @@ def cmd_status(config: Config) -> int:
     return 0
 
 
-def cmd_run(config: Config) -> int:
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
     api_key = require_api_key(config)
     configure_logging(config.paths.log_file, secrets=(api_key,))
     return StreamingRunner(config, build_calendar(config, api_key), api_key).run()
 
 
-def cmd_check(config: Config) -> int:
+def cmd_check(config: Config, args: argparse.Namespace) -> int:
     calendar, _ = _operator_calendar(config)
     now = datetime.now(timezone.utc)
     try:
@@ -65,6 +67,53 @@ def cmd_check(config: Config) -> int:
     return code
 
 
+def cmd_compact(config: Config, args: argparse.Namespace) -> int:
+    """Needs no API key: the plain weekly calendar is enough to tell whether the day's session is over."""
+    refusal = compaction_refusal(MarketCalendar(config.market_hours), args.date, datetime.now(timezone.utc))
+    if refusal is not None:
+        print(f"spy-streamer: not compacting: {refusal}", file=sys.stderr)
+        return 1
+    configure_logging(config.paths.log_file)  # it deletes files: the daemon's log keeps the record
+    try:
+        result = compact_day(config.paths.data_dir, args.date)
+    except CompactionError as exc:
+        print(f"spy-streamer: compaction of {args.date} failed: {exc}", file=sys.stderr)
+        return 1
+    print(describe(result))
+    return 1 if result.outcome is Outcome.NO_DATA else 0
+
+
+def cmd_report(config: Config, args: argparse.Namespace) -> int:
+    calendar = MarketCalendar(config.market_hours)
+    now = datetime.now(timezone.utc)
+    day = args.date or calendar.trading_day(now)
+    try:
+        coverage = load_coverage(config.paths.data_dir, day, session_bounds(calendar, day, now), args.gap_seconds,
+                                 subscribed_symbols(config.polygon.subscriptions))
+    except CoverageError as exc:
+        print(f"spy-streamer: {exc}", file=sys.stderr)
+        return 1
+    print(format_coverage(coverage, calendar.tz))
+    return 0
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spy-streamer",
@@ -75,20 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "market state now (open/closed, next open and close) and the heartbeat summary"),
         ("check", "health probe for monitors: exit 0 healthy or idle, 2 stalled or stale, 3 unknown"),
     ):
-        command = commands.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("--config", metavar="PATH",
-                             help="config file (default: $SPY_STREAMER_CONFIG, else config/settings.yaml)")
+        _add_command(commands, name, help_text)
+    compact = _add_command(commands, "compact", "merge a finished day's micro-batch files into one Parquet file")
+    compact.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD",
+                         help="the trading day (an earlier day, or today once the session is over)")
+    report = _add_command(commands, "report", "a day's coverage: rows, first and last bar, gaps, files")
+    report.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD", help="the trading day (default: today)")
+    report.add_argument("--gap-seconds", type=_seconds, default=1.0, metavar="N",
+                        help="list stretches without bars longer than N seconds (default: 1)")
     return parser
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check}
+def _add_command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.add_argument("--config", metavar="PATH",
+                         help="config file (default: $SPY_STREAMER_CONFIG, else config/settings.yaml)")
+    return command
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "compact": cmd_compact,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(resolve_config_path(args.config))
-        return COMMANDS[args.command](config)
+        return COMMANDS[args.command](config, args)
     except ConfigError as exc:
         print(f"spy-streamer: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG

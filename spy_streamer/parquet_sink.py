@@ -10,6 +10,7 @@ import logging
 import os
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +21,34 @@ from .durable_files import fsync_directory
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
+
+
+def write_table_atomically(table: pa.Table, final: Path, verify: Callable[[Path], None] | None = None,
+                           **write_options) -> None:
+    """Write `table` to a hidden temporary beside `final`, fsync it, `verify(temp)` if given, rename it over `final`.
+
+    Any error (`verify` raising included) removes the temporary and leaves `final` as it was. The caller
+    fsyncs the folder afterwards: what a failure there means differs between a flush and a compaction.
+    """
+    temp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
+    try:
+        with open(temp, "wb") as handle:
+            pq.write_table(table, handle, **write_options)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if verify is not None:
+            verify(temp)
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def visible_parquet_files(folder: Path) -> list[Path]:
+    """The files a reader sees: `*.parquet` minus hidden names (temporaries, `*.corrupt` set aside)."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.glob("*.parquet") if not path.name.startswith((".", "_")))
 
 
 class ParquetSink:
@@ -36,16 +65,8 @@ class ParquetSink:
         folder.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
         name = f"part-{stamp_ns}-{os.getpid()}-{self._sequence:06d}.parquet"
-        final, temp = folder / name, folder / f".{name}{TEMP_SUFFIX}"
-        try:
-            with open(temp, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, final)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        final = folder / name
+        write_table_atomically(table, final)
         try:
             fsync_directory(folder)
         except OSError as exc:
@@ -57,7 +78,7 @@ class ParquetSink:
     def stored_bars(self, channel: str, day: date) -> pa.Table:
         """`symbol` and `start` (ms) of every row already stored for the day, so a restart adds no duplicate."""
         tables = [pa.table({"symbol": pa.array([], pa.string()), "start": pa.array([], pa.int64())})]
-        for path in sorted(self.partition_dir(channel, day).glob("*.parquet")):
+        for path in visible_parquet_files(self.partition_dir(channel, day)):
             try:
                 table = pq.read_table(path, columns=["symbol", "start"])
             except (pa.ArrowException, OSError) as exc:
@@ -69,8 +90,11 @@ class ParquetSink:
 
     @staticmethod
     def _set_aside(path: Path, exc: Exception) -> None:
-        """A file no reader can open would break every whole-folder read; hide it (kept for a person)."""
-        hidden = path.with_name(f".corrupt-{path.name}")
+        """A file no reader can open would break every whole-folder read; hide it (kept for a person).
+
+        The new name neither starts like a data file nor ends in `.parquet`, so pyarrow and DuckDB globs
+        such as `*/*.parquet` (which match hidden names) both pass it by."""
+        hidden = path.with_name(f".{path.name}.corrupt")
         path.rename(hidden)
         log.error("unreadable Parquet file %s moved aside to %s: %s", path.name, hidden.name, exc,
                   extra={"event": "corrupt_file_set_aside"})

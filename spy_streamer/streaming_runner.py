@@ -20,6 +20,7 @@ import schedule
 
 from .batch_writer import BatchWriter
 from .clock import SystemClock
+from .compaction import CompactionError, compact_day
 from .config import Config
 from .heartbeat_monitor import HeartbeatMonitor, heartbeat_path
 from .gap_backfill import GapBackfiller
@@ -252,6 +253,18 @@ class StreamingRunner:
                  extra={"event": "session_ended", "reason": reason, "rows_written": self.writer_stats.rows_written,
                         "rows_pending": self.writer_stats.rows_pending})
         self.monitor.send_heartbeat()
+        if reason == "market_close":
+            self._compact(self.calendar.trading_day(session.market_session.open))
+
+    def _compact(self, day) -> None:
+        """The day is over: one sorted file per channel and day instead of hundreds of micro-batches."""
+        try:
+            compact_day(self.config.paths.data_dir, day)
+        except CompactionError:
+            pass  # logged by compact_day; the micro-batches stay, `spy-streamer compact` can retry
+        except Exception:
+            log.exception("compaction of %s crashed; the micro-batches stay", day,
+                          extra={"event": "compaction_failed"})
 
     # --- hooks for the heartbeat monitor ---
 

@@ -584,7 +584,7 @@ def test_an_unreadable_parquet_file_does_not_stop_the_writer(data_dir):
     folder.mkdir(parents=True)
     (folder / "part-0-0-000001.parquet").write_bytes(b"PAR1 truncated by a disk error")
     restarted = Rig(data_dir)  # start_day() reads the existing keys
-    assert (folder / ".corrupt-part-0-0-000001.parquet").exists()   # kept for a person, hidden from readers
+    assert (folder / ".part-0-0-000001.parquet.corrupt").exists()   # kept for a person, hidden from readers
     bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3)
     restarted.send(bars)
     assert restarted.writer.flush() is True

@@ -123,6 +123,8 @@ def test_early_close_ends_session_and_sleeps(start, fake, record_figure):
     assert 5 <= after_close <= 7  # the close plus the 5 s grace for the last bars, then stopped
     record_figure("session end after the early close (s)", round(after_close, 2))
     assert len(stored_keys(run.data_dir)) == 30
+    wait_for(lambda: [path.name for path in run.data_dir.glob("A/*/*.parquet")] == [f"day-{today}.parquet"],
+             what="the day compacted after the close")
     assert run.heartbeat()["status"] == "market_closed"
     wait_for(lambda: run.events("market_closed"), timeout=3, what="market_closed line")
     time.sleep(1.0)

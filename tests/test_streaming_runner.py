@@ -6,6 +6,7 @@ import json
 import signal
 from datetime import date
 
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import FakeClock, TEST_API_KEY, ny, settings, write_settings
@@ -69,6 +70,9 @@ def test_starts_at_once_mid_session_and_stops_after_the_1600_close(make_runner, 
     assert runner._session is None
     wait_for(lambda: fake.active_connections() == 0, what="the connection closed")
     assert runner.writer_stats.rows_written == 60       # the final flush at the close
+    # ...then the day's micro-batches were compacted into one file
+    (day_file,) = runner.sink.partition_dir("A", TUESDAY).iterdir()
+    assert day_file.name == "day-2026-11-24.parquet" and pq.read_metadata(day_file).num_rows == 60
     assert runner.writer_stats.outside_session == 1
     assert heartbeat(runner)["status"] == "market_closed"
     # Asleep until Wednesday 09:30: 17 h 29 min 55 s away.

@@ -1,0 +1,204 @@
+"""`spy-streamer report`: how completely one day was recorded, written for a person.
+
+Pure functions: `read_day` loads the few columns needed, `day_coverage` turns them (plus the file list and
+the session bounds) into a `Coverage`, `format_coverage` writes the text. A gap is a stretch of the
+session no stored bar covers (a bar covers `start` to `end`), the session's first and last minutes
+included; Polygon sends no bar for a second without trades, so one-second holes are normal and the
+threshold is "longer than N seconds".
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timezone, tzinfo
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from .aggregate_bars import CHANNEL, SCHEMA
+from .market_hours import MarketCalendar
+from .parquet_sink import ParquetSink, visible_parquet_files
+
+COLUMNS = ("symbol", "start", "end", "source")
+LARGEST_GAPS_SHOWN = 5
+
+
+class CoverageError(Exception):
+    """The day's files cannot be read."""
+
+
+@dataclass(frozen=True)
+class CoverageGap:
+    symbol: str
+    start: datetime   # first instant no bar covers (UTC)
+    end: datetime     # where coverage resumes, or the session's end
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+
+@dataclass(frozen=True)
+class Coverage:
+    day: date
+    folder: Path
+    files: int
+    total_bytes: int
+    rows: int
+    repeated_rows: int                     # rows whose (symbol, start) another row already has
+    rest_rows: int                         # rows from REST gap backfill (source == "rest")
+    symbols: tuple[str, ...]
+    first_bar: datetime | None
+    last_bar: datetime | None
+    session: tuple[datetime, datetime] | None
+    gap_seconds: float                     # gaps longer than this are listed
+    gaps: tuple[CoverageGap, ...]                  # largest first
+
+    @property
+    def missing_seconds(self) -> float:
+        return sum(gap.seconds for gap in self.gaps)
+
+
+def session_bounds(calendar: MarketCalendar, day: date, now: datetime) -> tuple[datetime, datetime] | None:
+    """The part of the day's session that has happened by `now`; None when there is none (yet)."""
+    session = calendar.session_on(day)
+    if session is None or now <= session.open:
+        return None
+    return session.open, min(session.close, now)
+
+
+def subscribed_symbols(subscriptions: tuple[str, ...], channel: str = CHANNEL) -> tuple[str, ...]:
+    """Symbols expected in the data ("A.SPY" -> "SPY"); wildcards say nothing about which."""
+    prefix = f"{channel}."
+    return tuple(sorted({item[len(prefix):] for item in subscriptions
+                         if item.startswith(prefix) and "*" not in item}))
+
+
+def read_day(files: list[Path]) -> pa.Table:
+    """The report's columns from `files`; a file without `source` (older layout) reads as nulls there."""
+    schema = pa.schema([SCHEMA.field(name) for name in COLUMNS])
+    try:
+        return ds.dataset([str(path) for path in files], schema=schema, format="parquet").to_table()
+    except (pa.ArrowException, OSError) as exc:
+        raise CoverageError(f"cannot read the day's files: {exc}") from None
+
+
+def find_gaps(bars: list[tuple[int, int]], open_ms: int, close_ms: int, longer_than_ms: float) -> list[tuple[int, int]]:
+    """Uncovered stretches [from, to) of [open_ms, close_ms) longer than `longer_than_ms`.
+
+    `bars` are (start_ms, end_ms) sorted by start.
+    """
+    gaps, covered = [], open_ms
+    for start, end in bars:
+        if start >= close_ms:
+            break
+        if start - covered > longer_than_ms:
+            gaps.append((covered, start))
+        covered = max(covered, end)
+    if close_ms - covered > longer_than_ms:
+        gaps.append((covered, close_ms))
+    return gaps
+
+
+def load_coverage(data_dir: Path, day: date, session: tuple[datetime, datetime] | None, gap_seconds: float,
+                  expected_symbols: tuple[str, ...] = (), channel: str = CHANNEL) -> Coverage:
+    """Read the day's visible files of `channel` and describe them; CoverageError when they cannot be read."""
+    folder = ParquetSink(data_dir).partition_dir(channel, day)
+    files = visible_parquet_files(folder)
+    return day_coverage(day, folder, files, read_day(files), session, gap_seconds, expected_symbols)
+
+
+def day_coverage(day: date, folder: Path, files: list[Path], table: pa.Table,
+                 session: tuple[datetime, datetime] | None, gap_seconds: float,
+                 expected_symbols: tuple[str, ...] = ()) -> Coverage:
+    """`table` holds COLUMNS of `files`; `expected_symbols` get a whole-session gap when they have no row."""
+    starts = pc.cast(table.column("start"), pa.int64())
+    symbols = tuple(sorted(set(pc.unique(table.column("symbol")).to_pylist()) - {None}))
+    return Coverage(
+        day=day, folder=folder, files=len(files), total_bytes=sum(path.stat().st_size for path in files),
+        rows=table.num_rows,
+        repeated_rows=table.num_rows - table.group_by(["symbol", "start"]).aggregate([]).num_rows,
+        rest_rows=pc.sum(pc.equal(table.column("source"), "rest")).as_py() or 0,
+        symbols=symbols,
+        first_bar=_instant(pc.min(starts).as_py()), last_bar=_instant(pc.max(starts).as_py()),
+        session=session, gap_seconds=gap_seconds,
+        gaps=tuple(sorted(_session_gaps(table, session, gap_seconds, set(symbols) | set(expected_symbols)),
+                          key=lambda gap: (-gap.seconds, gap.start, gap.symbol))),
+    )
+
+
+def _session_gaps(table: pa.Table, session: tuple[datetime, datetime] | None, gap_seconds: float,
+                  symbols: set[str]) -> list[CoverageGap]:
+    if session is None:
+        return []
+    open_ms, close_ms = (int(instant.timestamp() * 1000) for instant in session)
+    bars = _bars_by_symbol(table)
+    return [CoverageGap(symbol, _instant(start), _instant(end))
+            for symbol in sorted(symbols)
+            for start, end in find_gaps(bars[symbol], open_ms, close_ms, gap_seconds * 1000)]
+
+
+def _bars_by_symbol(table: pa.Table) -> dict[str, list[tuple[int, int]]]:
+    columns = [table.column("symbol").to_pylist()] + [
+        pc.cast(table.column(name), pa.int64()).to_pylist() for name in ("start", "end")]
+    bars: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for symbol, start, end in zip(*columns):
+        bars[symbol].append((start, end))
+    for symbol_bars in bars.values():
+        symbol_bars.sort()
+    return bars
+
+
+def _instant(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+# --- text ---
+
+def format_coverage(coverage: Coverage, tz: tzinfo) -> str:
+    lines = [f"coverage of {coverage.day:%a %Y-%m-%d} in {coverage.folder}",
+             f"files: {coverage.files}, {coverage.total_bytes:,} bytes",
+             _rows_line(coverage)]
+    if coverage.rows:
+        lines.append(f"first bar: {_clock(coverage.first_bar, tz)}, last bar: {_clock(coverage.last_bar, tz)}")
+    lines += _gap_lines(coverage, tz)
+    return "\n".join(lines)
+
+
+def _rows_line(coverage: Coverage) -> str:
+    line = f"rows: {coverage.rows:,} ({', '.join(coverage.symbols) or 'no symbols'}), " \
+           f"{coverage.rest_rows:,} from REST backfill"
+    if coverage.repeated_rows:
+        line += (f"; {coverage.repeated_rows:,} rows repeat an earlier (symbol, start) "
+                 "(left by an interrupted compaction? run `spy-streamer compact`)")
+    return line
+
+
+def _gap_lines(coverage: Coverage, tz: tzinfo) -> list[str]:
+    if coverage.session is None:
+        return ["session: none to check (not a trading day in the configured hours, or not open yet)"]
+    opens, closes = coverage.session
+    lines = [f"session: {_clock(opens, tz)} - {_clock(closes, tz)} "
+             "(configured hours; holidays and early closes are not applied)",
+             f"gaps longer than {coverage.gap_seconds:g} s: {len(coverage.gaps)}, "
+             f"{_length(coverage.missing_seconds)} missing in all"]
+    lines += [f"  {gap.symbol} {_clock(gap.start, tz)} - {_clock(gap.end, tz)}  {_length(gap.seconds)}"
+              for gap in coverage.gaps[:LARGEST_GAPS_SHOWN]]
+    if len(coverage.gaps) > LARGEST_GAPS_SHOWN:
+        lines.append(f"  ... and {len(coverage.gaps) - LARGEST_GAPS_SHOWN} shorter")
+    return lines
+
+
+def _clock(instant: datetime, tz: tzinfo) -> str:
+    return f"{instant.astimezone(tz):%H:%M:%S %Z}"
+
+
+def _length(seconds: float) -> str:
+    """`12 s`, `4 min 05 s`, `1 h 02 min 05 s`: gaps need the seconds that format_duration rounds away."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min {secs:02d} s"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

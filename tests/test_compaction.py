@@ -1,0 +1,327 @@
+"""End-of-day compaction: the day's micro-batches (written by the real ParquetSink) -> one day file.
+
+All on Tuesday 2025-06-10 (a regular session); the CLI tests run the real command as a subprocess.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date, timedelta
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO_ROOT, ny, settings, write_settings
+from fake_polygon import agg_event
+from spy_streamer.aggregate_bars import SCHEMA, rest_results_to_table, rows_to_table, ws_bar
+from spy_streamer.compaction import (CompactionError, Outcome, compact_day, compaction_refusal, day_file_name,
+                                     verify_compacted)
+from spy_streamer.config import load_config
+from spy_streamer.market_hours import MarketCalendar
+from spy_streamer.parquet_sink import ParquetSink
+
+DAY = date(2025, 6, 10)
+OPEN_MS = int(ny(2025, 6, 10, 9, 30).timestamp() * 1000)
+RECEIVED_NS = int(ny(2025, 6, 10, 9, 35).timestamp() * 1_000_000_000)
+
+
+def ws_batch(sink, first_second, count, received_ns, price=500.0, symbol="SPY", stamp_ns=None):
+    """One micro-batch of live bars at OPEN + first_second ... (prices tell batches apart)."""
+    events = [agg_event(OPEN_MS + (first_second + i) * 1000, symbol, price) for i in range(count)]
+    table, invalid = rows_to_table(events, ws_bar, received_ns, "ws")
+    assert invalid == 0
+    return sink.write("A", DAY, table, stamp_ns or received_ns)
+
+
+def rest_batch(sink, first_second, count, received_ns, price=600.0):
+    results = [{"t": OPEN_MS + (first_second + i) * 1000, "o": price, "h": price, "l": price, "c": price,
+                "v": 10, "vw": price} for i in range(count)]
+    table, invalid = rest_results_to_table("SPY", results, received_ns)
+    assert invalid == 0
+    return sink.write("A", DAY, table, received_ns)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def sink(data_dir):
+    return ParquetSink(data_dir)
+
+
+def folder_of(data_dir):
+    return data_dir / "A" / f"date={DAY.isoformat()}"
+
+
+def names(data_dir):
+    return sorted(path.name for path in folder_of(data_dir).iterdir())
+
+
+def day_rows(data_dir):
+    """(symbol, start ms, close, source) of every row readers see, in file order."""
+    table = ds.dataset(data_dir / "A", format="parquet", partitioning="hive").to_table()
+    return [(row["symbol"], int(row["start"].timestamp() * 1000), row["close"], row["source"])
+            for row in table.to_pylist()]
+
+
+def duckdb_rows(data_dir):
+    query = (f"SELECT symbol, epoch_ms(start), close, source, CAST(date AS VARCHAR) "
+             f"FROM read_parquet('{data_dir}/A/*/*.parquet', hive_partitioning=true) ORDER BY ALL")
+    with duckdb.connect() as connection:
+        return connection.execute(query).fetchall()
+
+
+def second_of(start_ms):
+    return (start_ms - OPEN_MS) // 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# compact_day
+# --------------------------------------------------------------------------------------------------
+
+def test_micro_batches_become_one_sorted_unique_zstd_file(sink, data_dir):
+    ws_batch(sink, 0, 10, RECEIVED_NS, price=500.0)                 # seconds 0-9
+    ws_batch(sink, 5, 10, RECEIVED_NS + 10**9, price=501.0)        # 5-14, 5-9 repeated
+    rest_batch(sink, 12, 9, RECEIVED_NS + 2 * 10**9)              # 12-20, 12-14 repeated
+    ws_batch(sink, 3, 2, RECEIVED_NS, price=502.0, symbol="QQQ")   # another symbol, sorts first
+
+    result = compact_day(data_dir, DAY)
+
+    assert result.outcome is Outcome.COMPACTED
+    assert (result.files, result.rows_read, result.rows, result.repeats_dropped) == (4, 31, 23, 8)
+    assert names(data_dir) == [day_file_name(DAY)] == ["day-2025-06-10.parquet"]
+    assert result.path == folder_of(data_dir) / "day-2025-06-10.parquet"
+    assert result.bytes == result.path.stat().st_size
+    rows = day_rows(data_dir)
+    keys = [(symbol, start) for symbol, start, _, _ in rows]
+    assert keys == sorted(set(keys)) and len(keys) == 23
+    spy = {second_of(start): (close, source) for symbol, start, close, source in rows if symbol == "SPY"}
+    assert sorted(spy) == list(range(21))
+    assert spy[7] == (500.02, "ws") and spy[12] == (501.02, "ws") and spy[20] == (600.0, "rest")
+    metadata = pq.ParquetFile(result.path).metadata
+    assert metadata.row_group(0).column(0).compression == "ZSTD"
+    assert pq.read_schema(result.path).remove_metadata() == SCHEMA
+
+
+def test_the_first_received_row_wins_whatever_the_file_names_say(sink, data_dir):
+    # The file named later (larger stamp) holds the bars received first.
+    ws_batch(sink, 0, 3, RECEIVED_NS + 5 * 10**9, price=700.0, stamp_ns=1)
+    ws_batch(sink, 0, 3, RECEIVED_NS, price=500.0, stamp_ns=2)
+
+    compact_day(data_dir, DAY)
+
+    assert [close for _, _, close, _ in day_rows(data_dir)] == [500.02] * 3
+
+
+def test_readers_see_the_same_rows_before_and_after(sink, data_dir):
+    ws_batch(sink, 30, 20, RECEIVED_NS + 10**9)
+    rest_batch(sink, 0, 30, RECEIVED_NS + 2 * 10**9)
+    ws_batch(sink, 50, 5, RECEIVED_NS + 3 * 10**9, symbol="QQQ")
+    before_arrow, before_duckdb = sorted(day_rows(data_dir)), duckdb_rows(data_dir)
+
+    compact_day(data_dir, DAY)
+
+    assert len(before_duckdb) == 55 and before_duckdb[0][4] == "2025-06-10"
+    assert day_rows(data_dir) == before_arrow  # and in sorted order now
+    assert duckdb_rows(data_dir) == before_duckdb
+
+
+def sabotaging_verify(temp, expected_rows):
+    """Cuts the new file in half before the real check, as a failing disk might."""
+    with open(temp, "r+b") as handle:
+        handle.truncate(temp.stat().st_size // 2)
+    verify_compacted(temp, expected_rows)
+
+
+def test_a_failed_verification_keeps_every_input_file(sink, data_dir, caplog):
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    compact_day(data_dir, DAY)
+    late = ws_batch(sink, 10, 10, RECEIVED_NS + 10**9)
+    before = {name: (folder_of(data_dir) / name).read_bytes() for name in names(data_dir)}
+
+    with pytest.raises(CompactionError, match="does not read back.*nothing changed"):
+        compact_day(data_dir, DAY, verify=sabotaging_verify)
+
+    assert {name: (folder_of(data_dir) / name).read_bytes() for name in names(data_dir)} == before
+    assert late.exists() and len(day_rows(data_dir)) == 20  # no temporary left, nothing lost
+    failures = [record for record in caplog.records if getattr(record, "event", None) == "compaction_failed"]
+    assert len(failures) == 1 and failures[0].levelno == logging.ERROR
+
+
+def test_a_wrong_row_count_fails_the_verification(sink, data_dir):
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+
+    with pytest.raises(CompactionError, match="reads back 10 rows, expected 11"):
+        compact_day(data_dir, DAY, verify=lambda temp, expected: verify_compacted(temp, expected + 1))
+
+    assert names(data_dir)[0].startswith("part-") and len(names(data_dir)) == 1
+
+
+def test_verify_compacted_reads_the_whole_file(sink, tmp_path):
+    good = ws_batch(sink, 0, 4, RECEIVED_NS)
+    verify_compacted(good, 4)
+    with pytest.raises(CompactionError, match="reads back 4 rows, expected 5"):
+        verify_compacted(good, 5)
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size - 20])  # footer cut off
+    with pytest.raises(CompactionError, match="does not read back"):
+        verify_compacted(corrupt, 4)
+
+
+def test_a_late_backfill_is_merged_into_the_day_file(sink, data_dir):
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    compact_day(data_dir, DAY)
+    rest_batch(sink, 8, 10, RECEIVED_NS + 60 * 10**9)   # 8-9 already in the day file, received earlier
+
+    result = compact_day(data_dir, DAY)
+
+    assert (result.outcome, result.files, result.rows, result.repeats_dropped) == (Outcome.COMPACTED, 2, 18, 2)
+    assert names(data_dir) == ["day-2025-06-10.parquet"]
+    sources = [source for _, _, _, source in day_rows(data_dir)]
+    assert sources == ["ws"] * 10 + ["rest"] * 8
+
+
+def test_compacting_a_compacted_day_changes_nothing(sink, data_dir, caplog):
+    caplog.set_level(logging.INFO)
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    first = compact_day(data_dir, DAY)
+    stat = first.path.stat()
+
+    again = compact_day(data_dir, DAY)
+
+    assert (again.outcome, again.rows, again.bytes) == (Outcome.ALREADY_COMPACTED, 10, first.bytes)
+    assert (first.path.stat().st_mtime_ns, first.path.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    assert [getattr(record, "event", None) for record in caplog.records] == ["day_compacted", "compaction_skipped"]
+
+
+def test_a_crash_after_the_rename_is_repaired_by_the_next_run(sink, data_dir, tmp_path):
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    ws_batch(sink, 5, 10, RECEIVED_NS + 10**9)
+    saved = tmp_path / "saved"
+    shutil.copytree(folder_of(data_dir), saved)
+    compact_day(data_dir, DAY)
+    for path in saved.iterdir():  # as if the process died before deleting the micro-batches
+        shutil.copy2(path, folder_of(data_dir))
+    assert len(day_rows(data_dir)) == 15 + 20  # the documented window: repeats visible, nothing lost
+
+    result = compact_day(data_dir, DAY)
+
+    assert (result.files, result.rows) == (3, 15)
+    assert names(data_dir) == ["day-2025-06-10.parquet"] and len(day_rows(data_dir)) == 15
+
+
+def test_an_unreadable_file_stops_the_compaction(sink, data_dir):
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    (folder_of(data_dir) / "part-9-9-000009.parquet").write_bytes(b"PAR1 not really")
+    before = names(data_dir)
+
+    with pytest.raises(CompactionError, match="cannot read part-9-9-000009.parquet.*nothing changed"):
+        compact_day(data_dir, DAY)
+
+    assert names(data_dir) == before
+
+
+def test_hidden_files_are_not_merged_or_removed(sink, data_dir):
+    ws_batch(sink, 0, 3, RECEIVED_NS)
+    (folder_of(data_dir) / ".part-1-1-000001.parquet.corrupt").write_bytes(b"kept for a person")
+
+    compact_day(data_dir, DAY)
+
+    assert names(data_dir) == [".part-1-1-000001.parquet.corrupt", "day-2025-06-10.parquet"]
+
+
+def test_a_day_without_files_has_nothing_to_compact(data_dir):
+    result = compact_day(data_dir, DAY)
+    assert result.outcome is Outcome.NO_DATA and not (data_dir / "A").exists()
+
+
+def test_one_compaction_of_a_day_at_a_time(sink, data_dir):
+    ws_batch(sink, 0, 3, RECEIVED_NS)
+    fd = os.open(folder_of(data_dir), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another compaction holds the folder
+        with pytest.raises(CompactionError, match="another compaction"):
+            compact_day(data_dir, DAY)
+    finally:
+        os.close(fd)
+    assert names(data_dir)[0].startswith("part-")
+
+
+def test_the_log_line_carries_files_rows_and_bytes(sink, data_dir, caplog):
+    caplog.set_level(logging.INFO)
+    ws_batch(sink, 0, 4, RECEIVED_NS)
+    ws_batch(sink, 2, 4, RECEIVED_NS + 1)
+
+    result = compact_day(data_dir, DAY)
+
+    [record] = [record for record in caplog.records if record.levelno >= logging.INFO]
+    assert (record.event, record.files, record.rows, record.bytes) == ("day_compacted", 2, 6, result.bytes)
+
+
+# --------------------------------------------------------------------------------------------------
+# which days may be compacted
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def calendar(tmp_path):
+    return MarketCalendar(load_config(write_settings(tmp_path, settings(tmp_path))).market_hours)
+
+
+@pytest.mark.parametrize("now, day, allowed", [
+    (ny(2025, 6, 11, 9, 0), DAY, True),                       # the day before
+    (ny(2025, 6, 10, 12, 0), DAY, False),                     # session in progress
+    (ny(2025, 6, 10, 16, 0, 30), DAY, False),                 # the writer's last flush may be running
+    (ny(2025, 6, 10, 16, 1, 0), DAY, True),                   # settled
+    (ny(2025, 6, 10, 8, 0), DAY, False),                      # before the open
+    (ny(2025, 6, 9, 20, 0), DAY, False),                      # the future
+    (ny(2025, 6, 14, 11, 0), date(2025, 6, 14), True),        # a Saturday: no session to wait for
+])
+def test_compaction_refusal(calendar, now, day, allowed):
+    assert (compaction_refusal(calendar, day, now) is None) == allowed
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------
+
+def run_compact(config_path, day):
+    env = {k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "SPY_STREAMER_CONFIG")}
+    return subprocess.run([sys.executable, "-m", "spy_streamer", "compact", "--date", day, "--config",
+                           str(config_path)], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
+
+
+def test_compact_command(sink, data_dir, tmp_path):
+    config_path = write_settings(tmp_path, settings(tmp_path))
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    ws_batch(sink, 5, 10, RECEIVED_NS + 1)
+
+    done = run_compact(config_path, "2025-06-10")
+    again = run_compact(config_path, "2025-06-10")
+    empty = run_compact(config_path, "2025-06-09")
+    future = run_compact(config_path, (date.today() + timedelta(days=3)).isoformat())
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"2025-06-10: compacted 2 files into {folder_of(data_dir)}/"
+                                        "day-2025-06-10.parquet (15 rows, 5 repeats dropped, "
+                                        f"{(folder_of(data_dir) / 'day-2025-06-10.parquet').stat().st_size:,} bytes)"]
+    assert again.returncode == 0 and again.stdout.startswith("2025-06-10: already compacted")
+    assert empty.returncode == 1 and "no data to compact" in empty.stdout
+    assert future.returncode == 1 and "is in the future" in future.stderr
+    logged = [json.loads(line) for line in (tmp_path / "log" / "spy_streamer.log").read_text().splitlines()]
+    assert [line["event"] for line in logged] == ["day_compacted", "compaction_skipped", "compaction_skipped"]
+    assert (logged[0]["files"], logged[0]["rows"], logged[0]["level"]) == (2, 15, "INFO")
+
+
+def test_compact_command_config_error_exits_78(tmp_path):
+    bad = write_settings(tmp_path, settings(tmp_path, streaming={"batching": {"write_interval_seconds": 0}}))
+    result = run_compact(bad, "2025-06-10")
+    assert result.returncode == 78 and "write_interval_seconds" in result.stderr
