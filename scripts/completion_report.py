@@ -132,6 +132,10 @@ def verdict(outcomes: dict[str, str], selectors: list[str]) -> tuple[str, int]:
     return ("FAIL" if failed else "PASS"), len(selected)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def run_benchmark(workdir: Path, runs: int, events: int) -> dict:
     output = workdir / "benchmark.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--runs", str(runs),
@@ -155,14 +159,14 @@ def render(outcomes, figures, totals, bench) -> str:
     for requirement, where, selectors in REQUIREMENTS:
         result, count = verdict(outcomes, selectors)
         tests = "<br>".join(f"`{selector}`" for selector in selectors)
-        lines.append(f"| {requirement} | {where} | {tests} | {result} ({count} tests) |")
+        lines.append(f"| {requirement} | {where} | {tests} | {result} ({plural(count, 'test')}) |")
     lines += ["", "## The six scenarios", "", "| scenario | tests | result | figures seen |", "|---|---|---|---|"]
     for scenario, selectors in SCENARIOS:
         result, count = verdict(outcomes, selectors)
         seen = [f"{name}: {value}" for selector in selectors for test in matching(outcomes, selector)
                 for name, value in figures.get(test, [])]
         tests = "<br>".join(f"`{selector}`" for selector in selectors)
-        lines.append(f"| {scenario} | {tests} | {result} ({count} tests) | {'<br>'.join(seen) or '-'} |")
+        lines.append(f"| {scenario} | {tests} | {result} ({plural(count, 'test')}) | {'<br>'.join(seen) or '-'} |")
     lines += ["", "## Benchmark", "", render_benchmark(bench)]
     return "\n".join(lines) + "\n"
 
