@@ -170,6 +170,7 @@ class HeartbeatMonitor:
             "last_message_at": _iso(last_message_at),
             "messages_total": self.messages_total,
             "messages_since_last_heartbeat": self.messages_total - self._messages_at_last_beat,
+            "events_received": self.writer.events_received,
             "rows_written": self.writer.rows_written,
             "batches_written": self.writer.batches_written,
             "rows_pending": self.writer.rows_pending,

@@ -42,7 +42,8 @@ def fetch_upcoming_holidays(client: RESTClient) -> list[dict[str, Any]]:
     return rows
 
 
-def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int) -> list:
+def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
+                      page_limit: int = AGGS_PAGE_LIMIT) -> list:
     """The raw `results` of GET /v2/aggs/ticker/{symbol}/range/1/second/{from}/{to}, all pages.
 
     The items are returned unchecked (the writer validates and counts each); an answer that is not a
@@ -51,7 +52,7 @@ def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int)
     """
     results: list = []
     page = _aggs_page(lambda: client.list_aggs(symbol, 1, "second", from_ms, to_ms, adjusted=True,
-                                               sort="asc", limit=AGGS_PAGE_LIMIT, raw=True))
+                                               sort="asc", limit=page_limit, raw=True))
     for _ in range(MAX_AGGS_PAGES):
         results.extend(page.get("results", []))
         next_url = page.get("next_url")

@@ -103,7 +103,7 @@ class StreamingRunner:
             interval_seconds=config.monitoring.heartbeat_interval_seconds,
             alert_threshold_seconds=config.monitoring.alert_threshold_seconds,
             subscriptions=config.polygon.subscriptions, reader=self.reader_stats, writer=self.writer_stats,
-            queue_depth=self._queue_depth, on_stall=self._on_stall, clock=self.clock)
+            backfill=self.backfill_stats, queue_depth=self._queue_depth, on_stall=self._on_stall, clock=self.clock)
         self.scheduler = schedule.Scheduler()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._exit_code: int | None = None

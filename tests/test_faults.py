@@ -56,6 +56,8 @@ def test_disconnect_loses_nothing(start, fake, mode):
                          run.heartbeat(), what="backfill counted")
     assert heartbeat["reconnects"] >= 1 and heartbeat["last_disconnect_reason"]
     assert heartbeat["duplicates"] == 0
+    # One gap from the open at start-up (nothing there), one for the disconnect.
+    assert heartbeat["backfill_requests"] == 2 and heartbeat["backfill_failures"] == 0
     assert fake.subscriptions.count("A.SPY") >= 2      # re-subscribed after reconnecting
     assert len(fake.auth_attempts) >= 2                 # re-authenticated
     assert run.events("disconnected")
@@ -86,7 +88,7 @@ def test_backfill_retries_rest_errors(start, fake):
     assert run.daemon.stop()[0] == 0
 
 
-def test_backfill_gives_up_with_a_warning(start, fake):
+def test_rest_down_during_backfill_keeps_the_live_rows(start, fake):
     run = start()
     timeline = Timeline()
     fake.set_rest_failure(AGGS, "500")
@@ -94,6 +96,8 @@ def test_backfill_gives_up_with_a_warning(start, fake):
     expected = len(timeline.before) + len(timeline.after)
     wait_for(lambda: len(stored_keys(run.data_dir)) == expected, what="live rows")
     assert run.daemon.process.poll() is None
+    # Both gaps (start-up, disconnect) were asked for and are retried in the background (test_gap_backfill.py).
+    wait_for(lambda: (run.heartbeat() or {}).get("backfill_requests") == 2, what="two backfill requests")
     assert run.daemon.stop()[0] == 0
 
 
