@@ -174,6 +174,12 @@ class BatchWriter:
             last = self._seen.latest_start(symbol)
             self._gap_from[symbol] = opens if last is None else max(opens, last + 1000)
 
+    def gaps_left_open(self) -> list[Gap]:
+        """Gaps no live bar closed before the session ended (lost connection until the close): up to the close."""
+        closes = self._session_bounds_ms[1]
+        return [Gap(symbol, gap_from, closes - 1000) for symbol, gap_from in self._gap_from.items()
+                if gap_from < closes]
+
     def _close_gaps(self, symbols: list[str], starts: list[int]) -> None:
         """The first live bar of a symbol after a possible gap tells where the gap ends."""
         for symbol, start in zip(symbols, starts):

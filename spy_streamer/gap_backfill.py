@@ -56,20 +56,31 @@ class GapBackfiller:
                 return
             self._fill(gap)
 
+    def fill_now(self, gap: Gap) -> RestBars | None:
+        """On the caller's thread, once the backfill thread has stopped (the gaps left at the close):
+        the bars, or None after a warning. Without waits between attempts, as stop() cut them short."""
+        self.stats.backfill_requests += 1
+        return self._fetch(gap)
+
     def _fill(self, gap: Gap) -> None:
+        bars = self._fetch(gap)
+        if bars is not None:
+            self.deliver(bars)
+
+    def _fetch(self, gap: Gap) -> RestBars | None:
         for attempt in range(1, self.attempts + 1):
             try:
                 results = self.fetch(gap.symbol, gap.from_ms, gap.to_ms)
             except RestAnswerError as exc:
                 if attempt == self.attempts or self._stop.wait(self.retry_seconds * attempt):
                     self._give_up(gap, str(exc))
-                    return
+                    return None
                 continue
-            self.deliver(RestBars(gap.symbol, results, self.clock.time_ns()))
             log.info("backfilled %s gap of %d s from REST (%d bars)", gap.symbol,
                      (gap.to_ms - gap.from_ms) // 1000 + 1, len(results),
                      extra={"event": "backfill_done", "symbol": gap.symbol, "bars": len(results)})
-            return
+            return RestBars(gap.symbol, results, self.clock.time_ns())
+        return None
 
     def _give_up(self, gap: Gap, reason: str) -> None:
         self.stats.backfill_failures += 1

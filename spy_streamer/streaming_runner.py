@@ -252,9 +252,19 @@ class StreamingRunner:
         log.info("session ended (%s)", reason,
                  extra={"event": "session_ended", "reason": reason, "rows_written": self.writer_stats.rows_written,
                         "rows_pending": self.writer_stats.rows_pending})
-        self.monitor.send_heartbeat()
         if reason == "market_close":
+            self._fill_gaps_left_at_close(session)
             self._compact(self.calendar.trading_day(session.market_session.open))
+        self.monitor.send_heartbeat()
+
+    def _fill_gaps_left_at_close(self, session: CaptureSession) -> None:
+        """No live bar will end a gap once the session is over, so fetch what is missing up to the close
+        now. The session's threads have stopped: its writer is used from this thread alone."""
+        for gap in session.writer.gaps_left_open():
+            bars = session.backfiller.fill_now(gap)
+            if bars is not None:
+                session.writer.accept_items([bars])
+        session.writer.flush()
 
     def _compact(self, day) -> None:
         """The day is over: one sorted file per channel and day instead of hundreds of micro-batches."""

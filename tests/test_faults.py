@@ -6,11 +6,13 @@ import shutil
 import signal
 import subprocess
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from daemon_harness import recent_start_ms, stored_keys, wait_for
-from fake_polygon import session_timeline
+from daemon_harness import midday_zone, recent_start_ms, stored_keys, wait_for
+from fake_polygon import holiday_rows, session_timeline
+from test_status_command import iso_z
 
 AGGS = "/v2/aggs/ticker/SPY/range/1/second/"
 
@@ -18,8 +20,9 @@ AGGS = "/v2/aggs/ticker/SPY/range/1/second/"
 class Timeline:
     """Three consecutive parts of one session: live before the fault, missed during it, live after."""
 
-    def __init__(self, seconds_ago: int = 400, before: int = 100, during: int = 60, after: int = 100):
-        bars = session_timeline(recent_start_ms(seconds_ago), before + during + after)
+    def __init__(self, seconds_ago: int = 400, before: int = 100, during: int = 60, after: int = 100,
+                 start_ms: int | None = None):
+        bars = session_timeline(start_ms or recent_start_ms(seconds_ago), before + during + after)
         self.before, self.during, self.after = bars[:before], bars[before:before + during], bars[before + during:]
         self.all = bars
 
@@ -184,3 +187,24 @@ def test_log_reopened_after_logrotate(start, fake, tmp_path):
     wait_for(lambda: run.log_file.exists() and run.events("heartbeat"), what="lines in the fresh file")
     assert run.daemon.stop()[0] == 0
     assert run.events("stopped")                    # the last line went to the new file
+
+
+def test_a_gap_still_open_at_the_close_is_filled_from_rest(start, fake):
+    now = datetime.now(timezone.utc)
+    today = now.astimezone(midday_zone(now)).date().isoformat()
+    close_at = (now + timedelta(seconds=6)).replace(microsecond=0)
+    fake.holidays = holiday_rows(today, "Half Day", "early-close",
+                                 iso_z(now - timedelta(minutes=10)), iso_z(close_at))
+    run = start()
+    # Bars up to the last second before the close: the live part, then what was missed until the close.
+    timeline = Timeline(before=100, during=100, after=0, start_ms=int(close_at.timestamp() * 1000) - 200_000)
+    assert fake.wait_for_subscribers(1, timeout=10)
+    fake.push(timeline.before, frame_size=1)
+    wait_for(lambda: len(stored_keys(run.data_dir)) == 100, what="the live part stored")
+    fake.set_refuse(True)                  # the connection is lost and does not come back before the close
+    fake.drop_connections("abrupt")
+    fake.add_to_timeline(timeline.during)
+    wait_for(lambda: run.events("session_ended"), timeout=20, what="the session end at the close")
+    assert_complete(run, timeline)
+    assert run.daemon.stop()[0] == 0
+    assert run.heartbeat()["rows_backfilled"] == 100
