@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 EQUITY_EXCHANGES = ("NYSE", "NASDAQ")
 LOOKAHEAD_DAYS = 30
 HOLIDAY_RETRY_SECONDS = 3600.0
+HOLIDAY_REFRESH_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -78,20 +79,24 @@ def _utc_instant(text: str) -> datetime:
 
 
 class HolidaySource:
-    """Special days per year, fetched once per year and cached with functools.lru_cache.
+    """Special days per year, fetched once per year (and refreshed daily, as Polygon adds early closes
+    during the year) and cached with functools.lru_cache.
 
-    `fetch_rows()` returns Polygon's rows or raises. A failure logs one warning and yields no special
-    days (the regular weekly calendar still applies); it is retried after `retry_seconds`, not on
-    every question, so a dead endpoint is not hammered.
+    `fetch_rows()` returns Polygon's rows or raises. A failure logs one warning and keeps the last
+    known special days of that year (none at first: the regular weekly calendar still applies); it is
+    retried after `retry_seconds`, not on every question, so a dead endpoint is not hammered.
     """
 
     def __init__(self, fetch_rows: Callable[[], list[dict[str, Any]]],
                  retry_seconds: float = HOLIDAY_RETRY_SECONDS,
+                 refresh_seconds: float = HOLIDAY_REFRESH_SECONDS,
                  monotonic: Callable[[], float] = monotonic_time.monotonic):
         self._fetch_rows = fetch_rows
         self._retry_seconds = retry_seconds
+        self._refresh_seconds = refresh_seconds
         self._monotonic = monotonic
         self._failed_at: dict[int, float] = {}
+        self._last_known: dict[int, dict[date, SpecialDay]] = {}
         self._cached_year = functools.lru_cache(maxsize=4)(self._load_year)
         # Several threads ask the calendar; lru_cache alone would let them fetch the same year at once.
         self._lock = threading.Lock()
@@ -103,18 +108,22 @@ class HolidaySource:
     def _for_year_locked(self, year: int) -> dict[date, SpecialDay]:
         failed_at = self._failed_at.get(year)
         if failed_at is not None and self._monotonic() - failed_at < self._retry_seconds:
-            return {}
+            return self._last_known.get(year, {})
         try:
-            days = self._cached_year(year)  # lru_cache does not cache exceptions, so failures retry
+            # The refresh period is part of the key: a new day is a cache miss. lru_cache does not cache
+            # exceptions, so a failure is retried (after retry_seconds).
+            days = self._cached_year(year, int(self._monotonic() // self._refresh_seconds))
         except Exception as exc:
             self._failed_at[year] = self._monotonic()
-            log.warning("holiday calendar unavailable; assuming no holidays for %d: %s", year, exc,
-                        extra={"event": "holidays_unavailable"})
-            return {}
+            known = self._last_known.get(year, {})
+            log.warning("holiday calendar unavailable for %d (%s); using %d known special days", year, exc,
+                        len(known), extra={"event": "holidays_unavailable"})
+            return known
         self._failed_at.pop(year, None)
+        self._last_known[year] = days
         return days
 
-    def _load_year(self, year: int) -> dict[date, SpecialDay]:
+    def _load_year(self, year: int, refresh_period: int) -> dict[date, SpecialDay]:
         days = parse_special_days(self._fetch_rows())
         return {day: special for day, special in days.items() if day.year == year}
 

@@ -169,3 +169,24 @@ def test_holiday_source_failure_warns_once_and_retries_later(caplog):
     now[0] = 61
     assert date(2026, 11, 26) in source.for_year(2026)
     assert fetch.calls == 2
+
+
+def test_holiday_source_refreshes_daily_and_keeps_the_last_known_days_on_failure(caplog):
+    now = [0.0]
+    fetch = CountingFetch(THANKSGIVING_ROWS)
+    source = HolidaySource(fetch, retry_seconds=60, monotonic=lambda: now[0])
+    assert date(2026, 11, 26) in source.for_year(2026)
+    now[0] = 86_399
+    source.for_year(2026)
+    assert fetch.calls == 1                      # the same day: cached
+    now[0] = 86_400
+    fetch.rows = THANKSGIVING_ROWS + [{"date": "2026-12-24", "exchange": "NYSE", "name": "Christmas Eve",
+                                       "status": "early-close", "open": "2026-12-24T14:30:00.000Z",
+                                       "close": "2026-12-24T18:00:00.000Z"}]
+    assert date(2026, 12, 24) in source.for_year(2026)
+    assert fetch.calls == 2                      # the next day: fetched again, the new early close seen
+    now[0] = 2 * 86_400
+    fetch.error = RuntimeError("down")
+    with caplog.at_level("WARNING"):
+        days = source.for_year(2026)
+    assert date(2026, 12, 24) in days and date(2026, 11, 26) in days   # a failed refresh forgets nothing
