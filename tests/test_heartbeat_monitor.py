@@ -309,11 +309,17 @@ def test_run_returns_promptly_when_stop_is_already_set(config):
 # The stall alert
 # --------------------------------------------------------------------------------------------------
 
-def test_stall_after_twenty_silent_minutes_alerts_exactly_once(config, caplog):
+def silent_for_twenty_minutes(config) -> Rig:
+    """A streaming session on Tuesday 10:00 with no message since: the monitor has not checked yet."""
     rig = Rig(config, TUESDAY_10)
     rig.reader.state, rig.reader.connected = "streaming", True
     rig.monitor.session_started()
     rig.clock.advance(20 * 60)
+    return rig
+
+
+def test_stall_after_twenty_silent_minutes_alerts_exactly_once(config, caplog):
+    rig = silent_for_twenty_minutes(config)
 
     assert rig.monitor.check_stalled_stream() is True
 
@@ -332,10 +338,7 @@ def test_stall_after_twenty_silent_minutes_alerts_exactly_once(config, caplog):
 
 
 def test_recovery_logs_once_and_restores_the_reader_state(config, caplog):
-    rig = Rig(config, TUESDAY_10)
-    rig.reader.state, rig.reader.connected = "streaming", True
-    rig.monitor.session_started()
-    rig.clock.advance(20 * 60)
+    rig = silent_for_twenty_minutes(config)
     assert rig.monitor.check_stalled_stream() is True
 
     rig.clock.advance(1)
