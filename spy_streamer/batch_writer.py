@@ -21,7 +21,7 @@ from .gap_backfill import Gap
 from .market_hours import MarketCalendar
 from .parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
-from .queue_items import DISCONNECTED, END_OF_STREAM, RestBars
+from .queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
 from .seen_bars import SeenBars
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class BatchWriter:
                 continue
             self._accept_frames(run)
             run = []
-            if item is DISCONNECTED:
+            if item is GAP_POSSIBLE:
                 self.open_gaps()
             elif isinstance(item, RestBars):
                 self.accept_rest_results(item.symbol, item.results, item.received_ns)

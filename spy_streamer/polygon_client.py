@@ -24,7 +24,7 @@ from .config import PolygonConfig
 from .heartbeat_monitor import HeartbeatMonitor
 from .market_hours import MarketCalendar
 from .pipeline_stats import ReaderStats
-from .queue_items import DISCONNECTED
+from .queue_items import GAP_POSSIBLE
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class PolygonStream:
         self._client: WebSocketClient | None = None
         self._max_connections_seen = False
         self._dropping = False
+        self._gap_unnoted = False   # a GAP_POSSIBLE marker is owed to the writer
         self._forced_reason: str | None = None
 
     # --- called from other threads ---
@@ -117,7 +118,9 @@ class PolygonStream:
         while not self._stop_requested:
             started = self.clock.monotonic()
             reason = await self._one_connection()
-            self._mark_disconnected()
+            self.stats.connected = False
+            self._client = None
+            await self._note_possible_gap()
             if self._stop_requested:
                 return
             if self.clock.now() >= until:
@@ -196,13 +199,6 @@ class PolygonStream:
         except asyncio.TimeoutError:
             pass
 
-    def _mark_disconnected(self) -> None:
-        self.stats.connected = False
-        self._client = None
-        try:
-            self.frames.put_nowait(DISCONNECTED)  # tells the writer to look for a gap to backfill
-        except queue.Full:
-            self._count_drop()
 
     # --- hot path: runs in the event loop for every frame ---
 
@@ -214,29 +210,35 @@ class PolygonStream:
         self.monitor.record_message()
         if not self.stats.connected:
             self._mark_streaming()
-        item = (self.clock.time_ns(), frame)
-        try:
-            self.frames.put_nowait(item)
-        except queue.Full:
-            await self._wait_for_room(item)
-        else:
+        if self._gap_unnoted and not await self._note_possible_gap():
+            self._count_drop()
+        elif await self._enqueue((self.clock.time_ns(), frame)):
             self._dropping = False
+        else:
+            self._count_drop()
 
-    async def _wait_for_room(self, item: tuple) -> None:
-        """A burst outran the writer: pause reading briefly (TCP pushes back on the sender) rather
-        than lose the frame; the loop keeps running meanwhile. Past the patience, drop and alert."""
+    async def _note_possible_gap(self) -> bool:
+        """Tell the writer bars may be missing (it backfills them); retried before the next frame if full."""
+        self._gap_unnoted = not await self._enqueue(GAP_POSSIBLE)
+        return not self._gap_unnoted
+
+    async def _enqueue(self, item) -> bool:
+        """Put on the queue; a burst that fills it pauses reading briefly (TCP pushes back on the sender)
+        rather than lose the item, while the loop keeps running. False once the patience is spent."""
         deadline = self.clock.monotonic() + self.full_queue_patience_seconds
-        while self.clock.monotonic() < deadline:
-            await asyncio.sleep(FULL_QUEUE_POLL_SECONDS)
+        while True:
             try:
                 self.frames.put_nowait(item)
-                return
+                return True
             except queue.Full:
-                continue
-        self._count_drop()
+                if self.clock.monotonic() >= deadline:
+                    return False
+            await asyncio.sleep(FULL_QUEUE_POLL_SECONDS)
 
     def _count_drop(self) -> None:
+        """A frame is lost: counted, alerted once per streak, and its bars backfilled once frames flow."""
         self.stats.dropped_queue_full += 1
+        self._gap_unnoted = True
         if not self._dropping:  # one alert per overflow streak, never one per frame
             log.error("queue full: the writer is behind, dropping frames", extra={"event": "queue_overflow"})
             self._dropping = True

@@ -9,7 +9,9 @@ import queue
 from dataclasses import dataclass
 
 END_OF_STREAM = None          # the runner's last item: flush and stop
-DISCONNECTED = "disconnected"  # the reader lost its connection: bars may be missing from here on
+# The reader lost its connection or dropped frames: bars may be missing from here on, so the writer
+# remembers the last bar it has and asks REST for the gap once the next live bar shows where it ends.
+GAP_POSSIBLE = "gap possible"
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,13 @@ from conftest import FakeClock, SessionClock, ny
 from fake_polygon import agg_event, session_timeline
 from spy_streamer import parquet_sink
 from spy_streamer.aggregate_bars import SCHEMA
-from spy_streamer.batch_writer import END_OF_STREAM, BatchWriter
+from spy_streamer.batch_writer import BatchWriter
+from spy_streamer.gap_backfill import Gap
 from spy_streamer.config import MarketHoursConfig
 from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.parquet_sink import ParquetSink
 from spy_streamer.pipeline_stats import WriterStats
+from spy_streamer.queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
 
 NEW_YORK = ZoneInfo("America/New_York")
 HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
@@ -605,3 +607,47 @@ def test_the_partition_holds_only_complete_parquet_files(rig, data_dir):
 
 def test_schema_constant_matches_the_design():
     assert {field.name: field.type for field in SCHEMA} == EXPECTED_SCHEMA
+
+
+# --------------------------------------------------------------------------------------------------
+# Gaps for the REST backfill
+# --------------------------------------------------------------------------------------------------
+
+def gap_rig(data_dir: Path) -> tuple[BatchWriter, list[Gap]]:
+    gaps: list[Gap] = []
+    writer = BatchWriter(queue.Queue(), ParquetSink(data_dir), MarketCalendar(HOURS), WriterStats(), 30,
+                         FakeClock(SESSION_NOW), request_backfill=gaps.append, backfill_symbols=("SPY",))
+    writer.start_day()
+    return writer, gaps
+
+
+def test_a_start_mid_session_asks_for_the_bars_since_the_open(data_dir):
+    writer, gaps = gap_rig(data_dir)
+    writer.accept_frame(0, frame(session_timeline(ms(ny(2025, 6, 10, 9, 59, 58)), 2)))
+    assert gaps == [Gap("SPY", ms(ny(2025, 6, 10, 9, 30)), ms(ny(2025, 6, 10, 9, 59, 57)))]
+    writer.accept_frame(0, frame(session_timeline(ms(ny(2025, 6, 10, 10, 0)), 2)))
+    assert len(gaps) == 1                                  # closed by the first live bar, asked once
+
+
+def test_a_possible_gap_is_asked_for_between_the_last_bar_and_the_next_live_one(data_dir):
+    writer, gaps = gap_rig(data_dir)
+    writer.accept_items([(0, frame(session_timeline(ms(ny(2025, 6, 10, 9, 30)), 10))), GAP_POSSIBLE])
+    gaps.clear()
+    writer.accept_frame(0, frame(session_timeline(ms(ny(2025, 6, 10, 9, 30, 5)), 1)))   # a late repeat
+    assert gaps == []
+    writer.accept_frame(0, frame(session_timeline(ms(ny(2025, 6, 10, 9, 30, 20)), 1)))
+    assert gaps == [Gap("SPY", ms(ny(2025, 6, 10, 9, 30, 10)), ms(ny(2025, 6, 10, 9, 30, 19)))]
+
+
+def test_rest_bars_fill_the_gap_without_counting_overlap_as_repeats(data_dir):
+    writer, _ = gap_rig(data_dir)
+    live = session_timeline(ms(ny(2025, 6, 10, 9, 30)), 10)
+    writer.accept_frame(0, frame(live))
+    rest = [{"t": bar["s"], "o": bar["o"], "h": bar["h"], "l": bar["l"], "c": bar["c"], "v": bar["v"],
+             "vw": bar["vw"], "n": 1} for bar in session_timeline(ms(ny(2025, 6, 10, 9, 30)), 15)]
+    writer.accept_items([RestBars("SPY", rest, 0)])
+    assert writer.flush()
+    assert writer.stats.rows_written == 15 and writer.stats.rows_backfilled == 5 and writer.stats.duplicates == 0
+    rows = sorted(stored(data_dir), key=lambda row: row["start"])
+    assert [row["source"] for row in rows] == ["ws"] * 10 + ["rest"] * 5
+    assert rows[-1]["day_vwap"] is None and rows[-1]["end"] == utc_ms(rest[-1]["t"] + 1000)

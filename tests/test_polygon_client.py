@@ -23,6 +23,7 @@ from spy_streamer.heartbeat_monitor import HeartbeatMonitor
 from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.pipeline_stats import ReaderStats, WriterStats
 from spy_streamer.polygon_client import AuthRejected, Backoff, PolygonStream
+from spy_streamer.queue_items import GAP_POSSIBLE
 
 HOURS = MarketHoursConfig(timezone=ZoneInfo("America/New_York"), active_days=frozenset(range(5)),
                           start_time=clock_time(9, 30), end_time=clock_time(16, 0))
@@ -418,24 +419,26 @@ def test_a_full_queue_pauses_reading_instead_of_dropping(make_rig, fake, caplog)
     assert rig.stop() < 1.0
 
 
-def test_a_full_queue_drops_frames_after_its_patience_and_alerts_once_per_streak(make_rig, fake, caplog):
-    rig = make_rig(maxsize=1, patience=0.05).start()
+def test_a_full_queue_drops_after_its_patience_alerts_once_per_streak_and_flags_the_gap(make_rig, fake, caplog):
+    rig = make_rig(maxsize=2, patience=0.05).start()
     rig.streaming()
 
     first = session_timeline(BAR_START_MS, 5)
-    fake.push(first, frame_size=1)                     # five frames; room for one
-    wait_until(lambda: rig.stats.dropped_queue_full == 4, 3, "four drops")
+    fake.push(first, frame_size=1)                     # five frames; room for two
+    wait_until(lambda: rig.stats.dropped_queue_full == 3, 3, "three drops")
     assert len(events_named(caplog, "queue_overflow")) == 1
     assert events_named(caplog, "queue_overflow")[0].levelno == logging.ERROR
     # The loop is not blocked: it still reads (and counts) every message.
     assert rig.monitor.messages_total >= 5
-    assert [json.loads(raw) for _, raw in rig.drain()] == [[first[0]]]
+    assert [json.loads(raw) for _, raw in rig.drain()] == [[first[0]], [first[1]]]
 
     second = session_timeline(BAR_START_MS + 10_000, 3)
-    fake.push(second, frame_size=1)                    # one fits, the streak of two drops is new
-    wait_until(lambda: rig.stats.dropped_queue_full == 6, 3, "six drops")
-    assert len(events_named(caplog, "queue_overflow")) == 2
-    assert [json.loads(raw) for _, raw in rig.drain()] == [[second[0]]]
+    fake.push(second, frame_size=1)
+    wait_until(lambda: rig.stats.dropped_queue_full == 5, 3, "five drops")
+    # Before the next frame that fits, the writer is told bars were lost, so it backfills them.
+    items = rig.drain(frames_only=False)
+    assert items[0] == GAP_POSSIBLE and json.loads(items[1][1]) == [second[0]] and len(items) == 2
+    assert len(events_named(caplog, "queue_overflow")) == 2   # a new streak after a frame got through
 
     assert rig.stats.connected is True and fake.connections_total == 1
     assert rig.stop() < 1.0
