@@ -225,12 +225,13 @@ class PolygonStream:
     async def _enqueue(self, item) -> bool:
         """Put on the queue; a burst that fills it pauses reading briefly (TCP pushes back on the sender)
         rather than lose the item, while the loop keeps running. False once the patience is spent."""
-        deadline = self.clock.monotonic() + self.full_queue_patience_seconds
+        deadline = None
         while True:
             try:
                 self.frames.put_nowait(item)
                 return True
             except queue.Full:
+                deadline = deadline or self.clock.monotonic() + self.full_queue_patience_seconds
                 if self.clock.monotonic() >= deadline:
                     return False
             await asyncio.sleep(FULL_QUEUE_POLL_SECONDS)
