@@ -52,6 +52,13 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 FLOAT_LIMIT = 2 ** 1023  # ints beyond this overflow float()
 
 
+def subscribed_symbols(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
+    """Symbols of the aggregate subscriptions, in order ("A.SPY" -> "SPY"); a wildcard names none."""
+    prefix = f"{CHANNEL}."
+    return tuple(dict.fromkeys(item[len(prefix):] for item in subscriptions
+                               if item.startswith(prefix) and "*" not in item))
+
+
 class InvalidBar(ValueError):
     """An event that is not a well-formed aggregate."""
 

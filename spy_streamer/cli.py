@@ -9,7 +9,8 @@ from datetime import date, datetime, timezone
 
 from .compaction import CompactionError, Outcome, compact_day, compaction_refusal, describe
 from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
-from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds, subscribed_symbols
+from .aggregate_bars import subscribed_symbols
+from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
 from .heartbeat_monitor import heartbeat_path, read_heartbeat
 from .log_setup import configure_logging
 from .market_hours import HolidaySource, MarketCalendar

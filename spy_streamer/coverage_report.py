@@ -69,13 +69,6 @@ def session_bounds(calendar: MarketCalendar, day: date, now: datetime) -> tuple[
     return session.open, min(session.close, now)
 
 
-def subscribed_symbols(subscriptions: tuple[str, ...], channel: str = CHANNEL) -> tuple[str, ...]:
-    """Symbols expected in the data ("A.SPY" -> "SPY"); wildcards say nothing about which."""
-    prefix = f"{channel}."
-    return tuple(sorted({item[len(prefix):] for item in subscriptions
-                         if item.startswith(prefix) and "*" not in item}))
-
-
 def read_day(files: list[Path]) -> pa.Table:
     """The report's columns from `files`; a file without `source` (older layout) reads as nulls there."""
     schema = pa.schema([SCHEMA.field(name) for name in COLUMNS])

@@ -199,7 +199,6 @@ class PolygonStream:
         except asyncio.TimeoutError:
             pass
 
-
     # --- hot path: runs in the event loop for every frame ---
 
     async def _on_frame(self, frame: str) -> None:

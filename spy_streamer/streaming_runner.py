@@ -18,6 +18,7 @@ from typing import Callable
 import pyarrow as pa
 import schedule
 
+from .aggregate_bars import subscribed_symbols
 from .batch_writer import BatchWriter
 from .clock import SystemClock
 from .compaction import CompactionError, compact_day
@@ -39,12 +40,6 @@ CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after i
 RECONCILE_EVERY_SECONDS = 60         # safety net against clock jumps; transitions have their own jobs
 MAX_WAIT_SECONDS = 1.0               # a signal is acted on within this
 QUEUE_MAX_BYTES = 4_000_000         # hours of A.SPY (a ~230-byte bar a frame); 100 frames of 200 events
-
-
-def backfill_symbols(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
-    """Symbols of the aggregate channels whose gaps REST can fill ("A.SPY" -> "SPY"; not wildcards)."""
-    return tuple(sub.split(".", 1)[1] for sub in subscriptions
-                 if sub.startswith("A.") and not sub.endswith("*"))
 
 
 class CaptureSession:
@@ -233,7 +228,7 @@ class StreamingRunner:
         writer = BatchWriter(frames, self.sink, self.calendar, self.writer_stats,
                              self.config.batching.write_interval_seconds, self.clock,
                              request_backfill=backfiller.request,
-                             backfill_symbols=backfill_symbols(self.config.polygon.subscriptions))
+                             backfill_symbols=subscribed_symbols(self.config.polygon.subscriptions))
         stream = PolygonStream(self.config.polygon, self.api_key, self.calendar, self.monitor,
                                self.reader_stats, frames, self.clock)
         self._session = CaptureSession(market_session, stream, writer, backfiller, frames, self._start_thread)

@@ -16,11 +16,10 @@ import pytest
 
 from conftest import NY, REPO_ROOT, ny, settings, write_settings
 from fake_polygon import agg_event
-from spy_streamer.aggregate_bars import rest_results_to_table, rows_to_table, ws_bar
+from spy_streamer.aggregate_bars import rest_results_to_table, rows_to_table, subscribed_symbols, ws_bar
 from spy_streamer.compaction import compact_day
 from spy_streamer.config import MarketHoursConfig
-from spy_streamer.coverage_report import (day_coverage, find_gaps, format_coverage, load_coverage, session_bounds,
-                                          subscribed_symbols)
+from spy_streamer.coverage_report import day_coverage, find_gaps, format_coverage, load_coverage, session_bounds
 from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.parquet_sink import ParquetSink
 
