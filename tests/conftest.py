@@ -11,9 +11,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings as hypothesis_settings
 
 # Fixtures for tests that run the daemon against the fake Polygon (`fake`, `start`).
 pytest_plugins = ["daemon_harness"]
+
+# Fuzzing is deterministic and modest everywhere (CI runs at any hour on 2 cores): the same examples
+# every run, no example database, no deadline flakiness on a loaded machine.
+hypothesis_settings.register_profile(
+    "spy-streamer", derandomize=True, database=None, deadline=None, max_examples=100,
+    suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("spy-streamer")
 
 NY = ZoneInfo("America/New_York")
 REPO_ROOT = Path(__file__).resolve().parent.parent
