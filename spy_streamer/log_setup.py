@@ -72,3 +72,16 @@ def configure_logging(log_file: Path | None, secrets: tuple[str, ...] = (), leve
         library_logger.setLevel(library_level)
         for old in list(library_logger.handlers):
             library_logger.removeHandler(old)
+
+
+def reopen_log_files() -> None:
+    """SIGHUP: close the log file so the next line opens the path afresh (after a rotation that copied,
+    or a move that WatchedFileHandler has not noticed yet)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.close()
+                handler.stream = None   # emit() reopens a closed FileHandler on the next record
+            finally:
+                handler.release()
