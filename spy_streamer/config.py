@@ -38,6 +38,7 @@ class MarketHoursConfig:
     active_days: frozenset[int]
     start_time: time
     end_time: time
+    holiday_rules: str = "XNYS"   # exchange_rules.RULE_SETS: "XNYS" (NYSE holidays, early closes) or "none"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,12 @@ def _timezone(value: Any) -> ZoneInfo:
         raise ValueError(f"unknown timezone {name!r}") from None
 
 
+def _one_of(value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _weekdays(value: Any) -> frozenset[int]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"expected a non-empty list of weekdays 0-6 (Monday = 0), got {value!r}")
@@ -148,6 +155,7 @@ SCHEMA: dict[str, Any] = {
             "active_days": (_weekdays, [0, 1, 2, 3, 4]),
             "start_time": (_clock_time, "09:30"),
             "end_time": (_clock_time, "16:00"),
+            "holiday_rules": (lambda value: _one_of(value, ("XNYS", "none")), "XNYS"),
         },
         "monitoring": {
             "heartbeat_interval_seconds": (_positive_seconds, 300),
