@@ -5,10 +5,10 @@ no logging. Everything else runs on the heartbeat thread (or the runner at trans
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -31,30 +31,21 @@ def heartbeat_path(config: Config) -> Path:
     return config.paths.heartbeat_dir / HEARTBEAT_FILE_NAME
 
 
-def read_heartbeat(path: Path, now: datetime) -> tuple[dict[str, Any] | None, float | None]:
-    """The heartbeat and its age in seconds; (None, None) when there is none. ValueError when unreadable."""
-    try:
-        heartbeat = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"heartbeat {path} is unreadable: {exc}") from None
-    try:
-        updated_at = datetime.fromisoformat(heartbeat["updated_at"])
-    except (TypeError, KeyError, ValueError):
-        raise ValueError(f"heartbeat {path} has no valid updated_at") from None
-    return heartbeat, (now - updated_at).total_seconds()
-
-
 def _iso(instant: datetime | None) -> str | None:
     return None if instant is None else instant.isoformat(timespec="milliseconds")
+
+
+def _serializable(fields: dict[str, Any]) -> dict[str, Any]:
+    """Stats as JSON values: instants as ISO 8601 text."""
+    return {key: _iso(value) if isinstance(value, datetime) else value for key, value in fields.items()}
 
 
 class HeartbeatMonitor:
     def __init__(self, path: Path, calendar: MarketCalendar, *, interval_seconds: float,
                  alert_threshold_seconds: float, subscriptions: tuple[str, ...],
                  reader: ReaderStats, writer: WriterStats, backfill: BackfillStats | None = None,
-                 queue_depth: Callable[[], int] = lambda: 0,
+                 write_interval_seconds: float | None = None,
+                 queue_fill: Callable[[], tuple[int, float]] = lambda: (0, 0.0),
                  on_stall: Callable[[], None] = lambda: None, clock=None):
         self.path = path
         self.calendar = calendar
@@ -64,7 +55,8 @@ class HeartbeatMonitor:
         self.reader = reader
         self.writer = writer
         self.backfill = backfill or BackfillStats()
-        self.queue_depth = queue_depth
+        self.write_interval_seconds = write_interval_seconds
+        self.queue_fill = queue_fill
         self.on_stall = on_stall
         self.clock = clock or SystemClock()
         self.started_at = self.clock.now()
@@ -74,6 +66,7 @@ class HeartbeatMonitor:
         self._session_started_mono: float | None = None
         self._stalled_since_mono: float | None = None
         self._write_failing = False
+        self._failure: str | None = None
         # The heartbeat thread and the runner (at open, close and stop) both write the file.
         self._write_lock = threading.Lock()
 
@@ -92,6 +85,10 @@ class HeartbeatMonitor:
     def session_ended(self) -> None:
         self._session_started_mono = None
         self._stalled_since_mono = None
+
+    def mark_failed(self, reason: str) -> None:
+        """A thread crashed: every heartbeat from now on says `failed`, whatever else is still running."""
+        self._failure = reason
 
     # --- heartbeat thread ---
 
@@ -145,6 +142,8 @@ class HeartbeatMonitor:
         self.send_heartbeat()
 
     def status(self) -> str:
+        if self._failure is not None:
+            return "failed"
         if self._session_started_mono is None:
             return "market_closed"
         if self._stalled_since_mono is not None:
@@ -153,16 +152,15 @@ class HeartbeatMonitor:
 
     def snapshot(self, status: str | None = None) -> dict[str, Any]:
         now = self.clock.now()
-        session = self.calendar.current_or_next_session(now)
-        market_open = session.open <= now
-        next_open = self.calendar.current_or_next_session(session.close).open if market_open else session.open
         last_message_at = None
         if self._last_message_mono is not None:
             last_message_at = now - timedelta(seconds=self.clock.monotonic() - self._last_message_mono)
-        return {
+        queue_depth, queue_fill_ratio = self.queue_fill()
+        heartbeat = {
             "source": "polygon",
             "pid": os.getpid(),
             "status": status or self.status(),
+            "failure": self._failure,
             "connected": self.reader.connected,
             "subscriptions": list(self.subscriptions),
             "started_at": _iso(self.started_at),
@@ -170,29 +168,31 @@ class HeartbeatMonitor:
             "last_message_at": _iso(last_message_at),
             "messages_total": self.messages_total,
             "messages_since_last_heartbeat": self.messages_total - self._messages_at_last_beat,
-            "events_received": self.writer.events_received,
-            "rows_written": self.writer.rows_written,
-            "batches_written": self.writer.batches_written,
-            "rows_pending": self.writer.rows_pending,
-            "last_flush_at": _iso(self.writer.last_flush_at),
-            "rejected_late": self.writer.rejected_late,
-            "rejected_invalid": self.writer.rejected_invalid,
-            "duplicates": self.writer.duplicates,
-            "outside_session": self.writer.outside_session,
-            "write_errors": self.writer.write_errors,
-            "last_write_error": self.writer.last_write_error,
-            "dropped_queue_full": self.reader.dropped_queue_full,
-            "rows_backfilled": self.writer.rows_backfilled,
-            "backfill_requests": self.backfill.backfill_requests,
-            "backfill_failures": self.backfill.backfill_failures,
-            "reconnects": self.reader.reconnects,
-            "last_disconnect_reason": self.reader.last_disconnect_reason,
-            "queue_depth": self.queue_depth(),
+            **_serializable(asdict(self.writer)),
+            **_serializable(asdict(self.backfill)),
+            **_serializable(asdict(self.reader)),
+            "queue_depth": queue_depth,
+            "queue_fill_ratio": round(queue_fill_ratio, 4),
             "memory_rss_bytes": psutil.Process().memory_info().rss,
+            **self._market_state(now),
+            "heartbeat_interval_seconds": self.interval_seconds,
+            "write_interval_seconds": self.write_interval_seconds,
+        }
+        heartbeat.pop("state")  # the reader's own state is folded into `status`
+        return heartbeat
+
+    def _market_state(self, now: datetime) -> dict[str, Any]:
+        """The market now, so `check` and `status` can judge the daemon without a calendar or a key."""
+        session = self.calendar.current_or_next_session(now)
+        market_open = session.open <= now
+        next_open = self.calendar.current_or_next_session(session.close).open if market_open else session.open
+        special = self.calendar.special_day(self.calendar.trading_day(session.open))
+        return {
             "market_open": market_open,
+            "closed_reason": self.calendar.closed_reason(now),
             "next_open": _iso(next_open),
             "next_close": _iso(session.close),
-            "heartbeat_interval_seconds": self.interval_seconds,
+            "session_special_day": special.name if special is not None else None,
         }
 
     def _write(self, heartbeat: dict[str, Any]) -> None:

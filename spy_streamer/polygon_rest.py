@@ -12,8 +12,13 @@ from urllib.parse import urlsplit
 import urllib3
 from polygon import RESTClient
 
-REST_TIMEOUT_SECONDS = 5.0
-REST_RETRIES = 2
+# Hard bounds on one request: a hung server costs at most REST_TOTAL_SECONDS, so the thread that asked
+# (the backfill) stops within the shutdown deadline. No retries inside the client: callers retry on
+# their own terms, where a stop request can cut the retrying short.
+REST_CONNECT_SECONDS = 2.0
+REST_READ_SECONDS = 5.0
+REST_TOTAL_SECONDS = 6.0
+REST_RETRIES = 0
 AGGS_PAGE_LIMIT = 50_000   # Polygon's maximum; a whole session of one-second bars is 23,400
 MAX_AGGS_PAGES = 100
 
@@ -22,11 +27,13 @@ class RestAnswerError(Exception):
     """Polygon's REST API failed or answered something that is not what Polygon sends."""
 
 
-def make_rest_client(api_key: str, base_url: str, timeout_seconds: float = REST_TIMEOUT_SECONDS) -> RESTClient:
+def make_rest_client(api_key: str, base_url: str, timeout_seconds: float = REST_TOTAL_SECONDS) -> RESTClient:
     client = RESTClient(api_key=api_key, base=base_url.rstrip("/"), retries=REST_RETRIES)
     # RESTClient builds a Timeout but never passes it to its PoolManager; without this a hung
     # server would block the caller forever.
-    client.client.connection_pool_kw["timeout"] = urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds)
+    client.client.connection_pool_kw["timeout"] = urllib3.Timeout(
+        connect=min(REST_CONNECT_SECONDS, timeout_seconds), read=min(REST_READ_SECONDS, timeout_seconds),
+        total=timeout_seconds)
     return client
 
 
@@ -58,10 +65,39 @@ def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
         next_url = page.get("next_url")
         if not next_url:
             return results
-        # As the client's own paginator does: keep the path and query, prepend the configured base.
-        parts = urlsplit(next_url)
-        page = _aggs_page(lambda: client._get(path=f"{parts.path}?{parts.query}", raw=True))
+        path = next_page_path(client.BASE, next_url)
+        page = _aggs_page(lambda: client._get(path=path, raw=True))
     raise RestAnswerError(f"aggregates for {symbol} ran past {MAX_AGGS_PAGES} pages")
+
+
+def next_page_path(base_url: str, next_url: str) -> str:
+    """The path and query of Polygon's `next_url`, to put after the configured base (as the client's own
+    paginator does). Refused unless it names the configured origin: the client sends the key with
+    every request, so server text must never choose where the next one goes."""
+    base, target = urlsplit(base_url), urlsplit(next_url)
+    if _origin(target) != _origin(base) or target.username is not None or not target.path.startswith("/"):
+        raise RestAnswerError(f"next_url leaves {_origin_text(base)}: refused")
+    path = f"{target.path}?{target.query}" if target.query else target.path
+    if _origin(urlsplit(base_url + path)) != _origin(base):   # the path itself must not move the host
+        raise RestAnswerError(f"next_url leaves {_origin_text(base)}: refused")
+    return path
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(parts) -> tuple[str, str | None, int | None]:
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number
+        return ("", None, None)
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname, port or DEFAULT_PORTS.get(scheme)
+
+
+def _origin_text(parts) -> str:
+    scheme, host, port = _origin(parts)
+    return f"{scheme}://{host}:{port}"
 
 
 def _aggs_page(request) -> dict[str, Any]:

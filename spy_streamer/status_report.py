@@ -4,6 +4,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import psutil
+
+from .health_check import heartbeat_age_seconds
 from .market_hours import MarketCalendar
 
 
@@ -37,40 +40,31 @@ def market_lines(calendar: MarketCalendar, now: datetime) -> list[str]:
 
 
 HEARTBEAT_FIELDS = ("status", "connected", "updated_at", "last_message_at", "messages_total",
-                    "rows_written", "rejected_late", "reconnects", "queue_depth")
+                    "rows_written", "rows_pending", "rejected_late", "rejected_invalid", "reconnects",
+                    "queue_depth", "write_errors", "last_write_error", "failure")
 
 
-def heartbeat_lines(heartbeat: dict[str, Any] | None, age_seconds: float | None) -> list[str]:
+def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime) -> list[str]:
+    """The heartbeat for a person. A stale one is called what it is: the last words of a process that is
+    probably gone (the fields then describe the past, not now). ValueError when it has no valid time."""
     if heartbeat is None:
         return ["heartbeat: none yet (the daemon has not written one)"]
-    lines = [f"heartbeat: pid {heartbeat.get('pid')}, written {format_duration(age_seconds or 0)} ago"]
-    lines += [f"  {field}: {heartbeat[field]}" for field in HEARTBEAT_FIELDS if field in heartbeat]
+    age = heartbeat_age_seconds(heartbeat, now)
+    pid = heartbeat.get("pid")
+    lines = [f"heartbeat: pid {pid}, written {format_duration(abs(age))} {'ago' if age >= 0 else 'in the FUTURE'}"]
+    interval = heartbeat.get("heartbeat_interval_seconds")
+    stopped = heartbeat.get("status") in ("stopped", "failed")
+    if not stopped and isinstance(interval, (int, float)) and age > 2 * interval + 1:
+        alive = isinstance(pid, int) and psutil.pid_exists(pid)
+        lines.append(f"  STALE: expected every {format_duration(interval)}; the daemon is probably "
+                     f"{'hung' if alive else 'not running'} (pid {pid} {'exists' if alive else 'not found'}). "
+                     f"Last known state:")
+    lines += [f"  {field}: {_plain(heartbeat[field])}" for field in HEARTBEAT_FIELDS if field in heartbeat]
     return lines
 
 
-# Nagios plugin convention, so `check` plugs into existing monitors.
-CHECK_OK, CHECK_CRITICAL, CHECK_UNKNOWN = 0, 2, 3
-
-
-def evaluate_health(heartbeat: dict[str, Any] | None, age_seconds: float | None,
-                    market_open: bool) -> tuple[int, str]:
-    """(exit code, one line) for `spy-streamer check`."""
-    if heartbeat is None:
-        return CHECK_UNKNOWN, "UNKNOWN: no heartbeat file yet"
-    status = heartbeat.get("status")
-    interval = heartbeat.get("heartbeat_interval_seconds")
-    if not isinstance(interval, (int, float)) or interval <= 0:
-        return CHECK_UNKNOWN, "UNKNOWN: heartbeat has no interval"
-    summary = (f"status={status} age={age_seconds:.0f}s messages={heartbeat.get('messages_total')} "
-               f"rows={heartbeat.get('rows_written')} reconnects={heartbeat.get('reconnects')}")
-    if status == "stalled":
-        return CHECK_CRITICAL, f"CRITICAL: stream stalled; {summary}"
-    if status == "stopped":
-        if market_open:
-            return CHECK_CRITICAL, f"CRITICAL: daemon stopped while the market is open; {summary}"
-        return CHECK_OK, f"OK: daemon stopped, market closed; {summary}"
-    if age_seconds > 2 * interval:
-        return CHECK_CRITICAL, f"CRITICAL: heartbeat is stale (daemon hung or dead); {summary}"
-    if market_open and status == "market_closed":
-        return CHECK_CRITICAL, f"CRITICAL: market is open but no session is running; {summary}"
-    return CHECK_OK, f"OK: {summary}"
+def _plain(value: Any) -> str:
+    """Values as a person reads them, not as Python prints them."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)

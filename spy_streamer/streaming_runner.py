@@ -24,6 +24,8 @@ from .clock import SystemClock
 from .compaction import CompactionError, compact_day
 from .config import Config
 from .heartbeat_monitor import HeartbeatMonitor, heartbeat_path
+from .instance_lock import InstanceLock, InstanceLocked
+from .log_setup import reopen_log_files
 from .gap_backfill import GapBackfiller
 from .market_hours import MarketCalendar, Session
 from .parquet_sink import ParquetSink
@@ -34,8 +36,9 @@ from .queue_items import END_OF_STREAM, FrameQueue
 
 log = logging.getLogger(__name__)
 
-EX_OK, EX_SOFTWARE, EX_CONFIG = 0, 70, 78
+EX_OK, EX_SOFTWARE, EX_LOCKED, EX_CONFIG = 0, 70, 75, 78
 SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above this
+WRITER_SHARE_SECONDS = 4.0           # of that deadline, kept for the writer's final flush
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends
 RECONCILE_EVERY_SECONDS = 60         # safety net against clock jumps; transitions have their own jobs
 MAX_WAIT_SECONDS = 1.0               # a signal is acted on within this
@@ -62,22 +65,37 @@ class CaptureSession:
             self._start_thread("ws-reader", lambda: self.stream.stream_realtime(until=self.market_session.close)),
         ]
 
-    def stop(self, deadline: float, monotonic: Callable[[], float]) -> bool:
-        """Producers first, then drain the queue to its end marker and flush; True if all joined in time."""
+    def stop(self, deadline: float, monotonic: Callable[[], float]) -> list[str]:
+        """Producers first, then drain the queue to its end marker and flush; the names of the threads
+        still running at the deadline (abandoned, with whatever they held).
+
+        The writer's final flush is what matters most, so the reader is only waited for until
+        WRITER_SHARE_SECONDS before the deadline, and the backfill (a REST request may hang until its
+        timeout) only after the writer: a hung request can no longer eat the flush's share."""
         writer_thread, backfill_thread, reader_thread = self._threads
         self.stream.request_stop()
         self.backfiller.stop()
-        reader_thread.join(max(0.0, deadline - monotonic()))
-        backfill_thread.join(max(0.0, deadline - monotonic()))
+        reader_thread.join(max(0.0, deadline - WRITER_SHARE_SECONDS - monotonic()))
         try:
-            self.frames.put(END_OF_STREAM, timeout=max(0.0, deadline - monotonic()))
+            self.frames.put(END_OF_STREAM, timeout=max(0.0, deadline - WRITER_SHARE_SECONDS - monotonic()))
         except queue.Full:
             pass
         writer_thread.join(max(0.0, deadline - monotonic()))
-        stuck = [thread.name for thread in self._threads if thread.is_alive()]
-        if stuck:
-            log.error("threads did not stop in time: %s", ", ".join(stuck), extra={"event": "stop_timeout"})
-        return not stuck
+        if not writer_thread.is_alive() and self.writer.stats.rows_pending:
+            self._salvage_writer(deadline, monotonic)  # the writer crashed: keep what it had parsed
+        backfill_thread.join(max(0.0, deadline - monotonic()))
+        return [thread.name for thread in self._threads if thread.is_alive()]
+
+    def _salvage_writer(self, deadline: float, monotonic: Callable[[], float]) -> None:
+        """After a writer crash, flush the rows it had accepted on a one-shot thread (its own is gone)."""
+        salvage = threading.Thread(target=self.writer.flush, name="writer-salvage", daemon=True)
+        salvage.start()
+        salvage.join(max(0.0, deadline - monotonic()))
+        self._threads.append(salvage)
+        unread = self.frames.items_waiting()
+        if unread:
+            log.error("%d queued frame(s) were not stored: the writer crashed before reading them", unread,
+                      extra={"event": "frames_abandoned", "frames": unread})
 
 
 class StreamingRunner:
@@ -97,13 +115,16 @@ class StreamingRunner:
             heartbeat_path(config), calendar,
             interval_seconds=config.monitoring.heartbeat_interval_seconds,
             alert_threshold_seconds=config.monitoring.alert_threshold_seconds,
+            write_interval_seconds=config.batching.write_interval_seconds,
             subscriptions=config.polygon.subscriptions, reader=self.reader_stats, writer=self.writer_stats,
-            backfill=self.backfill_stats, queue_depth=self._queue_depth, on_stall=self._on_stall, clock=self.clock)
+            backfill=self.backfill_stats, queue_fill=self._queue_fill, on_stall=self._on_stall, clock=self.clock)
         self.scheduler = schedule.Scheduler()
+        self.exit_reason: str | None = None      # one line for stderr when the exit code is not 0
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._exit_code: int | None = None
         self._interrupted = False
         self._session: CaptureSession | None = None
+        self._after_close: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
         self._heartbeat_stop = threading.Event()
 
@@ -116,12 +137,23 @@ class StreamingRunner:
         self._events.put_nowait(("signal", signum))
 
     def _install_signal_handlers(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP and SIGUSR1/2 would kill the process by default (losing what the writer holds); a
+        # `postrotate kill -HUP` recipe must only make it reopen its log.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, self._on_signal)
 
     # --- main loop ---
 
     def run(self) -> int:
+        try:
+            with InstanceLock(self.config.paths.data_dir):
+                return self._run_locked()
+        except InstanceLocked as exc:
+            self.exit_reason = str(exc)
+            log.error("%s", exc, extra={"event": "already_running", "holder_pid": exc.holder_pid})
+            return EX_LOCKED
+
+    def _run_locked(self) -> int:
         self._install_signal_handlers()
         # Arrow's default mimalloc pool keeps freed pages per thread; after a burst the system allocator
         # gives more of them back, which keeps the daemon's resident memory lower over a long session.
@@ -148,22 +180,51 @@ class StreamingRunner:
         except queue.Empty:
             return
         if kind == "signal":
-            log.info("received %s; shutting down", signal.Signals(detail).name,
-                     extra={"event": "shutdown_requested"})
-            self._exit_code = EX_OK
+            self._act_on_signal(detail)
         else:
-            self._exit_code = detail
+            self._fail(*detail)
+
+    def _act_on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            reopen_log_files()
+            log.info("received SIGHUP; log file reopened", extra={"event": "log_reopened"})
+        elif signum in (signal.SIGUSR1, signal.SIGUSR2):
+            log.info("received %s; it has no meaning here, ignored", name, extra={"event": "signal_ignored"})
+        elif self._exit_code is None:
+            log.info("received %s; shutting down", name, extra={"event": "shutdown_requested"})
+            self._exit_code = EX_OK
+
+    def _fail(self, exit_code: int, reason: str) -> None:
+        """Stop with `exit_code`; the first failure is the one reported."""
+        if self._exit_code not in (None, EX_OK):
+            return
+        self._exit_code, self.exit_reason = exit_code, reason
+        if exit_code == EX_SOFTWARE:
+            self.monitor.mark_failed(reason)
+            self.monitor.send_heartbeat()
 
     def _shutdown(self, heartbeat_thread: threading.Thread) -> None:
         deadline = self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS
         if self._session is not None:
             self._end_session("shutdown", deadline)
+        self._join_after_close(deadline)
         self._heartbeat_stop.set()
         heartbeat_thread.join(max(0.0, deadline - self.clock.monotonic()))
-        self.monitor.send_heartbeat(status="stopped")
+        if heartbeat_thread.is_alive():
+            self._abandoned(["heartbeat"])
+        self.monitor.send_heartbeat(status="failed" if self._exit_code == EX_SOFTWARE else "stopped")
         log.info("spy-streamer stopped (exit %d)", self._exit_code,
                  extra={"event": "stopped", "exit_code": self._exit_code,
                         "rows_written": self.writer_stats.rows_written})
+
+    def _abandoned(self, thread_names: list[str]) -> None:
+        """Threads still running at the deadline: a fact to log and to exit non-zero on."""
+        pending = self.writer_stats.rows_pending
+        log.error("threads did not stop in time and were abandoned: %s (%d rows not written)",
+                  ", ".join(thread_names), pending,
+                  extra={"event": "stop_timeout", "thread_names": thread_names, "rows_pending": pending})
+        self._fail(EX_SOFTWARE, f"threads did not stop in time: {', '.join(thread_names)}")
 
     # --- thread ownership ---
 
@@ -172,15 +233,23 @@ class StreamingRunner:
         def guarded() -> None:
             try:
                 target()
-            except AuthRejected:
-                self._events.put(("fatal", EX_CONFIG))
-            except Exception:
-                log.exception("thread %s crashed", name, extra={"event": "thread_crashed", "thread": name})
-                self._events.put(("fatal", EX_SOFTWARE))
+            except AuthRejected as exc:
+                self._events.put(("fatal", (EX_CONFIG, f"Polygon rejected the API key: {exc}")))
+            except Exception as exc:  # RecursionError and MemoryError included: no thread dies silently
+                # The event first: even if logging failed, the process would still stop.
+                self._events.put(("fatal", (EX_SOFTWARE, f"thread {name} crashed: {type(exc).__name__}")))
+                log.exception("thread %s crashed", name, extra={"event": "thread_crashed", "thread_name": name})
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
         return thread
+
+    def _join_after_close(self, deadline: float) -> None:
+        after_close = self._after_close
+        if after_close is not None:
+            after_close.join(max(0.0, deadline - self.clock.monotonic()))
+            if after_close.is_alive():
+                self._abandoned([after_close.name])
 
     # --- market transitions ---
 
@@ -188,8 +257,9 @@ class StreamingRunner:
         """Make the running state match the calendar now, then schedule the next transition."""
         now = self.clock.now()
         if self._session is not None:
-            if now >= self._session.market_session.close + self.close_grace:
-                self._end_session("market_close", self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS)
+            self._follow_calendar_changes()
+        if self._session is not None and now >= self._session.market_session.close + self.close_grace:
+            self._end_session("market_close", self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS)
         if self._session is None:
             upcoming = self.calendar.current_or_next_session(now)
             if upcoming.open <= now:
@@ -197,6 +267,21 @@ class StreamingRunner:
             elif self._announced_next_open != upcoming.open:
                 self._announce_closed(upcoming, now)
         self._schedule_next_transition(now)
+
+    def _follow_calendar_changes(self) -> None:
+        """The calendar may have learned (a refresh) that today is closed or closes early: act at once."""
+        running = self._session.market_session
+        latest = self.calendar.session_on(self.calendar.trading_day(running.open))
+        if latest is None:
+            special = self.calendar.special_day(self.calendar.trading_day(running.open))
+            reason = special.name if special is not None else "not a trading day"
+            log.warning("the calendar now says the market is closed today (%s); ending the session", reason,
+                        extra={"event": "session_cancelled", "reason": reason})
+            self._end_session("calendar_closed", self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS)
+        elif latest.close != running.close:
+            log.warning("the calendar moved today's close to %s", latest.close.astimezone(self.calendar.tz).isoformat(),
+                        extra={"event": "close_moved", "close": latest.close.isoformat()})
+            self._session.market_session = latest
 
     def _schedule_next_transition(self, now: datetime) -> None:
         self.scheduler.clear("transition")
@@ -241,20 +326,28 @@ class StreamingRunner:
 
     def _end_session(self, reason: str, deadline: float) -> None:
         session, self._session = self._session, None
-        session.stop(deadline, self.clock.monotonic)
+        abandoned = session.stop(deadline, self.clock.monotonic)
         self.monitor.session_ended()
         self.reader_stats.state = "idle"
         log.info("session ended (%s)", reason,
                  extra={"event": "session_ended", "reason": reason, "rows_written": self.writer_stats.rows_written,
                         "rows_pending": self.writer_stats.rows_pending})
-        if reason == "market_close":
-            self._fill_gaps_left_at_close(session)
-            self._compact(self.calendar.trading_day(session.market_session.open))
+        if abandoned:
+            self._abandoned(abandoned)
+        elif reason == "market_close":
+            self._after_close = self._start_thread("after-close", lambda: self._after_close_work(session))
         self.monitor.send_heartbeat()
 
-    def _fill_gaps_left_at_close(self, session: CaptureSession) -> None:
-        """No live bar will end a gap once the session is over, so fetch what is missing up to the close
-        now. The session's threads have stopped: its writer is used from this thread alone."""
+    def _after_close_work(self, session: CaptureSession) -> None:
+        """Off the supervisor thread (which must stay free for signals): the gaps no live bar will end
+        now, then the day's compaction."""
+        self._fill_gaps_left_at_close(session)
+        self._compact(self.calendar.trading_day(session.market_session.open))
+
+    @staticmethod
+    def _fill_gaps_left_at_close(session: CaptureSession) -> None:
+        """Fetch what is missing up to the close. The session's threads have stopped: its writer is used
+        from this thread alone."""
         for gap in session.writer.gaps_left_open():
             bars = session.backfiller.fill_now(gap)
             if bars is not None:
@@ -267,15 +360,18 @@ class StreamingRunner:
             compact_day(self.config.paths.data_dir, day)
         except CompactionError:
             pass  # logged by compact_day; the micro-batches stay, `spy-streamer compact` can retry
-        except Exception:
+        except Exception:  # compaction is atomic: a bug in it must not stop the next day's capture
             log.exception("compaction of %s crashed; the micro-batches stay", day,
                           extra={"event": "compaction_failed"})
 
     # --- hooks for the heartbeat monitor ---
 
-    def _queue_depth(self) -> int:
+    def _queue_fill(self) -> tuple[int, float]:
+        """(frames waiting, fraction of the queue's byte bound in use)."""
         session = self._session
-        return 0 if session is None else session.frames.items_waiting()
+        if session is None:
+            return 0, 0.0
+        return session.frames.items_waiting(), session.frames.qsize() / QUEUE_MAX_BYTES
 
     def _on_stall(self) -> None:
         session = self._session

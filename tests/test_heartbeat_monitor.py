@@ -1,4 +1,4 @@
-"""HeartbeatMonitor: the heartbeat file, its cadence, the stall alert, and what `check` makes of it.
+"""HeartbeatMonitor: the heartbeat file, its cadence and the stall alert (what `check` makes of it: test_health_check.py).
 
 Everything runs on a FakeClock (wall and monotonic time move only when the test says so) and a calendar
 built from the default settings, so nothing depends on when the suite runs.
@@ -15,10 +15,9 @@ import pytest
 
 from conftest import FakeClock, ny
 from spy_streamer.config import load_config
-from spy_streamer.heartbeat_monitor import HeartbeatMonitor, heartbeat_path, read_heartbeat
+from spy_streamer.heartbeat_monitor import HeartbeatMonitor, heartbeat_path
 from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.pipeline_stats import ReaderStats, WriterStats
-from spy_streamer.status_report import CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, evaluate_health
 
 # 2025-06-10 is a Tuesday, 2025-06-13 a Friday, 2025-06-16 a Monday; no US market holiday near them.
 TUESDAY_11 = ny(2025, 6, 10, 11, 0)
@@ -30,7 +29,7 @@ REQUIRED_FIELDS = (
     "messages_total", "messages_since_last_heartbeat", "rows_written", "batches_written", "rejected_late",
     "reconnects", "queue_depth", "memory_rss_bytes", "market_open", "next_open", "next_close",
 )
-STATUSES = {"streaming", "connecting", "reconnecting", "stalled", "market_closed", "stopped"}
+STATUSES = {"streaming", "connecting", "reconnecting", "stalled", "market_closed", "stopped", "failed"}
 
 
 @pytest.fixture
@@ -52,8 +51,9 @@ class Rig:
         options = dict(
             interval_seconds=config.monitoring.heartbeat_interval_seconds,
             alert_threshold_seconds=config.monitoring.alert_threshold_seconds,
+            write_interval_seconds=config.batching.write_interval_seconds,
             subscriptions=config.polygon.subscriptions, reader=self.reader, writer=self.writer,
-            queue_depth=lambda: 7, on_stall=self._on_stall, clock=self.clock,
+            queue_fill=lambda: (7, 0.25), on_stall=self._on_stall, clock=self.clock,
         )
         options.update(overrides)
         self.monitor = HeartbeatMonitor(self.path, self.calendar, **options)
@@ -457,89 +457,6 @@ def test_status_values(config):
     beat = rig.monitor.send_heartbeat(status="stopped")
     assert beat["status"] == "stopped" and rig.read()["status"] == "stopped"
     assert {beat["status"]} <= STATUSES
-
-
-# --------------------------------------------------------------------------------------------------
-# read_heartbeat and evaluate_health (spy-streamer check)
-# --------------------------------------------------------------------------------------------------
-
-def health_after(rig: Rig, seconds: float, market_open: bool) -> tuple[int, str]:
-    now = rig.clock.now() + timedelta(seconds=seconds)
-    heartbeat, age = read_heartbeat(rig.path, now)
-    assert age == pytest.approx(seconds)
-    return evaluate_health(heartbeat, age, market_open)
-
-
-def test_check_missing_heartbeat_is_unknown(config):
-    rig = Rig(config, TUESDAY_11)
-    assert read_heartbeat(rig.path, rig.clock.now()) == (None, None)
-    code, line = evaluate_health(None, None, market_open=True)
-    assert code == CHECK_UNKNOWN == 3
-    assert "\n" not in line
-
-
-def test_check_healthy_streaming_is_ok(config):
-    rig = Rig(config, TUESDAY_11)
-    rig.monitor.session_started()
-    rig.reader.state = "streaming"
-    rig.monitor.send_heartbeat()
-    code, line = health_after(rig, 10, market_open=True)
-    assert code == CHECK_OK == 0, line
-    assert line.startswith("OK")
-
-
-def test_check_idle_while_closed_is_ok(config):
-    rig = Rig(config, FRIDAY_EVENING)
-    rig.monitor.send_heartbeat()
-    assert health_after(rig, 30, market_open=False)[0] == CHECK_OK
-
-
-def test_check_stalled_is_critical(config):
-    rig = Rig(config, TUESDAY_10)
-    rig.monitor.session_started()
-    rig.clock.advance(901)
-    assert rig.monitor.check_stalled_stream() is True
-    code, line = health_after(rig, 1, market_open=True)
-    assert code == CHECK_CRITICAL == 2
-    assert "stalled" in line
-
-
-def test_check_stale_heartbeat_is_critical(config):
-    rig = Rig(config, TUESDAY_11)
-    rig.monitor.session_started()
-    rig.reader.state = "streaming"
-    rig.monitor.send_heartbeat()
-    assert health_after(rig, 599, market_open=True)[0] == CHECK_OK
-    code, line = health_after(rig, 601, market_open=True)  # more than 2 x 300 s
-    assert code == CHECK_CRITICAL, line
-    assert "stale" in line
-    # A dead daemon is a problem at night too.
-    assert health_after(rig, 601, market_open=False)[0] == CHECK_CRITICAL
-
-
-def test_check_stopped(config):
-    rig = Rig(config, FRIDAY_EVENING)
-    rig.monitor.send_heartbeat(status="stopped")
-    assert health_after(rig, 3 * 24 * 3600, market_open=False)[0] == CHECK_OK
-    code, line = health_after(rig, 5, market_open=True)
-    assert code == CHECK_CRITICAL and "stopped" in line
-
-
-def test_check_open_market_without_a_session_is_critical(config):
-    rig = Rig(config, TUESDAY_11)
-    rig.monitor.send_heartbeat()  # status market_closed while the market is open
-    assert health_after(rig, 5, market_open=True)[0] == CHECK_CRITICAL
-
-
-def test_read_heartbeat_rejects_garbage(config):
-    rig = Rig(config, TUESDAY_11)
-    rig.path.parent.mkdir(parents=True, exist_ok=True)
-    rig.path.write_text("{not json")
-    with pytest.raises(ValueError):
-        read_heartbeat(rig.path, rig.clock.now())
-    rig.path.write_text(json.dumps({"status": "streaming"}))
-    with pytest.raises(ValueError, match="updated_at"):
-        read_heartbeat(rig.path, rig.clock.now())
 
 
 def test_started_at_is_the_monitor_creation_time(config):

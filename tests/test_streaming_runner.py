@@ -71,7 +71,8 @@ def test_starts_at_once_mid_session_and_stops_after_the_1600_close(make_runner, 
     assert runner._session is None
     wait_for(lambda: fake.active_connections() == 0, what="the connection closed")
     assert runner.writer_stats.rows_written == 60       # the final flush at the close
-    # ...then the day's micro-batches were compacted into one file
+    # ...then the day's micro-batches were compacted into one file, off the supervisor thread
+    runner._after_close.join(10)
     (day_file,) = runner.sink.partition_dir("A", TUESDAY).iterdir()
     assert day_file.name == "day-2026-11-24.parquet" and pq.read_metadata(day_file).num_rows == 60
     assert runner.writer_stats.outside_session == 1

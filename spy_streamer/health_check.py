@@ -1,0 +1,175 @@
+"""`spy-streamer check`: the heartbeat judged for monitors, as a monitoring plugin (Nagios, Icinga, cron,
+container probes) expects: one line `SPY-STREAMER <STATE> - <text> | <perfdata>`, exit 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN.
+
+Everything is read from the heartbeat, which carries the market state and the next open and close, so a
+check needs no key, no network and no heavy import. Only when the heartbeat is too old to know whether
+the market is open now does it ask the calendar (`market_open_now`, passed in).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+FUTURE_TOLERANCE_SECONDS = 60.0   # a heartbeat dated later than this is a wrong clock, not a fresh beat
+STALE_AFTER_INTERVALS = 2
+PENDING_AFTER_INTERVALS = 2
+QUEUE_WARNING_FILL = 0.5
+PERFDATA = (("age", "age_seconds", "s"), ("messages", "messages_total", "c"), ("rows", "rows_written", "c"),
+            ("pending", "rows_pending", ""), ("reconnects", "reconnects", "c"),
+            ("dropped", "dropped_queue_full", "c"), ("write_errors", "write_errors", "c"),
+            ("rss", "memory_rss_bytes", "B"))
+
+
+MAX_HEARTBEAT_BYTES = 1 << 20
+
+
+class HeartbeatUnreadable(ValueError):
+    """The heartbeat file exists but is not a heartbeat."""
+
+
+def load_heartbeat(path: Path) -> dict[str, Any] | None:
+    """The heartbeat document; None when there is no file yet; HeartbeatUnreadable when it is not one."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_HEARTBEAT_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HeartbeatUnreadable(f"heartbeat {path} is unreadable: {exc.strerror or exc}") from None
+    try:
+        if len(text) > MAX_HEARTBEAT_BYTES:
+            raise ValueError("larger than a heartbeat can be")
+        heartbeat = json.loads(text)
+    except (ValueError, RecursionError) as exc:   # UnicodeDecodeError is a ValueError
+        raise HeartbeatUnreadable(f"heartbeat {path} is not JSON: {str(exc)[:80]}") from None
+    if not isinstance(heartbeat, dict):
+        raise HeartbeatUnreadable(f"heartbeat {path} is not a JSON object")
+    return heartbeat
+
+
+def heartbeat_age_seconds(heartbeat: dict[str, Any], now: datetime) -> float:
+    """Seconds since the heartbeat was written; ValueError when it carries no valid `updated_at`."""
+    try:
+        updated_at = datetime.fromisoformat(heartbeat["updated_at"])
+        return (now - updated_at).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("no valid updated_at") from None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    code: int
+    text: str
+    perfdata: str = ""
+
+    def line(self) -> str:
+        line = f"SPY-STREAMER {STATE_NAMES[self.code]} - {self.text}"
+        return f"{line} | {self.perfdata}" if self.perfdata else line
+
+
+def evaluate_health(heartbeat: dict[str, Any] | None, now: datetime,
+                    market_open_now: Callable[[datetime], bool] | None = None) -> Verdict:
+    """The verdict on `heartbeat` (None: there is no heartbeat file) at `now`."""
+    if heartbeat is None:
+        return Verdict(UNKNOWN, "no heartbeat file yet (has the daemon run with this config?)")
+    try:
+        facts = _Facts(heartbeat, now)
+    except (KeyError, TypeError, ValueError) as exc:
+        return Verdict(UNKNOWN, f"heartbeat is not usable: {exc}")
+    code, problem = _judge(facts, market_open_now)
+    return Verdict(code, f"{problem}; {facts.summary()}" if problem else facts.summary(), facts.perfdata())
+
+
+def _judge(facts: "_Facts", market_open_now) -> tuple[int, str | None]:
+    """(state, what is wrong); the first rule that applies wins, most severe first."""
+    hb = facts.heartbeat
+    if facts.age < -FUTURE_TOLERANCE_SECONDS:
+        return CRITICAL, f"heartbeat is dated {-facts.age:.0f} s in the future (a wrong clock?)"
+    if hb["status"] == "failed":
+        return CRITICAL, f"daemon failed: {hb.get('failure') or 'unknown reason'}"
+    market_open = facts.market_open(market_open_now)
+    if hb["status"] == "stopped":
+        return (CRITICAL, "daemon stopped while the market is open") if market_open else (OK, None)
+    if facts.age > STALE_AFTER_INTERVALS * facts.interval + 1:
+        return CRITICAL, f"heartbeat is {facts.age:.0f} s old (daemon hung or dead)"
+    if hb["status"] == "stalled":
+        return CRITICAL, "no market data while the market is open (stream stalled)"
+    if market_open and hb["status"] == "market_closed":
+        return CRITICAL, "the market is open but no session is running"
+    waiting = facts.rows_waiting_seconds()
+    if waiting is not None and waiting > PENDING_AFTER_INTERVALS * facts.write_interval:
+        return CRITICAL, (f"{hb['rows_pending']} rows not written for {waiting:.0f} s "
+                          f"({hb.get('last_write_error') or 'writer behind'})")
+    return _warning(hb)
+
+
+def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
+    if hb.get("last_write_error"):
+        return WARNING, f"the last Parquet write failed ({hb['last_write_error']}); rows kept, retrying"
+    if hb["status"] == "reconnecting":
+        return WARNING, f"reconnecting ({hb.get('last_disconnect_reason') or 'connection lost'})"
+    if hb.get("clock_skew_seconds") is not None:
+        return WARNING, f"the wall clock and the bars disagree by {hb['clock_skew_seconds']:.0f} s"
+    if (hb.get("queue_fill_ratio") or 0) > QUEUE_WARNING_FILL:
+        return WARNING, f"the frame queue is {hb['queue_fill_ratio']:.0%} full (writer behind)"
+    if hb.get("backfill_pending"):
+        return WARNING, f"{hb['backfill_pending']} gap(s) waiting for REST backfill"
+    if hb.get("backfill_failures"):
+        return WARNING, f"{hb['backfill_failures']} gap(s) could not be backfilled from REST"
+    return OK, None
+
+
+class _Facts:
+    """The figures `check` needs, parsed once; KeyError/TypeError/ValueError when the heartbeat lacks one."""
+
+    def __init__(self, heartbeat: dict[str, Any], now: datetime):
+        self.heartbeat, self.now = heartbeat, now
+        self.age = heartbeat_age_seconds(heartbeat, now)
+        self.updated_at = datetime.fromisoformat(heartbeat["updated_at"])
+        self.interval = _positive(heartbeat["heartbeat_interval_seconds"], "heartbeat_interval_seconds")
+        self.write_interval = _positive(heartbeat.get("write_interval_seconds") or self.interval,
+                                        "write_interval_seconds")
+        if not isinstance(heartbeat["status"], str):
+            raise ValueError("status is not text")
+
+    def market_open(self, market_open_now) -> bool:
+        """Per the heartbeat's own next open and close; the calendar only when those are behind us."""
+        hb = self.heartbeat
+        next_open, next_close = (datetime.fromisoformat(hb[key]) for key in ("next_open", "next_close"))
+        if hb["market_open"] and self.now < next_close:
+            return True
+        if next_open > next_close:   # the session it describes ended; the next one opens at next_open
+            if self.now < next_open:
+                return False
+        elif self.now < next_close:
+            return self.now >= next_open
+        return market_open_now(self.now) if market_open_now is not None else False
+
+    def rows_waiting_seconds(self) -> float | None:
+        hb = self.heartbeat
+        if not hb.get("rows_pending"):
+            return None
+        since = hb.get("pending_since") or hb.get("last_flush_at") or hb.get("started_at")
+        return (self.updated_at - datetime.fromisoformat(since)).total_seconds() if since else None
+
+    def summary(self) -> str:
+        hb = self.heartbeat
+        return (f"{hb['status']}, heartbeat {self.age:.0f} s old, {hb.get('messages_total', 0)} messages, "
+                f"{hb.get('rows_written', 0)} rows written")
+
+    def perfdata(self) -> str:
+        values = {**self.heartbeat, "age_seconds": round(self.age, 1)}
+        return " ".join(f"{label}={values[key]}{unit}" for label, key, unit in PERFDATA
+                        if isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool))
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} is not a positive number")
+    return float(value)
