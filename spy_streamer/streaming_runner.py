@@ -18,7 +18,6 @@ from typing import Callable
 import pyarrow as pa
 import schedule
 
-from .aggregate_bars import subscribed_symbols
 from .batch_writer import BatchWriter
 from .clock import SystemClock
 from .compaction import CompactionError, compact_day
@@ -163,10 +162,14 @@ class StreamingRunner:
         self.sink.remove_temp_files()
         heartbeat_thread = self._start_thread("heartbeat", lambda: self.monitor.run(self._heartbeat_stop))
         self.scheduler.every(RECONCILE_EVERY_SECONDS).seconds.do(self.reconcile)
-        self.reconcile()
-        while self._exit_code is None:
-            self.scheduler.run_pending()
-            self._wait_for_event(self._seconds_to_next_job())
+        try:
+            self.reconcile()
+            while self._exit_code is None:
+                self.scheduler.run_pending()
+                self._wait_for_event(self._seconds_to_next_job())
+        except Exception as exc:  # the supervisor itself: still flush and stop in order, and say so
+            log.exception("the supervisor crashed", extra={"event": "thread_crashed", "thread_name": "supervisor"})
+            self._fail(EX_SOFTWARE, f"the supervisor crashed: {type(exc).__name__}")
         self._shutdown(heartbeat_thread)
         return self._exit_code
 
@@ -312,8 +315,7 @@ class StreamingRunner:
             frames.put, self.backfill_stats, self.clock)
         writer = BatchWriter(frames, self.sink, self.calendar, self.writer_stats,
                              self.config.batching.write_interval_seconds, self.clock,
-                             request_backfill=backfiller.request,
-                             backfill_symbols=subscribed_symbols(self.config.polygon.subscriptions))
+                             request_backfill=backfiller.request, subscriptions=self.config.polygon.subscriptions)
         stream = PolygonStream(self.config.polygon, self.api_key, self.calendar, self.monitor,
                                self.reader_stats, frames, self.clock)
         self._session = CaptureSession(market_session, stream, writer, backfiller, frames, self._start_thread)

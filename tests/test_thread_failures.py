@@ -106,3 +106,12 @@ def test_a_writer_crash_flushes_what_it_held_before_exiting_70(runner, fake, cap
     assert record.thread_name == "parquet-writer"
     assert runner.writer_stats.rows_written == 20 and runner.writer_stats.rows_pending == 0
     assert heartbeat(runner)["status"] == "failed" and heartbeat(runner)["rows_written"] == 20
+
+
+def test_a_supervisor_crash_still_stops_in_order_with_70(runner, caplog, monkeypatch):
+    """Seen while wiring: an exception in reconcile() ended the process with a traceback and exit 1."""
+    monkeypatch.setattr(StreamingRunner, "_begin_session", crash)
+    assert run_with_watchdog(runner) == EX_SOFTWARE
+    (record,) = crash_records(caplog)
+    assert record.thread_name == "supervisor" and "supervisor" in runner.exit_reason
+    assert heartbeat(runner)["status"] == "failed"

@@ -1,0 +1,63 @@
+"""What operators do to a running daemon: signals from logrotate recipes and process managers, a second
+instance started by mistake, a SIGTERM while a REST request hangs. The real daemon, as a subprocess."""
+from __future__ import annotations
+
+import signal
+import time
+
+from daemon_harness import Daemon, recent_start_ms, stored_keys, wait_for
+from fake_polygon import session_timeline
+
+AGGS = "/v2/aggs/ticker/SPY/range/1/second/"
+
+
+def test_sighup_reopens_the_log_and_sigusr_change_nothing(start, fake):
+    """Seen: SIGHUP (`postrotate kill -HUP`) or SIGUSR1 killed the process at once, pending rows lost."""
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    bars = session_timeline(recent_start_ms(300), 30)
+    fake.push(bars[:10], frame_size=1)
+    wait_for(lambda: len(stored_keys(run.data_dir)) == 10, what="first rows")
+    rotated = run.log_file.with_name("spy_streamer.log.1")
+    run.log_file.rename(rotated)                          # a rotation by copy-less move, then HUP
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        run.daemon.process.send_signal(sig)
+        time.sleep(0.3)
+        assert run.daemon.process.poll() is None, f"{sig.name} ended the daemon"
+    wait_for(lambda: run.events("log_reopened"), what="log reopened in the new file")
+    fake.push(bars[10:], frame_size=1)
+    wait_for(lambda: len(stored_keys(run.data_dir)) == 30, what="all rows")
+    code, _ = run.daemon.stop()
+    assert code == 0
+    assert len(run.events("signal_ignored")) == 2 and run.events("stopped")
+
+
+def test_a_second_instance_on_the_same_data_dir_exits_75_naming_the_holder(start, fake):
+    """Seen: two instances stored every bar twice and shared one heartbeat file."""
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    second = Daemon(run.config_path)
+    assert second.wait_exit(timeout=60) == 75
+    _, stderr = second.output()
+    assert f"pid {run.daemon.process.pid}" in stderr and len(stderr.strip().splitlines()) == 1
+    assert fake.connections_total == 1                    # the second never connected
+    run.daemon.process.send_signal(signal.SIGKILL)        # the lock dies with its holder...
+    run.daemon.process.wait(timeout=5)
+    run.restart()                                         # ...so a restart after a crash is not refused
+    assert fake.wait_for_subscribers(1, timeout=15)
+    assert run.daemon.stop()[0] == 0
+
+
+def test_sigterm_during_a_hung_backfill_keeps_every_live_row(start, fake):
+    """Seen: the hung backfill used up the whole deadline; 0 of 3,500 rows stored, exit 0."""
+    run = start(streaming={"batching": {"write_interval_seconds": 60}})   # rows stay pending until the stop
+    fake.set_rest_failure(AGGS, "hang")                   # every backfill request hangs (30 s)
+    assert fake.wait_for_subscribers(1, timeout=15)
+    bars = session_timeline(recent_start_ms(590), 3500)   # the window opened 600 s ago and lasts an hour
+    fake.push(bars, frame_size=100)
+    wait_for(lambda: (run.heartbeat() or {}).get("rows_pending") == 3500, timeout=15, what="3,500 rows pending")
+    wait_for(lambda: fake.request_count(AGGS) >= 1, what="a backfill request in flight")
+    code, seconds = run.daemon.stop(timeout=30)
+    assert code == 0 and seconds < 10                     # inside supervisord's stopwaitsecs
+    assert len(stored_keys(run.data_dir)) == 3500
+    assert run.heartbeat()["rows_pending"] == 0 and run.heartbeat()["status"] == "stopped"
