@@ -12,7 +12,7 @@ from .config import Config, ConfigError, load_config, require_api_key, resolve_c
 from .aggregate_bars import subscribed_symbols
 from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
 from .heartbeat_monitor import heartbeat_path, read_heartbeat
-from .log_setup import configure_logging
+from .log_setup import REDACTED, configure_logging
 from .market_hours import HolidaySource, MarketCalendar
 from .polygon_rest import fetch_upcoming_holidays, make_rest_client
 from .streaming_runner import EX_CONFIG, StreamingRunner
@@ -52,7 +52,10 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     api_key = require_api_key(config)
     configure_logging(config.paths.log_file, secrets=(api_key,))
-    return StreamingRunner(config, build_calendar(config, api_key), api_key).run()
+    runner = StreamingRunner(config, build_calendar(config, api_key), api_key)
+    code = runner.run()
+    args.exit_reason = getattr(runner, "exit_reason", None)  # main() prints it for supervisord and journald
+    return code
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
@@ -147,11 +150,30 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "compact":
             "report": cmd_report}
 
 
+# Said on stderr when `run` ends non-zero without a reason of its own (supervisord and journald show it).
+EXIT_REASONS = {70: "a thread crashed (see the log)", 75: "another instance holds the data_dir lock",
+                78: "configuration or API key rejected (see the log)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = None
     try:
         config = load_config(resolve_config_path(args.config))
-        return COMMANDS[args.command](config, args)
+        code = COMMANDS[args.command](config, args)
     except ConfigError as exc:
-        print(f"spy-streamer: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _stopped(EX_CONFIG, f"configuration error: {exc}", config)
+    if code and args.command == "run":
+        reason = getattr(args, "exit_reason", None) or EXIT_REASONS.get(code, f"stopped with exit code {code}")
+        return _stopped(code, reason, config)
+    return code
+
+
+def _stopped(code: int, reason: str, config: Config | None) -> int:
+    """The one place that says why the daemon stops: one line on stderr, never the API key."""
+    line = " ".join(f"spy-streamer: {reason}".split())
+    key = os.environ.get(config.polygon.api_key_env if config else "POLYGON_API_KEY", "").strip()
+    if key:
+        line = line.replace(key, REDACTED)
+    print(line, file=sys.stderr)
+    return code

@@ -2,11 +2,18 @@
 
 Every problem (missing file, unknown key, wrong type, bad value) becomes one `ConfigError` that names the
 file and the dotted key, so the CLI can print one line and exit 78 (EX_CONFIG) without a traceback.
+
+The file is untrusted text read by an unattended daemon, so the reader is strict before it is clever:
+at most 1 MB, UTF-8, no YAML anchors or aliases (refused while composing, before anything expands, so an
+"alias bomb" costs neither memory nor time), no duplicate keys, and only finite numbers in sane ranges.
+A value shown in a message is cut short, and `api_key_env` is never echoed: people paste the key there.
 """
 from __future__ import annotations
 
 import os
 import re
+import reprlib
+import stat
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -17,6 +24,16 @@ import yaml
 
 DEFAULT_CONFIG_PATH = Path("config/settings.yaml")
 CONFIG_PATH_ENV = "SPY_STREAMER_CONFIG"
+MAX_CONFIG_BYTES = 1_000_000
+# Seconds, inclusive. Below the minimums a loop spins and floods the log; above the maximums an alert or a
+# flush would come so late that it is surely a typo (and `.inf` crashes `Event.wait`).
+HEARTBEAT_INTERVAL_RANGE = (0.05, 3600.0)
+ALERT_THRESHOLD_RANGE = (1.0, 86400.0)
+WRITE_INTERVAL_RANGE = (0.05, 3600.0)
+# A real config has about 30 values and 4 levels; these bound the parser's time and memory on any file.
+MAX_YAML_VALUES = 10_000
+MAX_YAML_DEPTH = 32
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 class ConfigError(Exception):
@@ -69,33 +86,58 @@ class Config:
     source: Path
 
 
+# A value quoted in a message stays short whatever its size or nesting (reprlib never builds the whole repr).
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 40, 40, 40, 3
+
+
+def _shown(value: Any) -> str:
+    return _SHORT.repr(value)
+
+
 # --- value parsers: each takes the raw YAML value and returns the typed one or raises ValueError ---
 
 def _string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise ValueError(f"expected a non-empty string, got {_shown(value)}")
     return value.strip()
 
 
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {_shown(value)}")
     return value
 
 
-def _positive_seconds(value: Any) -> float:
-    # bool is an int subclass; `true` is never a sensible interval.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
-    return float(value)
+def _seconds_between(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        # bool is an int subclass and `true` is never an interval; comparing before float() keeps a huge
+        # int from overflowing, and `low <= nan` is false, so nan and the infinities fail here too.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}, got {_shown(value)}")
+        return float(value)
+    return parse
+
+
+def _env_name(value: Any) -> str:
+    """The *name* of the variable that holds the key. Anything else may be the key itself: never echo it."""
+    if not isinstance(value, str) or not ENV_NAME.fullmatch(value.strip()) or _looks_like_key(value.strip()):
+        raise ValueError("expected the name of an environment variable such as POLYGON_API_KEY "
+                         "(capitals, digits, _), not the key itself; the value is not shown")
+    return value.strip()
+
+
+def _looks_like_key(name: str) -> bool:
+    # Polygon keys are long runs of letters and digits; variable names have words split by underscores.
+    return len(name) >= 20 and "_" not in name and any(char.isdigit() for char in name)
 
 
 def _clock_time(value: Any) -> time:
-    if not isinstance(value, str) or not re.fullmatch(r"\d{2}:\d{2}", value):
-        raise ValueError(f"expected a time as \"HH:MM\", got {value!r}")
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{2}:[0-9]{2}", value):
+        raise ValueError(f"expected a time as \"HH:MM\", got {_shown(value)}")
     hours, minutes = (int(part) for part in value.split(":"))
     if hours > 23 or minutes > 59:
-        raise ValueError(f"not a time of day: {value!r}")
+        raise ValueError(f"not a time of day: {_shown(value)}")
     return time(hours, minutes)
 
 
@@ -103,37 +145,40 @@ def _timezone(value: Any) -> ZoneInfo:
     name = _string(value)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown timezone {name!r}") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, a name too long
+        raise ValueError(f"unknown timezone {_shown(name)}") from None
 
 
 def _one_of(value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        raise ValueError(f"expected one of {', '.join(choices)}, got {_shown(value)}")
     return value
 
 
 def _weekdays(value: Any) -> frozenset[int]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"expected a non-empty list of weekdays 0-6 (Monday = 0), got {value!r}")
+        raise ValueError(f"expected a non-empty list of weekdays 0-6 (Monday = 0), got {_shown(value)}")
     for day in value:
         if isinstance(day, bool) or not isinstance(day, int) or not 0 <= day <= 6:
-            raise ValueError(f"expected weekdays 0-6 (Monday = 0), got {day!r}")
+            raise ValueError(f"expected weekdays 0-6 (Monday = 0), got {_shown(day)}")
     return frozenset(value)
 
 
 def _subscriptions(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"expected a non-empty list like [\"A.SPY\"], got {value!r}")
+        raise ValueError(f"expected a non-empty list like [\"A.SPY\"], got {_shown(value)}")
     for item in value:
         if not isinstance(item, str) or not re.fullmatch(r"[A-Z]+\.[A-Za-z0-9.*:]+", item):
-            raise ValueError(f"expected channel.symbol like \"A.SPY\", got {item!r}")
+            raise ValueError(f"expected channel.symbol like \"A.SPY\", got {_shown(item)}")
     return tuple(value)
 
 
 def _path(value: Any) -> Path:
     # Resolved once, so a later chdir cannot move the output.
-    return Path(_string(value)).expanduser().absolute()
+    text = _string(value)
+    if "\0" in text:
+        raise ValueError("a path cannot contain a NUL character")
+    return Path(text).expanduser().absolute()
 
 
 def _optional_path(value: Any) -> Path | None:
@@ -143,7 +188,7 @@ def _optional_path(value: Any) -> Path | None:
 # The schema mirrors the YAML: nested dicts of sections, leaves are (parser, default).
 SCHEMA: dict[str, Any] = {
     "polygon": {
-        "api_key_env": (_string, "POLYGON_API_KEY"),
+        "api_key_env": (_env_name, "POLYGON_API_KEY"),
         "ws_feed": (_string, "socket.polygon.io"),
         "ws_secure": (_boolean, True),
         "rest_base_url": (_string, "https://api.polygon.io"),
@@ -158,11 +203,11 @@ SCHEMA: dict[str, Any] = {
             "holiday_rules": (lambda value: _one_of(value, ("XNYS", "none")), "XNYS"),
         },
         "monitoring": {
-            "heartbeat_interval_seconds": (_positive_seconds, 300),
-            "alert_threshold_seconds": (_positive_seconds, 900),
+            "heartbeat_interval_seconds": (_seconds_between(*HEARTBEAT_INTERVAL_RANGE), 300),
+            "alert_threshold_seconds": (_seconds_between(*ALERT_THRESHOLD_RANGE), 900),
         },
         "batching": {
-            "write_interval_seconds": (_positive_seconds, 30),
+            "write_interval_seconds": (_seconds_between(*WRITE_INTERVAL_RANGE), 30),
         },
     },
     "paths": {
@@ -206,14 +251,7 @@ def require_api_key(config: Config) -> str:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = _parse_yaml(path, _decode(path, _read_bytes(path)))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -221,13 +259,106 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: cannot read config file: not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file is larger than {MAX_CONFIG_BYTES:,} bytes")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # it may have grown since stat()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config file is larger than {MAX_CONFIG_BYTES:,} bytes")
+    return data
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, "
+                          f"line {line})") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    try:
+        _refuse_expansion(text)
+        return yaml.load(text, Loader=_StrictLoader)
+    except _Refused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML{_where(exc.problem_mark)}: {exc.problem or exc.context}") from None
+    # ValueError and friends: a tagged or implicit scalar that does not construct (`2024-13-45` is read as a
+    # date, `!!int x`, an integer of more than 4300 digits).
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:200]}") from None
+
+
+def _refuse_expansion(text: str) -> None:
+    """One pass over the parser's events, before any node is built: anchors and aliases (an alias bomb
+    expands a few hundred bytes into gigabytes), more values or deeper nesting than a config file has."""
+    depth = values = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(f"YAML anchors and aliases (& and *) are not allowed{_where(event.start_mark)}")
+        if isinstance(event, yaml.NodeEvent):
+            values += 1
+            if values > MAX_YAML_VALUES:
+                raise _Refused(f"more than {MAX_YAML_VALUES:,} YAML values{_where(event.start_mark)}")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep{_where(event.start_mark)}")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _where(mark: Any) -> str:
+    return "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
+
+
+class _Refused(Exception):
+    """Raised for YAML that is valid but not allowed in a config file."""
+
+
+# libyaml's parser when PyYAML was built with it (much faster on a large file); the same events either way.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_Loader):
+    """The safe loader, refusing duplicate keys (plain PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in getattr(node, "value", ()):
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the safe loader refuses it below with its own message
+                continue
+            if duplicate:
+                raise _Refused(f"{_key_text(key)}: duplicate key{_where(key_node.start_mark)}")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _key_text(key: Any) -> str:
+    return key if isinstance(key, str) and re.fullmatch(r"[\w.-]{1,64}", key) else _shown(key)
+
+
 def _parse_section(schema: dict, raw: Any, prefix: str, source: Path) -> dict:
     section_name = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {section_name}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{source}: {section_name}: expected a mapping, got {_shown(raw)}")
     unknown = sorted(set(raw) - set(schema), key=str)
     if unknown:
-        raise ConfigError(f"{source}: {prefix}{unknown[0]}: unknown key")
+        raise ConfigError(f"{source}: {prefix}{_key_text(unknown[0])}: unknown key")
     parsed = {}
     for key, spec in schema.items():
         if isinstance(spec, dict):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pythonjsonlogger.json import JsonFormatter
 
+from .config import ConfigError
+
 # Loggers of the libraries we drive. polygon-api-client names its loggers after its classes and gives
 # them their own stdout handlers, which would bypass our format.
 # urllib3 is held at ERROR: it warns once per retry, and the failed request is reported by our own line.
@@ -50,13 +52,21 @@ class _RedactingJsonFormatter(JsonFormatter):
         return line
 
 
-def configure_logging(log_file: Path | None, secrets: tuple[str, ...] = (), level: int = logging.INFO) -> None:
-    if log_file is None:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-    else:
+def _file_handler(log_file: Path) -> logging.Handler:
+    """Creates a missing directory; one that cannot be created or written is a configuration error (exit 78),
+    not a traceback and a restart loop."""
+    try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         # WatchedFileHandler notices when logrotate moved the file and reopens the path.
-        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        return logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+    except OSError as exc:
+        where = exc.filename or log_file
+        raise ConfigError(f"paths.log_file: cannot write the log file {log_file} ({where}: "
+                          f"{exc.strerror or exc})") from None
+
+
+def configure_logging(log_file: Path | None, secrets: tuple[str, ...] = (), level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr) if log_file is None else _file_handler(log_file)
     handler.setFormatter(_RedactingJsonFormatter(secrets))
     handler.addFilter(_DefaultEvent())
 
