@@ -19,6 +19,7 @@ import pyarrow as pa
 import schedule
 
 from .batch_writer import BatchWriter
+from .calendar_refresh import REFRESH_INTERVAL_SECONDS, RETRY_INTERVAL_SECONDS
 from .clock import SystemClock
 from .compaction import CompactionError, compact_day
 from .config import Config
@@ -99,9 +100,13 @@ class CaptureSession:
 
 class StreamingRunner:
     def __init__(self, config: Config, calendar: MarketCalendar, api_key: str, clock=None,
-                 close_grace_seconds: float = CLOSE_GRACE_SECONDS):
+                 close_grace_seconds: float = CLOSE_GRACE_SECONDS,
+                 refresh_calendar: Callable[[], bool] | None = None):
+        """`refresh_calendar()` learns Polygon's holidays into `calendar` (True when it got an answer); the
+        runner calls it on a one-shot thread at start and on its timer, never on its own thread."""
         self.config = config
         self.calendar = calendar
+        self.refresh_calendar = refresh_calendar
         self.api_key = api_key
         self.clock = clock or SystemClock()
         self.close_grace = timedelta(seconds=close_grace_seconds)
@@ -124,6 +129,7 @@ class StreamingRunner:
         self._interrupted = False
         self._session: CaptureSession | None = None
         self._after_close: threading.Thread | None = None
+        self._calendar_refresh: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
         self._heartbeat_stop = threading.Event()
 
@@ -162,7 +168,9 @@ class StreamingRunner:
         self.sink.remove_temp_files()
         heartbeat_thread = self._start_thread("heartbeat", lambda: self.monitor.run(self._heartbeat_stop))
         self.scheduler.every(RECONCILE_EVERY_SECONDS).seconds.do(self.reconcile)
+        self._schedule_calendar_refresh(succeeded=True)
         try:
+            self._refresh_calendar_in_background()
             self.reconcile()
             while self._exit_code is None:
                 self.scheduler.run_pending()
@@ -184,6 +192,9 @@ class StreamingRunner:
             return
         if kind == "signal":
             self._act_on_signal(detail)
+        elif kind == "calendar":
+            self._schedule_calendar_refresh(succeeded=detail)
+            self.reconcile()  # what was learned (a closure today, an earlier close) takes effect at once
         else:
             self._fail(*detail)
 
@@ -253,6 +264,23 @@ class StreamingRunner:
             after_close.join(max(0.0, deadline - self.clock.monotonic()))
             if after_close.is_alive():
                 self._abandoned([after_close.name])
+
+    # --- the calendar's background refresh ---
+
+    def _schedule_calendar_refresh(self, succeeded: bool) -> None:
+        if self.refresh_calendar is None:
+            return
+        self.scheduler.clear("calendar")
+        seconds = REFRESH_INTERVAL_SECONDS if succeeded else RETRY_INTERVAL_SECONDS
+        self.scheduler.every(seconds).seconds.do(self._refresh_calendar_in_background).tag("calendar")
+
+    def _refresh_calendar_in_background(self) -> None:
+        """A REST call may take seconds: never on the supervisor thread, and never two at once."""
+        running = self._calendar_refresh
+        if self.refresh_calendar is None or (running is not None and running.is_alive()):
+            return
+        self._calendar_refresh = self._start_thread(
+            "calendar-refresh", lambda: self._events.put(("calendar", self.refresh_calendar())))
 
     # --- market transitions ---
 
