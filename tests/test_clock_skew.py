@@ -19,6 +19,7 @@ def test_normal_delivery_delay_is_not_skew(caplog):
 
 
 def test_a_clock_a_day_ahead_warns_once_when_it_lasts(caplog):
+    caplog.set_level("INFO")
     detector = ClockSkewDetector()
     for second in range(59):
         detector.observe((BAR_END_MS + second * 1000) * 10**6 + DAY_NS, BAR_END_MS + second * 1000, float(second))
