@@ -13,34 +13,46 @@ from .aggregate_bars import subscribed_symbols
 from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
 from .heartbeat_monitor import heartbeat_path, read_heartbeat
 from .log_setup import REDACTED, configure_logging
-from .market_hours import HolidaySource, MarketCalendar
-from .polygon_rest import fetch_upcoming_holidays, make_rest_client
+from .calendar_refresh import STATUS_TIMEOUT_SECONDS, polygon_refresher
+from .calendar_store import calendar_path, load_calendar, load_known_days
+from .market_hours import MarketCalendar
 from .streaming_runner import EX_CONFIG, StreamingRunner
 from .status_report import CHECK_UNKNOWN, evaluate_health, heartbeat_lines, market_lines
 
 
-def build_calendar(config: Config, api_key: str | None) -> MarketCalendar:
-    """The calendar with Polygon's holidays, or the plain weekly calendar when no key is available."""
-    if api_key is None:
-        return MarketCalendar(config.market_hours)
-    client = make_rest_client(api_key, config.polygon.rest_base_url)
-    holidays = HolidaySource(lambda: fetch_upcoming_holidays(client))
-    return MarketCalendar(config.market_hours, holidays.for_year)
-
-
 def _operator_calendar(config: Config) -> tuple[MarketCalendar, str | None]:
-    """For status and check: holidays when a key is set; a failed holiday fetch warns on stderr."""
+    """For status and check: the daemon's calendar (exchange rules and Polygon's list as last saved), built
+    without key or network; warnings go to stderr. The key, when set, lets `status` refresh the list."""
     api_key = os.environ.get(config.polygon.api_key_env, "").strip() or None
     configure_logging(None, secrets=(api_key or "",), level=logging.WARNING)
-    return build_calendar(config, api_key), api_key
+    return load_calendar(config), api_key
+
+
+def _calendar_source(config: Config, calendar: MarketCalendar, api_key: str | None) -> str:
+    """Status refreshes Polygon's list when it can (at most STATUS_TIMEOUT_SECONDS) and says what it used."""
+    rules = config.market_hours.holiday_rules
+    rules = "no exchange rules" if rules == "none" else f"{rules} rules"
+    if api_key is not None and polygon_refresher(config, calendar, api_key, STATUS_TIMEOUT_SECONDS).refresh():
+        return f"calendar: {rules} + Polygon's list (fetched now)"
+    fetched = load_known_days(calendar_path(config)).fetched_at
+    saved = f"as fetched {fetched:%Y-%m-%d %H:%M %Z}" if fetched else "never fetched"
+    why = f"{config.polygon.api_key_env} is not set" if api_key is None else "refresh failed"
+    return f"calendar: {rules} + Polygon's list {saved} ({why})"
+
+
+def _daemon_calendar(config: Config, api_key: str) -> MarketCalendar:
+    """The calendar as saved, plus one refresh of Polygon's list now (at most REFRESH_TIMEOUT_SECONDS).
+    Interim: the supervisor is to run the refresher on its own timer (at start, then daily)."""
+    calendar = load_calendar(config)
+    polygon_refresher(config, calendar, api_key).refresh()
+    return calendar
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     calendar, api_key = _operator_calendar(config)
+    source = _calendar_source(config, calendar, api_key)
     now = datetime.now(timezone.utc)
-    lines = market_lines(calendar, now)
-    if api_key is None:
-        lines.append(f"(holidays not checked: {config.polygon.api_key_env} is not set)")
+    lines = market_lines(calendar, now) + [source]
     try:
         lines += heartbeat_lines(*read_heartbeat(heartbeat_path(config), now))
     except ValueError as exc:
@@ -52,7 +64,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     api_key = require_api_key(config)
     configure_logging(config.paths.log_file, secrets=(api_key,))
-    runner = StreamingRunner(config, build_calendar(config, api_key), api_key)
+    runner = StreamingRunner(config, _daemon_calendar(config, api_key), api_key)
     code = runner.run()
     args.exit_reason = getattr(runner, "exit_reason", None)  # main() prints it for supervisord and journald
     return code
@@ -72,8 +84,8 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_compact(config: Config, args: argparse.Namespace) -> int:
-    """Needs no API key: the plain weekly calendar is enough to tell whether the day's session is over."""
-    refusal = compaction_refusal(MarketCalendar(config.market_hours), args.date, datetime.now(timezone.utc))
+    """Needs no API key: the calendar (rules and Polygon's list as last saved) knows the day's close."""
+    refusal = compaction_refusal(load_calendar(config), args.date, datetime.now(timezone.utc))
     if refusal is not None:
         print(f"spy-streamer: not compacting: {refusal}", file=sys.stderr)
         return 1
@@ -88,7 +100,7 @@ def cmd_compact(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_report(config: Config, args: argparse.Namespace) -> int:
-    calendar = MarketCalendar(config.market_hours)
+    calendar = load_calendar(config)
     now = datetime.now(timezone.utc)
     day = args.date or calendar.trading_day(now)
     try:
@@ -97,7 +109,7 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
     except CoverageError as exc:
         print(f"spy-streamer: {exc}", file=sys.stderr)
         return 1
-    print(format_coverage(coverage, calendar.tz))
+    print(format_coverage(coverage, calendar.tz, calendar.special_day(day)))
     return 0
 
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .aggregate_bars import CHANNEL, SCHEMA
-from .market_hours import MarketCalendar
+from .market_hours import MarketCalendar, SpecialDay
 from .parquet_sink import ParquetSink, visible_parquet_files
 
 COLUMNS = ("symbol", "start", "end", "source")
@@ -150,13 +150,14 @@ def _instant(ms: int | None) -> datetime | None:
 
 # --- text ---
 
-def format_coverage(coverage: Coverage, tz: tzinfo) -> str:
+def format_coverage(coverage: Coverage, tz: tzinfo, special: SpecialDay | None = None) -> str:
+    """`special`: the calendar's holiday or early close of the day, named in the session line."""
     lines = [f"coverage of {coverage.day:%a %Y-%m-%d} in {coverage.folder}",
              f"files: {coverage.files}, {coverage.total_bytes:,} bytes",
              _rows_line(coverage)]
     if coverage.rows:
         lines.append(f"first bar: {_clock(coverage.first_bar, tz)}, last bar: {_clock(coverage.last_bar, tz)}")
-    lines += _gap_lines(coverage, tz)
+    lines += _gap_lines(coverage, tz, special)
     return "\n".join(lines)
 
 
@@ -169,12 +170,14 @@ def _rows_line(coverage: Coverage) -> str:
     return line
 
 
-def _gap_lines(coverage: Coverage, tz: tzinfo) -> list[str]:
+def _gap_lines(coverage: Coverage, tz: tzinfo, special: SpecialDay | None) -> list[str]:
     if coverage.session is None:
+        if special is not None and special.closed:
+            return [f"session: closed ({special.name})"]
         return ["session: none to check (not a trading day in the configured hours, or not open yet)"]
     opens, closes = coverage.session
-    lines = [f"session: {_clock(opens, tz)} - {_clock(closes, tz)} "
-             "(configured hours; holidays and early closes are not applied)",
+    lines = [f"session: {_clock(opens, tz)} - {_clock(closes, tz)}"
+             + (f" (early close: {special.name})" if special is not None else ""),
              f"gaps longer than {coverage.gap_seconds:g} s: {len(coverage.gaps)}, "
              f"{_length(coverage.missing_seconds)} missing in all"]
     lines += [f"  {gap.symbol} {_clock(gap.start, tz)} - {_clock(gap.end, tz)}  {_length(gap.seconds)}"

@@ -1,146 +1,64 @@
-"""The market calendar: when the regular US session is open, from the config and Polygon's holidays.
+"""The market calendar: when the regular session is open, from the configured hours and the exchange's
+special days (holidays and early closes).
 
-Every question takes an optional aware `now`, so callers (and tests) inject the clock. Pre-market and
-after-hours are deliberately not sessions: outside the regular session the market is closed.
+Where the special days come from, the first that knows a date wins:
+  1. Polygon's `upcoming` list, as last learned (calendar_store keeps it on disk, calendar_refresh
+     updates it): the authority for the days it lists, unscheduled closures and changed early closes
+     included;
+  2. the exchange's rules (exchange_rules), chosen by `streaming.market_hours.holiday_rules`:
+     "XNYS" (the default) or "none" (only what Polygon lists applies).
+How they meet the configured hours: a holiday closes the session of that local date; an early close
+ends the session at the exchange's closing instant (13:00 New York, whatever the configured zone) when
+that comes before the configured end. A special day never widens the session into pre-market or
+after-hours, and an early close at or before the configured open leaves no session that day.
+
+Every question takes an optional aware `now`, so callers (and tests) inject the clock. Queries do no I/O
+and take no lock: a refresh publishes a whole new read-only mapping in one assignment
+(`use_polygon_days`), so a query sees the old days or the new ones, and a running session can ask again
+at once.
 """
 from __future__ import annotations
 
-import functools
-import logging
-import threading
-import time as monotonic_time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Mapping
 
 from .config import MarketHoursConfig
+from .exchange_rules import RULE_SETS
+from .special_days import SpecialDay
 
-log = logging.getLogger(__name__)
+__all__ = ["MarketCalendar", "Session", "SpecialDay"]
 
-# Polygon answers one row per exchange; the equity session follows NYSE and NASDAQ (not OTC).
-EQUITY_EXCHANGES = ("NYSE", "NASDAQ")
 LOOKAHEAD_DAYS = 30
-HOLIDAY_RETRY_SECONDS = 3600.0
-HOLIDAY_REFRESH_SECONDS = 86400.0
-
-
-@dataclass(frozen=True)
-class SpecialDay:
-    """A holiday (`close is None`: closed all day) or an early close, from Polygon."""
-    day: date
-    name: str
-    open: datetime | None = None
-    close: datetime | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.close is None
 
 
 @dataclass(frozen=True)
 class Session:
     open: datetime
     close: datetime
-    early_close: SpecialDay | None = None
-
-
-def parse_special_days(rows: list[dict[str, Any]]) -> dict[date, SpecialDay]:
-    """Polygon's upcoming-status rows to one SpecialDay per date; rows of other exchanges or bad rows skipped."""
-    days: dict[date, SpecialDay] = {}
-    for row in rows:
-        if row.get("exchange") not in EQUITY_EXCHANGES:
-            continue
-        special = _parse_row(row)
-        # If one exchange closes all day and another only early, the stricter answer wins.
-        if special is not None and (special.day not in days or special.closed):
-            days[special.day] = special
-    return days
-
-
-def _parse_row(row: dict[str, Any]) -> SpecialDay | None:
-    try:
-        day = date.fromisoformat(row["date"])
-        name = str(row.get("name") or "holiday")
-        if row["status"] == "closed":
-            return SpecialDay(day, name)
-        if row["status"] == "early-close":
-            return SpecialDay(day, name, _utc_instant(row["open"]), _utc_instant(row["close"]))
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None
-
-
-def _utc_instant(text: str) -> datetime:
-    # Polygon writes "2026-11-27T18:00:00.000Z"; fromisoformat accepts "Z" only from Python 3.11 on.
-    instant = datetime.fromisoformat(text)
-    if instant.tzinfo is None:
-        raise ValueError(f"timestamp without a zone: {text!r}")
-    return instant.astimezone(timezone.utc)
-
-
-class HolidaySource:
-    """Special days per year, fetched once per year (and refreshed daily, as Polygon adds early closes
-    during the year) and cached with functools.lru_cache.
-
-    `fetch_rows()` returns Polygon's rows or raises. A failure logs one warning and keeps the last
-    known special days of that year (none at first: the regular weekly calendar still applies); it is
-    retried after `retry_seconds`, not on every question, so a dead endpoint is not hammered.
-    """
-
-    def __init__(self, fetch_rows: Callable[[], list[dict[str, Any]]],
-                 retry_seconds: float = HOLIDAY_RETRY_SECONDS,
-                 refresh_seconds: float = HOLIDAY_REFRESH_SECONDS,
-                 monotonic: Callable[[], float] = monotonic_time.monotonic):
-        self._fetch_rows = fetch_rows
-        self._retry_seconds = retry_seconds
-        self._refresh_seconds = refresh_seconds
-        self._monotonic = monotonic
-        self._failed_at: dict[int, float] = {}
-        self._last_known: dict[int, dict[date, SpecialDay]] = {}
-        self._cached_year = functools.lru_cache(maxsize=4)(self._load_year)
-        # Several threads ask the calendar; lru_cache alone would let them fetch the same year at once.
-        self._lock = threading.Lock()
-
-    def for_year(self, year: int) -> dict[date, SpecialDay]:
-        with self._lock:
-            return self._for_year_locked(year)
-
-    def _for_year_locked(self, year: int) -> dict[date, SpecialDay]:
-        failed_at = self._failed_at.get(year)
-        if failed_at is not None and self._monotonic() - failed_at < self._retry_seconds:
-            return self._last_known.get(year, {})
-        try:
-            # The refresh period is part of the key: a new day is a cache miss. lru_cache does not cache
-            # exceptions, so a failure is retried (after retry_seconds).
-            days = self._cached_year(year, int(self._monotonic() // self._refresh_seconds))
-        except Exception as exc:
-            self._failed_at[year] = self._monotonic()
-            known = self._last_known.get(year, {})
-            log.warning("holiday calendar unavailable for %d (%s); using %d known special days", year, exc,
-                        len(known), extra={"event": "holidays_unavailable"})
-            return known
-        self._failed_at.pop(year, None)
-        self._last_known[year] = days
-        return days
-
-    def _load_year(self, year: int, refresh_period: int) -> dict[date, SpecialDay]:
-        days = parse_special_days(self._fetch_rows())
-        return {day: special for day, special in days.items() if day.year == year}
-
-
-def no_special_days(year: int) -> dict[date, SpecialDay]:
-    return {}
+    early_close: SpecialDay | None = None   # the special day that moved the close (or the open), if any
 
 
 class MarketCalendar:
-    def __init__(self, hours: MarketHoursConfig,
-                 special_days: Callable[[int], dict[date, SpecialDay]] = no_special_days):
+    def __init__(self, hours: MarketHoursConfig, polygon_days: Mapping[date, SpecialDay] | None = None):
         self.hours = hours
         self.tz = hours.timezone
-        self._special_days = special_days
+        self._rules = RULE_SETS[hours.holiday_rules]
+        self._polygon_days: Mapping[date, SpecialDay] = MappingProxyType(dict(polygon_days or {}))
+
+    @property
+    def polygon_days(self) -> Mapping[date, SpecialDay]:
+        """The special days learned from Polygon (read-only)."""
+        return self._polygon_days
+
+    def use_polygon_days(self, days: Mapping[date, SpecialDay]) -> None:
+        """Replace what Polygon taught with `days` (the merged list): every later query sees them."""
+        self._polygon_days = MappingProxyType(dict(days))
 
     def special_day(self, day: date) -> SpecialDay | None:
-        return self._special_days(day.year).get(day)
+        learned = self._polygon_days.get(day)
+        return learned if learned is not None else self._rules(day.year).get(day)
 
     def session_on(self, day: date) -> Session | None:
         """The regular session of a local date, or None when the market does not open that day."""
@@ -155,9 +73,9 @@ class MarketCalendar:
         closes = datetime.combine(day, self.hours.end_time, tzinfo=self.tz).astimezone(timezone.utc)
         if special is None:
             return Session(opens, closes)
-        # Polygon's early-close times replace the regular ones, but never widen the session
-        # into pre-market or after-hours.
-        return Session(max(opens, special.open), min(closes, special.close), special)
+        opens = max(opens, special.open or opens)
+        closes = min(closes, special.close)
+        return Session(opens, closes, special) if opens < closes else None
 
     def current_or_next_session(self, now: datetime | None = None) -> Session:
         """The session in progress at `now`, else the next one to open."""
@@ -193,14 +111,15 @@ class MarketCalendar:
         if self.is_market_open(now):
             return None
         today = self.trading_day(now)
-        special = self.special_day(today)
         if today.weekday() not in self.hours.active_days:
             return "weekend"
+        special = self.special_day(today)
         if special is not None and special.closed:
             return f"holiday: {special.name}"
         session = self.session_on(today)
-        if special is not None and now >= session.close:
-            return f"early close ({special.name}) at {session.close.astimezone(self.tz):%H:%M %Z}"
+        if special is not None and (session is None or now >= session.close):
+            closes = special.close if session is None else session.close
+            return f"early close ({special.name}) at {closes.astimezone(self.tz):%H:%M %Z}"
         return "outside regular hours"
 
     @staticmethod

@@ -27,7 +27,10 @@ def midday_zone(now: datetime) -> ZoneInfo:
 
 
 def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) -> dict:
-    """Settings pointing at the fake, with a session open now (or opening in two hours), every day."""
+    """Settings pointing at the fake, with a session open now (or opening in two hours), every day.
+
+    The exchange rules are off (`holiday_rules: none`) so the window opens on any date, an NYSE holiday
+    included; the fake's `upcoming` list (and the calendar cache) still apply."""
     now = datetime.now(timezone.utc)
     zone = midday_zone(now)
     local = now.astimezone(zone)
@@ -38,7 +41,7 @@ def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) 
         polygon={"ws_feed": fake.ws_feed, "ws_secure": False, "rest_base_url": fake.rest_base_url},
         streaming={
             "market_hours": {"timezone": zone.key, "active_days": ALL_DAYS,
-                             "start_time": f"{start:%H:%M}", "end_time": f"{end:%H:%M}"},
+                             "start_time": f"{start:%H:%M}", "end_time": f"{end:%H:%M}", "holiday_rules": "none"},
             "monitoring": {"heartbeat_interval_seconds": 0.5, "alert_threshold_seconds": 30},
             "batching": {"write_interval_seconds": 0.3},
         },

@@ -110,7 +110,7 @@ def test_the_text_for_a_person(data_dir):
         f"files: 4, {sum(p.stat().st_size for p in (data_dir / 'A' / 'date=2025-06-10').iterdir()):,} bytes",
         "rows: 522 (SPY), 15 from REST backfill",
         "first bar: 09:30:12 EDT, last bar: 09:39:39 EDT",
-        "session: 09:30:00 EDT - 09:40:00 EDT (configured hours; holidays and early closes are not applied)",
+        "session: 09:30:00 EDT - 09:40:00 EDT",
         "gaps longer than 1 s: 3, 1 min 17 s missing in all",
         "  SPY 09:35:00 EDT - 09:35:45 EDT  45 s",
         "  SPY 09:39:40 EDT - 09:40:00 EDT  20 s",

@@ -1,7 +1,9 @@
-"""`spy-streamer status` and `check` as a user runs them, against the loopback fake Polygon."""
+"""`spy-streamer status` and `check` as a user runs them, against the loopback fake Polygon, with and
+without a key (then from the calendar cache a daemon saved)."""
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -9,6 +11,9 @@ import pytest
 from conftest import REPO_ROOT, TEST_API_KEY, write_settings
 from daemon_harness import midday_zone, window_settings
 from fake_polygon import FakePolygon, holiday_rows
+from spy_streamer.calendar_refresh import STATUS_TIMEOUT_SECONDS
+from spy_streamer.calendar_store import KnownDays, save_known_days
+from spy_streamer.special_days import SpecialDay
 
 
 def run_command(command, config_path, api_key=TEST_API_KEY):
@@ -72,11 +77,53 @@ def test_status_with_rest_down_still_answers(tmp_path, fake):
     assert "holidays_unavailable" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_status_without_key_says_holidays_unchecked(tmp_path, fake):
+def test_status_without_key_uses_the_saved_calendar(tmp_path, fake):
     result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)), api_key=None)
     assert result.returncode == 0
-    assert "holidays not checked: POLYGON_API_KEY is not set" in result.stdout
+    assert "calendar: no exchange rules + Polygon's list never fetched (POLYGON_API_KEY is not set)" in result.stdout
     assert fake.request_count("/") == 0
+
+
+def save_today(tmp_path, special_day_of):
+    """Polygon's list as a daemon saved it earlier, with one special day today (in the window's zone)."""
+    today = local_today()
+    save_known_days(tmp_path / "heartbeat" / "calendar.json",
+                    KnownDays({today: special_day_of(today)}, datetime.now(timezone.utc) - timedelta(hours=1)))
+
+
+def test_status_without_key_on_a_holiday_names_it(tmp_path, fake):
+    save_today(tmp_path, lambda today: SpecialDay(today, "Founders Day"))
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)), api_key=None)
+    assert result.returncode == 0, result.stderr
+    assert "market: CLOSED (holiday: Founders Day)" in result.stdout and "next open:" in result.stdout
+    assert "Polygon's list as fetched" in result.stdout and fake.request_count("/") == 0
+
+
+def test_status_without_key_after_an_early_close(tmp_path, fake):
+    close = datetime.now(timezone.utc) - timedelta(minutes=1)
+    save_today(tmp_path, lambda today: SpecialDay(today, "Half Day", None, close))
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)), api_key=None)
+    assert "market: CLOSED (early close (Half Day) at" in result.stdout, result.stdout + result.stderr
+    assert fake.request_count("/") == 0
+
+
+def test_status_waits_at_most_3_s_for_a_hung_endpoint(tmp_path, fake):
+    save_today(tmp_path, lambda today: SpecialDay(today, "Founders Day"))
+    fake.set_rest_failure("/v1/marketstatus/upcoming", "hang")
+    started = time.monotonic()
+    result = run_command("status", write_settings(tmp_path, window_settings(tmp_path, fake)))
+    assert time.monotonic() - started < STATUS_TIMEOUT_SECONDS + 4   # the interpreter's start included
+    assert "market: CLOSED (holiday: Founders Day)" in result.stdout   # the saved list still applies
+    assert "(refresh failed)" in result.stdout and "holidays_unavailable" in result.stderr
+
+
+def test_status_with_key_saves_what_it_learned(tmp_path, fake):
+    fake.holidays = holiday_rows(local_today().isoformat(), "Founders Day")
+    config_path = write_settings(tmp_path, window_settings(tmp_path, fake))
+    assert "(fetched now)" in run_command("status", config_path).stdout
+    fake.holidays = []
+    offline = run_command("status", config_path, api_key=None)
+    assert "market: CLOSED (holiday: Founders Day)" in offline.stdout
 
 
 def test_check_without_heartbeat_is_unknown(tmp_path, fake):

@@ -29,7 +29,7 @@ def make_runner(tmp_path, fake):
                                                "rest_base_url": fake.rest_base_url},
                             streaming={"batching": {"write_interval_seconds": 0.2}})
         config = load_config(write_settings(tmp_path, document))
-        calendar = MarketCalendar(config.market_hours, lambda year: special_days or {})
+        calendar = MarketCalendar(config.market_hours, special_days or {})
         runner = StreamingRunner(config, calendar, TEST_API_KEY, clock=FakeClock(now), close_grace_seconds=grace)
         runners.append(runner)
         return runner

@@ -1,0 +1,84 @@
+"""The calendar cache: what Polygon's `upcoming` list taught, kept across restarts, and the one way every
+command and the daemon build the calendar (`load_calendar`), without a key and without the network.
+
+File: `<heartbeat_dir>/calendar.json`, replaced atomically (durable_files):
+    {"source": "polygon /v1/marketstatus/upcoming", "fetched_at": "2026-11-25T14:00:05Z",
+     "days": [{"date": "2026-11-26", "name": "Thanksgiving", "status": "closed"},
+              {"date": "2026-11-27", "name": "Thanksgiving", "status": "early-close",
+               "open": "2026-11-27T14:30:00.000Z", "close": "2026-11-27T18:00:00.000Z"}]}
+The days are Polygon's rows (special_days), less `exchange`. A missing file means nothing learned yet; an
+unreadable one is reported once and ignored (the exchange rules still apply), never fatal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import Config
+from .durable_files import write_json_atomically
+from .market_hours import MarketCalendar
+from .special_days import SpecialDay, special_day_from_row, special_day_to_row
+
+log = logging.getLogger(__name__)
+
+CALENDAR_FILE = "calendar.json"
+SOURCE = "polygon /v1/marketstatus/upcoming"
+
+
+@dataclass(frozen=True)
+class KnownDays:
+    """Special days learned from Polygon and when they were last fetched (None: never)."""
+    days: Mapping[date, SpecialDay] = field(default_factory=dict)
+    fetched_at: datetime | None = None
+
+
+def calendar_path(config: Config) -> Path:
+    return config.paths.heartbeat_dir / CALENDAR_FILE
+
+
+def load_calendar(config: Config) -> MarketCalendar:
+    """The configured hours, the exchange rules and what Polygon taught before: no key, no network."""
+    return MarketCalendar(config.market_hours, load_known_days(calendar_path(config)).days)
+
+
+def merge_days(*layers: Mapping[date, SpecialDay]) -> dict[date, SpecialDay]:
+    """Later layers win for the dates they list; a date no later layer lists is kept, never forgotten
+    (Polygon's list covers upcoming days only and may leave one out: today, or one near its horizon)."""
+    merged: dict[date, SpecialDay] = {}
+    for layer in layers:
+        merged.update(layer)
+    return merged
+
+
+def load_known_days(path: Path) -> KnownDays:
+    if not path.exists():
+        return KnownDays()
+    try:
+        return _parse_document(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("calendar cache %s is unreadable (%s); using the exchange rules only until the next "
+                    "refresh", path, exc, extra={"event": "calendar_cache_unreadable"})
+        return KnownDays()
+
+
+def save_known_days(path: Path, known: KnownDays) -> None:
+    """Atomic replace; OSError when the folder is not writable."""
+    write_json_atomically(path, {
+        "source": SOURCE,
+        "fetched_at": None if known.fetched_at is None else
+        known.fetched_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "days": [special_day_to_row(known.days[day]) for day in sorted(known.days)],
+    })
+
+
+def _parse_document(document: Any) -> KnownDays:
+    if not isinstance(document, dict) or not isinstance(document.get("days"), list):
+        raise ValueError("not a calendar cache document")
+    days = [special_day_from_row(row) for row in document["days"] if isinstance(row, dict)]
+    fetched_at = document.get("fetched_at")
+    return KnownDays({special.day: special for special in days if special is not None},
+                     datetime.fromisoformat(fetched_at) if fetched_at else None)
