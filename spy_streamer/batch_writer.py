@@ -5,18 +5,22 @@ so the interval never bounds throughput).
 Parsing happens here, not in the reader, so the WebSocket loop never waits on JSON or Arrow; frames are
 parsed many at a time into columns. A failed flush keeps the rows in memory and retries at the next
 interval, so a full or read-only disk loses nothing once it recovers.
+
+Nothing a server sends stops this thread: an event that is not a plausible bar of a subscribed symbol
+(aggregate_bars.BarRules) is counted, by reason, and the day's files hold only bars every reader can open.
 """
 from __future__ import annotations
 
 import logging
 import queue
+from collections import Counter
 from datetime import date, datetime
 from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .aggregate_bars import CHANNEL, rest_results_to_table, ws_frames_to_table
+from .aggregate_bars import CHANNEL, BarRules, rest_results_with_reasons, subscribed_symbols, ws_frames_to_table
 from .gap_backfill import Gap
 from .market_hours import MarketCalendar
 from .parquet_sink import ParquetSink
@@ -34,7 +38,9 @@ MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat u
 class BatchWriter:
     def __init__(self, frames: queue.Queue, sink: ParquetSink, calendar: MarketCalendar,
                  stats: WriterStats, interval_seconds: float, clock,
-                 request_backfill: Callable[[Gap], None] | None = None, backfill_symbols: tuple[str, ...] = ()):
+                 request_backfill: Callable[[Gap], None] | None = None, *, subscriptions: tuple[str, ...]):
+        """`subscriptions` as configured ("A.SPY", "A.*"): only bars of those symbols are stored, and the
+        symbols named there are the ones whose gaps are backfilled."""
         self.frames = frames
         self.sink = sink
         self.calendar = calendar
@@ -42,7 +48,8 @@ class BatchWriter:
         self.interval_seconds = interval_seconds
         self.clock = clock
         self.request_backfill = request_backfill
-        self.backfill_symbols = backfill_symbols if request_backfill else ()
+        self.rules = BarRules(subscriptions)
+        self.backfill_symbols = subscribed_symbols(subscriptions) if request_backfill else ()
         self._day: date | None = None
         self._day_start_ms = 0
         self._session_bounds_ms: tuple[int, int] = (0, 0)
@@ -107,17 +114,16 @@ class BatchWriter:
 
     def _accept_frames(self, frames: list) -> None:
         if frames:
-            table, invalid = ws_frames_to_table(frames)
-            self.stats.rejected_invalid += invalid
-            self._keep(table, "ws")
+            self._keep(*ws_frames_to_table(frames), "ws")
 
     def accept_rest_results(self, symbol: str, results: list, received_ns: int) -> None:
-        table, invalid = rest_results_to_table(symbol, results, received_ns)
-        self.stats.rejected_invalid += invalid
-        self._keep(table, "rest")
+        self._keep(*rest_results_with_reasons(symbol, results, received_ns), "rest")
 
-    def _keep(self, table: pa.Table, source: str) -> None:
-        """Drop late, out-of-session and already stored bars; queue the rest for the next flush."""
+    def _keep(self, table: pa.Table, rejected: Counter, source: str) -> None:
+        """Drop invalid, late, out-of-session and already stored bars; queue the rest for the next flush."""
+        table = self.rules.apply(table, rejected)
+        if rejected:
+            self._count_rejected(rejected)
         self.stats.events_received += table.num_rows
         starts = pc.cast(table.column("start"), pa.int64())
         late = pc.less(starts, self._day_start_ms)
@@ -139,6 +145,12 @@ class BatchWriter:
             table = table.filter(new)
         if table.num_rows:
             self._store(table, source)
+
+    def _count_rejected(self, rejected: Counter) -> None:
+        self.stats.rejected_invalid += sum(rejected.values())
+        # A new dict rather than an update: the heartbeat thread may be iterating the old one.
+        merged = Counter(self.stats.rejected_reasons) + rejected
+        self.stats.rejected_reasons = dict(sorted(merged.items()))
 
     def _store(self, table: pa.Table, source: str) -> None:
         self._pending.append(table)

@@ -5,7 +5,7 @@ reads them, so plain attributes are enough under the GIL and the hot path takes 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -26,7 +26,9 @@ class WriterStats:
     batches_written: int = 0
     rows_pending: int = 0
     rejected_late: int = 0                   # bar started before the current trading day
-    rejected_invalid: int = 0                # not JSON, missing or wrongly typed fields
+    rejected_invalid: int = 0                # not a plausible bar of a subscribed symbol (reasons below)
+    # rejected_invalid by reason (aggregate_bars.REASONS): replaced, never updated in place, by the writer
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0                      # a (symbol, start) already stored today
     outside_session: int = 0                 # pre-market / after-hours bars, not stored
     write_errors: int = 0

@@ -39,6 +39,7 @@ HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
                           start_time=clock_time(9, 30), end_time=clock_time(16, 0))
 SESSION_NOW = ny(2025, 6, 10, 10, 0)   # a Tuesday, no holiday nearby
 DAY = "2025-06-10"
+SUBSCRIPTIONS = ("A.SPY", "A.QQQ")
 
 EXPECTED_SCHEMA = {
     "symbol": pa.string(),
@@ -71,13 +72,15 @@ def _info_logs(caplog):
 
 
 class Rig:
-    def __init__(self, data_dir: Path, clock=None, interval_seconds: float = 30.0):
+    def __init__(self, data_dir: Path, clock=None, interval_seconds: float = 30.0,
+                 subscriptions: tuple[str, ...] = SUBSCRIPTIONS):
         self.clock = clock or FakeClock(SESSION_NOW)
         self.calendar = MarketCalendar(HOURS)
         self.frames: queue.Queue = queue.Queue()
         self.sink = ParquetSink(data_dir)
         self.stats = WriterStats()
-        self.writer = BatchWriter(self.frames, self.sink, self.calendar, self.stats, interval_seconds, self.clock)
+        self.writer = BatchWriter(self.frames, self.sink, self.calendar, self.stats, interval_seconds, self.clock,
+                                  subscriptions=subscriptions)
         self.writer.start_day()
 
     def send(self, events, received_ns: int | None = None) -> int:
@@ -294,18 +297,29 @@ def test_nothing_is_stored_on_a_weekend_day(data_dir):
     assert saturday.writer.flush() and not (data_dir / "A").exists()
 
 
-@pytest.mark.parametrize("bad_frame", [
-    "not json",
-    '{"a": 1}',
-    '[{"ev": "A"}]',
-    "[1]",
-    "[null]",
-    '"a string"',
-    b"\xff\xfe not utf-8",
+DEEP = 5000  # far beyond Python's recursion limit (1000)
+
+
+@pytest.mark.parametrize("bad_frame, reason", [
+    ("not json", "not_json"),
+    ('{"a": 1}', "bad_shape"),
+    ('[{"ev": "A"}]', "missing_field"),
+    ("[1]", "bad_shape"),
+    ("[null]", "bad_shape"),
+    ("null", "bad_shape"),
+    ('"a string"', "bad_shape"),
+    (b"\xff\xfe not utf-8", "not_json"),
+    ("[" * DEEP + "]" * DEEP, "bad_shape"),
+    ('{"x":' * DEEP + "1" + "}" * DEEP, "bad_shape"),
+    ("[" * DEEP, "bad_shape"),
+    ("[" + "1" * 5000 + "]", "bad_shape"),
 ])
-def test_malformed_frames_are_counted_not_raised(rig, data_dir, bad_frame):
+def test_malformed_frames_are_counted_not_raised(rig, data_dir, bad_frame, reason):
+    """Regression (deep nesting): json.loads raised RecursionError, which is no ValueError, and the
+    writer thread died."""
     rig.writer.accept_frame(rig.clock.time_ns(), bad_frame)
     assert rig.stats.rejected_invalid == 1
+    assert rig.stats.rejected_reasons == {reason: 1}
     assert rig.stats.rows_pending == 0
     assert rig.writer.flush() is True and parquet_files(data_dir) == []
 
@@ -360,6 +374,81 @@ def test_an_int_too_large_for_a_float_price_is_rejected_not_raised(rig):
     except Exception as exc:  # noqa: BLE001 - the bug being shown
         pytest.fail(f"accept_frame raised {type(exc).__name__}: {exc}")
     assert rig.stats.rejected_invalid == 1
+
+
+def send_raw(rig: Rig, text: str | bytes) -> None:
+    rig.writer.accept_frame(rig.clock.time_ns(), text)
+
+
+def accepts(rig: Rig, text: str | bytes) -> None:
+    try:
+        send_raw(rig, text)
+    except Exception as exc:  # noqa: BLE001 - the bug being shown
+        pytest.fail(f"accept_frame raised {type(exc).__name__}: {exc}")
+
+
+def test_a_deeply_nested_element_costs_only_itself(rig, data_dir):
+    """Regression: one element nested 5,000 deep crashed the writer; now it is counted and the good bars
+    of the same frame are kept."""
+    good = [agg_event(ms(ny(2025, 6, 10, 9, 46))), agg_event(ms(ny(2025, 6, 10, 9, 47)))]
+    deep = "[" * DEEP + "]" * DEEP
+    accepts(rig, f"[{json.dumps(good[0])},{deep},{json.dumps(good[1])}]")
+    assert rig.stats.rejected_reasons == {"bad_shape": 1}
+    assert rig.writer.flush() is True
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in good]
+
+
+def test_a_symbol_with_a_lone_surrogate_is_rejected_not_raised(rig, data_dir):
+    """Regression: "\\ud800" is valid JSON but has no UTF-8 form; building the Arrow column raised
+    UnicodeEncodeError in the writer thread."""
+    bad = agg_event(ms(ny(2025, 6, 10, 9, 46)), symbol="\ud800")
+    good = agg_event(ms(ny(2025, 6, 10, 9, 47)))
+    bad_type = agg_event(ms(ny(2025, 6, 10, 9, 48))); bad_type["v"] = "1"   # forces the per-event path
+    accepts(rig, frame([bad, good, bad_type]))   # json.dumps escapes it: "\\ud800"
+    assert rig.stats.rejected_reasons == {"bad_symbol": 1, "bad_type": 1}
+    assert rig.writer.flush() is True
+    assert stored_keys(data_dir) == [("SPY", good["s"])]
+
+
+def test_bytes_that_are_not_utf8_in_an_unread_field_do_not_lose_the_frame(rig, data_dir):
+    """Regression: one invalid byte anywhere made the whole frame "not JSON", its good bars lost."""
+    good = agg_event(ms(ny(2025, 6, 10, 9, 46)))
+    bad_symbol = agg_event(ms(ny(2025, 6, 10, 9, 47)), symbol="SP\u00ff")
+    text = frame([dict(good, note="\u00ff"), bad_symbol]).replace("\\u00ff", "\u00ff")
+    accepts(rig, text.encode("latin-1"))                   # \xff alone: not UTF-8
+    assert rig.stats.rejected_reasons == {"bad_symbol": 1}
+    assert rig.writer.flush() is True
+    assert stored_keys(data_dir) == [("SPY", good["s"])]
+
+
+def test_an_integer_of_thousands_of_digits_does_not_lose_the_frame(rig, data_dir):
+    """Regression: Python refuses to parse ints of over 4300 digits (ValueError), so one such number made
+    the whole frame "not JSON"."""
+    good = agg_event(ms(ny(2025, 6, 10, 9, 46)))
+    huge_volume = agg_event(ms(ny(2025, 6, 10, 9, 47)))
+    huge_price = agg_event(ms(ny(2025, 6, 10, 9, 48)))
+    text = frame([dict(good, extra="HUGE"), dict(huge_volume, v="HUGE"), dict(huge_price, o="-HUGE")])
+    accepts(rig, text.replace('"-HUGE"', "-" + "9" * 5000).replace('"HUGE"', "9" * 5000))
+    assert rig.stats.rejected_reasons == {"bad_type": 1, "bad_price": 1}
+    assert rig.writer.flush() is True
+    assert stored_keys(data_dir) == [("SPY", good["s"])]
+
+
+@pytest.mark.parametrize("start", [2 ** 63 - 1, 2 ** 63 - 1000])
+def test_a_rest_bar_whose_end_would_overflow_is_rejected_not_raised(rig, data_dir, start):
+    """Regression: REST bars get end = start + 1000, which overflowed int64 and raised OverflowError."""
+    results = [{"t": start, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1}]
+    try:
+        rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns())
+    except Exception as exc:  # noqa: BLE001 - the bug being shown
+        pytest.fail(f"accept_rest_results raised {type(exc).__name__}: {exc}")
+    assert rig.stats.rejected_invalid == 1 and rig.stats.rows_pending == 0
+
+
+@pytest.mark.parametrize("results", [None, {"t": 1}, "text"])
+def test_rest_results_that_are_not_a_list_are_counted(rig, results):
+    rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns())
+    assert rig.stats.rejected_reasons == {"bad_shape": 1}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -616,7 +705,7 @@ def test_schema_constant_matches_the_design():
 def gap_rig(data_dir: Path) -> tuple[BatchWriter, list[Gap]]:
     gaps: list[Gap] = []
     writer = BatchWriter(queue.Queue(), ParquetSink(data_dir), MarketCalendar(HOURS), WriterStats(), 30,
-                         FakeClock(SESSION_NOW), request_backfill=gaps.append, backfill_symbols=("SPY",))
+                         FakeClock(SESSION_NOW), request_backfill=gaps.append, subscriptions=("A.SPY",))
     writer.start_day()
     return writer, gaps
 
