@@ -46,7 +46,7 @@ class HeartbeatMonitor:
                  reader: ReaderStats, writer: WriterStats, backfill: BackfillStats | None = None,
                  write_interval_seconds: float | None = None,
                  queue_fill: Callable[[], tuple[int, float]] = lambda: (0, 0.0),
-                 on_stall: Callable[[], None] = lambda: None, clock=None):
+                 on_stall: Callable[[], None] = lambda: None, clock=None, metrics=None):
         self.path = path
         self.calendar = calendar
         self.interval_seconds = interval_seconds
@@ -58,6 +58,7 @@ class HeartbeatMonitor:
         self.write_interval_seconds = write_interval_seconds
         self.queue_fill = queue_fill
         self.on_stall = on_stall
+        self.metrics = metrics          # a MetricsPublisher, or None: the same figures for Prometheus
         self.clock = clock or SystemClock()
         self.started_at = self.clock.now()
         self.messages_total = 0
@@ -212,6 +213,8 @@ class HeartbeatMonitor:
             heartbeat = self.snapshot(status)
             self._messages_at_last_beat = self.messages_total
             self._write(heartbeat)
+            if self.metrics is not None:
+                self.metrics.publish(heartbeat)
         log.info("heartbeat", extra={"event": "heartbeat", **{key: heartbeat[key] for key in SUMMARY_FIELDS}})
         return heartbeat
 

@@ -28,6 +28,7 @@ from .instance_lock import InstanceLock, InstanceLocked
 from .log_setup import reopen_log_files
 from .gap_backfill import GapBackfiller
 from .market_hours import MarketCalendar, Session
+from .metrics import MetricsPublisher
 from .parquet_sink import ParquetSink
 from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
 from .polygon_client import AuthRejected, PolygonStream
@@ -121,7 +122,8 @@ class StreamingRunner:
             alert_threshold_seconds=config.monitoring.alert_threshold_seconds,
             write_interval_seconds=config.batching.write_interval_seconds,
             subscriptions=config.polygon.subscriptions, reader=self.reader_stats, writer=self.writer_stats,
-            backfill=self.backfill_stats, queue_fill=self._queue_fill, on_stall=self._on_stall, clock=self.clock)
+            backfill=self.backfill_stats, queue_fill=self._queue_fill, on_stall=self._on_stall, clock=self.clock,
+            metrics=MetricsPublisher(config.paths.heartbeat_dir))
         self.scheduler = schedule.Scheduler()
         self.exit_reason: str | None = None      # one line for stderr when the exit code is not 0
         self._events: queue.SimpleQueue = queue.SimpleQueue()
