@@ -37,7 +37,12 @@ ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 class ConfigError(Exception):
-    """A configuration problem a person must fix; the message names the file and the key."""
+    """A configuration problem a person must fix; the message names the file and the key.
+
+    Always one line (whatever a parser or a file name put in it): the CLI prints it as it is."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -292,10 +297,14 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML{_where(exc.problem_mark)}: {exc.problem or exc.context}") from None
-    # ValueError and friends: a tagged or implicit scalar that does not construct (`2024-13-45` is read as a
-    # date, `!!int x`, an integer of more than 4300 digits).
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:200]}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(f"{path}: not valid YAML: character {exc.character!r} at offset {exc.position} is not "
+                          f"allowed") from None
+    # PyYAML's scalar constructors fail in their own ways on a tagged or implicit scalar that does not
+    # construct: ValueError for `2024-13-45` (read as a date) or an int of over 4300 digits, IndexError for
+    # an empty `!!int`, AttributeError for an empty `!!timestamp`... Whatever it is, the file is at fault.
+    except Exception as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:200] or type(exc).__name__}") from None
 
 
 def _refuse_expansion(text: str) -> None:
