@@ -1,0 +1,567 @@
+"""A Polygon.io replay (WebSocket + REST) on 127.0.0.1: the tests' fake Polygon and the demo's feed.
+
+It speaks Polygon's message shapes (connected, auth, subscribe acks, `A` events, `max_connections`) and
+answers `GET /v1/marketstatus/upcoming` and `GET /v2/aggs/.../1/second/...`; `replay_live()` streams
+random-walk bars around now, one per symbol per second, for `spy-streamer demo`.
+
+Usage::
+
+    with FakePolygon(api_key="test-key") as fake:
+        client = WebSocketClient(api_key="test-key", feed=fake.ws_feed,
+                                 secure=False, raw=True, ...)
+        rest = RESTClient("test-key", base=fake.rest_base_url)
+        fake.wait_for_subscribers()
+        fake.push(session_timeline(start_ms, 60))
+
+The WebSocket server runs on its own asyncio loop in a daemon thread; every
+public method may be called from any *other* thread (never from inside that
+loop).  The REST side is a ThreadingHTTPServer in a second daemon thread.
+Nothing here ever talks to the real Polygon servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from datetime import date, datetime, timedelta
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable, Iterator
+from urllib.parse import parse_qs, urlencode, urlsplit
+from zoneinfo import ZoneInfo
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+NEW_YORK = ZoneInfo("America/New_York")
+MAX_CONNECTIONS_MESSAGE = (
+    "Maximum number of websocket connections exceeded. You have reached the "
+    "connection limit for your account. Please contact support at "
+    "https://polygon.io/contact to increase your limit."
+)
+REST_FAILURE_MODES = ("500", "garbage", "wrong_shape", "hang")
+HANG_SECONDS = 30.0
+_AGGS_PATH = re.compile(
+    r"^/v2/aggs/ticker/(?P<sym>[^/]+)/range/(?P<mult>\d+)/(?P<span>\w+)/(?P<frm>[^/]+)/(?P<to>[^/]+)$"
+)
+
+
+# --------------------------------------------------------------------------
+# Data helpers
+# --------------------------------------------------------------------------
+def agg_event(start_ms: int, symbol: str = "SPY", price: float = 500.0, volume: int = 100,
+              accumulated_volume: int | None = None, official_open: float | None = None) -> dict:
+    """One Polygon per-second aggregate ("A") event with every field the feed sends."""
+    return {
+        "ev": "A", "sym": symbol,
+        "v": int(volume),
+        "av": int(volume if accumulated_volume is None else accumulated_volume),
+        "op": round(price if official_open is None else official_open, 4),
+        "vw": round(price + 0.01, 4),
+        "o": round(price, 4),
+        "c": round(price + 0.02, 4),
+        "h": round(price + 0.05, 4),
+        "l": round(price - 0.03, 4),
+        "a": round(price + 0.015, 4),
+        "z": max(1, int(volume) // 10),
+        "s": int(start_ms),
+        "e": int(start_ms) + 1000,
+    }
+
+
+def _timeline_iter(start_ms: int, count: int, symbol: str) -> Iterator[dict]:
+    base, accumulated = 500.0, 0
+    for i in range(count):
+        volume = 100 + (i * 37) % 900
+        accumulated += volume
+        price = round(base + (i % 200) * 0.01, 2)
+        yield agg_event(start_ms + i * 1000, symbol, price, volume, accumulated, base)
+
+
+def session_timeline(start_ms: int, count: int, symbol: str = "SPY") -> list[dict]:
+    """`count` consecutive one-second events; values derive from the index only."""
+    return list(_timeline_iter(start_ms, count, symbol))
+
+
+def holiday_rows(date_str: str, name: str, status: str = "closed",
+                 open_iso: str | None = None, close_iso: str | None = None) -> list[dict]:
+    """/v1/marketstatus/upcoming rows for one day: Polygon returns one per exchange."""
+    rows = []
+    for exchange in ("NYSE", "NASDAQ", "OTC"):
+        row = {"date": date_str, "exchange": exchange, "name": name, "status": status}
+        if open_iso is not None:
+            row["open"] = open_iso
+        if close_iso is not None:
+            row["close"] = close_iso
+        rows.append(row)
+    return rows
+
+
+def _status(status: str, message: str) -> dict:
+    return {"ev": "status", "status": status, "message": message}
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _parse_bound(text: str, end: bool) -> int:
+    """ms epoch, or YYYY-MM-DD meaning the whole America/New_York day."""
+    if text.isdigit():
+        return int(text)
+    day = date.fromisoformat(text)
+    if end:  # last millisecond of the day, DST-aware
+        day += timedelta(days=1)
+    midnight = _ms(datetime(day.year, day.month, day.day, tzinfo=NEW_YORK))
+    return midnight - 1 if end else midnight
+
+
+class _Client:
+    """Server-side state of one WebSocket connection."""
+
+    def __init__(self, ws: ServerConnection):
+        self.ws = ws
+        self.authed = False
+        self.max_conn_pending = False
+        self.subs: set[str] = set()
+
+    def wants(self, event: dict) -> bool:
+        ev = event.get("ev")
+        return f"{ev}.{event.get('sym')}" in self.subs or f"{ev}.*" in self.subs
+
+
+# --------------------------------------------------------------------------
+# The fake
+# --------------------------------------------------------------------------
+class FakePolygon:
+    def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1", compression: str | None = "deflate"):
+        self.api_key = api_key
+        self.host = host
+        self.compression = compression  # permessage-deflate, as the client offers; None to switch it off
+        self.last_blast_started: float | None = None
+        # Recorded state (read by tests; written under self._lock).
+        self.connections_total = 0
+        self.refused_handshakes = 0
+        self.auth_attempts: list[str] = []
+        self.subscriptions: list[str] = []
+        self.sent_events: list[dict] = []
+        self.timeline: dict[tuple[str, int], dict] = {}
+        self.holidays: list[dict] = []
+        self.rest_requests: list[tuple[str, dict]] = []
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # subscriber count changes
+        self._clients: set[_Client] = set()
+        self._refuse = False
+        self._max_conn_once = False
+        self._rest_failures: dict[str, list] = {}  # prefix -> [mode, remaining|None]
+        self._closed = threading.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # ---- lifecycle -------------------------------------------------------
+    def start(self) -> "FakePolygon":
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever,
+                                             name="fake-polygon-ws", daemon=True)
+        self._loop_thread.start()
+        self._ws_server = self._call(self._start_ws(), timeout=5)
+        self._ws_port = self._ws_server.sockets[0].getsockname()[1]
+
+        handler = type("Handler", (_RestHandler,), {"fake": self})
+        self._httpd = ThreadingHTTPServer((self.host, 0), handler)
+        self._httpd.daemon_threads = True  # hung handlers must not block close()
+        self._http_thread = threading.Thread(target=self._httpd.serve_forever,
+                                             kwargs={"poll_interval": 0.05},
+                                             name="fake-polygon-rest", daemon=True)
+        self._http_thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._closed.is_set() or self._loop is None:
+            return
+        self._closed.set()  # releases "hang" handlers
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        try:
+            self._call(self._stop_ws(), timeout=2)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=1)
+            self._http_thread.join(timeout=1)
+            if not self._loop_thread.is_alive():
+                self._loop.close()
+
+    def __enter__(self) -> "FakePolygon":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def ws_feed(self) -> str:
+        return f"{self.host}:{self._ws_port}"
+
+    @property
+    def rest_base_url(self) -> str:
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
+
+    def _call(self, coro, timeout: float | None = 30):
+        """Run a coroutine on the server loop from a test thread and wait for it."""
+        assert threading.current_thread() is not getattr(self, "_loop_thread", None), \
+            "FakePolygon methods must not be called from its own event loop"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # keep a reference until done
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- WebSocket server ------------------------------------------------
+    async def _start_ws(self):
+        # close_timeout bounds how long a close() waits for the peer's close frame.
+        return await serve(self._handler, self.host, 0,
+                           process_request=self._process_request, close_timeout=0.5,
+                           compression=self.compression)
+
+    async def _stop_ws(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._ws_server.close()  # 1001 "going away" to every client
+        try:
+            await asyncio.wait_for(self._ws_server.wait_closed(), 0.6)
+        except asyncio.TimeoutError:
+            for client in list(self._clients):
+                client.ws.transport.abort()
+
+    def _process_request(self, connection: ServerConnection, request):
+        if self._refuse:
+            with self._lock:
+                self.refused_handshakes += 1
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        if request.path.split("?")[0] != "/stocks":
+            return connection.respond(HTTPStatus.NOT_FOUND, "only /stocks is served\n")
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        client = _Client(ws)
+        with self._lock:
+            self.connections_total += 1
+            self._clients.add(client)
+        try:
+            await self._send(client, [_status("connected", "Connected Successfully")])
+            async for message in ws:
+                await self._on_message(client, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._forget(client)
+
+    def _forget(self, client: _Client) -> None:
+        with self._changed:
+            client.authed = False
+            self._clients.discard(client)
+            self._changed.notify_all()
+
+    async def _send(self, client: _Client, payload: Any) -> None:
+        await client.ws.send(payload if isinstance(payload, str) else json.dumps(payload))
+
+    async def _on_message(self, client: _Client, message: str | bytes) -> None:
+        try:
+            msg = json.loads(message)
+            action, params = msg["action"], str(msg.get("params", ""))
+        except (ValueError, KeyError, TypeError):
+            await self._send(client, [_status("error", "invalid message")])
+            return
+        if client.max_conn_pending:
+            await self._kick_max_connections(client)
+        elif action == "auth":
+            await self._auth(client, params)
+        elif action in ("subscribe", "unsubscribe"):
+            await self._subscribe(client, action, params)
+        else:
+            await self._send(client, [_status("error", f"unknown action: {action}")])
+
+    async def _auth(self, client: _Client, key: str) -> None:
+        with self._lock:
+            self.auth_attempts.append(key)
+            max_conn, self._max_conn_once = self._max_conn_once, False
+        if key != self.api_key:
+            await self._send(client, [_status("auth_failed", "authentication failed")])
+            await client.ws.close(1008, "authentication failed")
+            return
+        await self._send(client, [_status("auth_success", "authenticated")])
+        if max_conn:
+            # polygon-api-client only checks the auth reply for "auth_failed" and then
+            # sends its subscribe. Closing right now would make that send fail before
+            # the status reaches the processor, so kick on the client's next message
+            # (or after 1 s if it sends nothing).
+            client.max_conn_pending = True
+            self._spawn(self._kick_max_connections(client, delay=1.0))
+        else:
+            with self._changed:
+                client.authed = True
+                self._changed.notify_all()
+
+    async def _kick_max_connections(self, client: _Client, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
+        if not client.max_conn_pending:
+            return
+        client.max_conn_pending = False
+        try:
+            await self._send(client, [_status("max_connections", MAX_CONNECTIONS_MESSAGE)])
+            await client.ws.close(1008, "max_connections")
+        except ConnectionClosed:
+            pass
+
+    async def _subscribe(self, client: _Client, action: str, params: str) -> None:
+        topics = [t.strip() for t in params.split(",") if t.strip()]
+        if action == "subscribe":
+            with self._lock:
+                self.subscriptions.append(params)
+        if not client.authed:
+            await self._send(client, [_status("error", "not authorized")])
+            return
+        with self._changed:
+            if action == "subscribe":
+                client.subs.update(topics)
+            else:
+                client.subs.difference_update(topics)
+            self._changed.notify_all()
+        verb = "subscribed to" if action == "subscribe" else "unsubscribed to"
+        await self._send(client, [_status("success", f"{verb}: {t}") for t in topics])
+
+    def _subscribed(self) -> list[_Client]:
+        with self._lock:
+            return [c for c in self._clients if c.authed and c.subs]
+
+    # ---- WebSocket control (called from test threads) ---------------------
+    def active_connections(self) -> int:
+        with self._lock:
+            return sum(1 for c in self._clients if c.authed)
+
+    def wait_for_subscribers(self, n: int = 1, timeout: float = 5) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._subscribed()) >= n, timeout)
+
+    def add_to_timeline(self, events: Iterable[dict]) -> None:
+        with self._lock:
+            for event in events:
+                self.timeline[(event["sym"], event["s"])] = event
+
+    def push(self, events: Iterable[dict], frame_size: int = 200) -> int:
+        """Send events to every subscribed connection; returns how many went out."""
+        events = list(events)
+        self.add_to_timeline(events)
+        return self._call(self._push(events, frame_size))
+
+    async def _push(self, events: list[dict], frame_size: int) -> int:
+        delivered: set[int] = set()
+        for client in self._subscribed():
+            mine = [(i, e) for i, e in enumerate(events) if client.wants(e)]
+            for chunk in _chunks(mine, frame_size):
+                try:
+                    await self._send(client, [e for _, e in chunk])
+                except ConnectionClosed:
+                    break
+                delivered.update(i for i, _ in chunk)
+        with self._lock:
+            self.sent_events.extend(events[i] for i in sorted(delivered))
+        return len(delivered)
+
+    def push_raw(self, text: str) -> int:
+        """Send one arbitrary text frame to every subscribed connection."""
+        return self._call(self._push_raw(text))
+
+    async def _push_raw(self, text: str) -> int:
+        sent = 0
+        for client in self._subscribed():
+            try:
+                await client.ws.send(text)
+                sent += 1
+            except ConnectionClosed:
+                pass
+        return sent
+
+    def blast(self, total_events: int, frame_size: int = 200, start_ms: int = 1_767_000_000_000,
+              symbols: tuple[str, ...] = ("SPY",)) -> float:
+        """Benchmark: send pre-encoded frames as fast as possible; returns seconds.
+
+        Events go round-robin over `symbols`, one bar per symbol per second from start_ms, so with
+        several symbols many events fit in a short session window. The time ends when the last frame
+        is handed to the socket, i.e. the client may still have up to the write buffer plus kernel
+        buffers left to read. Nothing is recorded in sent_events/timeline.
+        """
+        per_symbol = -(-total_events // len(symbols))
+        timelines = [list(_timeline_iter(start_ms, per_symbol, symbol)) for symbol in symbols]
+        events = [timeline[i] for i in range(per_symbol) for timeline in timelines][:total_events]
+        frames = [json.dumps(c, separators=(",", ":")) for c in _chunks(events, frame_size)]
+        return self._call(self._blast(frames, symbols), timeout=None)
+
+    async def _blast(self, frames: list[str], symbols: tuple[str, ...]) -> float:
+        clients = [c for c in self._subscribed() if any(c.wants({"ev": "A", "sym": s}) for s in symbols)]
+        self.last_blast_started = time.monotonic()  # after encoding: when the first frame goes out
+        started = time.perf_counter()
+        for frame in frames:
+            for client in list(clients):
+                try:
+                    await client.ws.send(frame)
+                except ConnectionClosed:
+                    clients.remove(client)
+        return time.perf_counter() - started
+
+    def drop_connections(self, mode: str | int) -> int:
+        """Drop every open connection: "abrupt" (no close frame) or a close code."""
+        if mode != "abrupt" and not isinstance(mode, int):
+            raise ValueError(f"mode must be 'abrupt' or a close code, not {mode!r}")
+        return self._call(self._drop(mode))
+
+    async def _drop(self, mode: str | int) -> int:
+        with self._changed:
+            victims = list(self._clients)
+            for client in victims:
+                self._forget(client)
+        for client in victims:
+            if mode == "abrupt":
+                client.ws.transport.abort()
+        if mode != "abrupt":
+            await asyncio.gather(*(c.ws.close(mode, f"fake drop {mode}") for c in victims))
+        if victims:
+            await asyncio.wait([asyncio.ensure_future(c.ws.wait_closed()) for c in victims],
+                               timeout=1)
+        return len(victims)
+
+    def set_refuse(self, refuse: bool) -> None:
+        """While True, opening handshakes are answered with HTTP 503."""
+        self._refuse = bool(refuse)
+
+    def set_max_connections_once(self) -> None:
+        with self._lock:
+            self._max_conn_once = True
+
+    # ---- REST ------------------------------------------------------------
+    def set_rest_failure(self, path_prefix: str, mode: str | None) -> None:
+        self._set_failure(path_prefix, mode, None)
+
+    def set_rest_failure_count(self, path_prefix: str, mode: str | None, n: int) -> None:
+        self._set_failure(path_prefix, mode, n)
+
+    def _set_failure(self, prefix: str, mode: str | None, remaining: int | None) -> None:
+        if mode is not None and mode not in REST_FAILURE_MODES:
+            raise ValueError(f"unknown REST failure mode {mode!r}")
+        with self._lock:
+            if mode is None or (remaining is not None and remaining <= 0):
+                self._rest_failures.pop(prefix, None)
+            else:
+                self._rest_failures[prefix] = [mode, remaining]
+
+    def _take_failure(self, path: str) -> str | None:
+        with self._lock:
+            matches = [p for p in self._rest_failures if path.startswith(p)]
+            if not matches:
+                return None
+            prefix = max(matches, key=len)
+            entry = self._rest_failures[prefix]
+            if entry[1] is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._rest_failures[prefix]
+            return entry[0]
+
+    def request_count(self, path_prefix: str = "/") -> int:
+        with self._lock:
+            return sum(1 for path, _ in self.rest_requests if path.startswith(path_prefix))
+
+    def _handle_rest(self, path: str, query: dict, authorization: str | None):
+        """Returns (status, body) or None to drop the connection without answering."""
+        with self._lock:
+            self.rest_requests.append((path, query))
+        mode = self._take_failure(path)
+        if mode == "hang":
+            if self._closed.wait(HANG_SECONDS):
+                return None
+        elif mode == "500":
+            return 500, {"status": "ERROR", "request_id": "fake", "error": "Internal Server Error"}
+        elif mode == "garbage":
+            return 200, b"<html>not json</html>"
+        elif mode == "wrong_shape":
+            return 200, {"status": "OK"}
+        if authorization != f"Bearer {self.api_key}" and query.get("apiKey") != self.api_key:
+            return 401, {"status": "ERROR", "request_id": "fake", "error": "Unknown API Key"}
+        if path == "/v1/marketstatus/upcoming":
+            return 200, list(self.holidays)
+        match = _AGGS_PATH.match(path)
+        if match:
+            return self._aggs(path, query, **match.groupdict())
+        return 404, {"status": "NOT_FOUND", "request_id": "fake", "message": "Not found"}
+
+    def _aggs(self, path: str, query: dict, sym: str, mult: str, span: str, frm: str, to: str):
+        if (mult, span) != ("1", "second"):
+            return 400, {"status": "ERROR", "error": "fake only serves 1/second aggregates"}
+        try:
+            lo, hi = _parse_bound(frm, end=False), _parse_bound(to, end=True)
+            limit = min(max(int(query.get("limit", 5000)), 1), 50000)
+            after = int(query["cursor"]) if "cursor" in query else None
+        except ValueError as exc:
+            return 400, {"status": "ERROR", "error": str(exc)}
+        descending = query.get("sort") == "desc"
+        with self._lock:
+            rows = [e for (s, t), e in self.timeline.items() if s == sym and lo <= t <= hi]
+        rows.sort(key=lambda e: e["s"], reverse=descending)
+        if after is not None:  # the cursor is the last timestamp already returned
+            rows = [e for e in rows if (e["s"] < after if descending else e["s"] > after)]
+        page = rows[:limit]
+        adjusted = query.get("adjusted", "true") != "false"
+        body: dict[str, Any] = {"ticker": sym, "queryCount": len(page),
+                                "resultsCount": len(page), "adjusted": adjusted}
+        if page:  # like Polygon, "results" is absent when nothing matches
+            body["results"] = [{"v": e["v"], "vw": e["vw"], "o": e["o"], "c": e["c"],
+                                "h": e["h"], "l": e["l"], "t": e["s"], "n": 1} for e in page]
+        body.update(status="OK", request_id="fake", count=len(page))
+        if len(rows) > limit:
+            # _paginate_iter keeps only path+query of next_url and prepends its BASE.
+            next_query = {"cursor": page[-1]["s"], "adjusted": str(adjusted).lower(),
+                          "sort": "desc" if descending else "asc", "limit": limit}
+            body["next_url"] = f"{self.rest_base_url}{path}?{urlencode(next_query)}"
+        return 200, body
+
+
+class _RestHandler(BaseHTTPRequestHandler):
+    fake: FakePolygon  # set on the per-instance subclass
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        answer = self.fake._handle_rest(parts.path, query, self.headers.get("Authorization"))
+        if answer is None:
+            return
+        status, body = answer
+        if isinstance(body, bytes):
+            data, content_type = body, "text/html"
+        else:
+            data, content_type = json.dumps(body).encode(), "application/json"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (e.g. its read timeout fired)
