@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import REPO_ROOT, ny
-from spy_streamer.config import load_config
+from conftest import REPO_ROOT, ny, settings, write_settings
+from spy_streamer.config import ConfigError, load_config
 from spy_streamer.exchange_rules import nyse_special_days
 from spy_streamer.market_hours import MarketCalendar, SpecialDay
 from spy_streamer.special_days import parse_polygon_rows, special_day_from_row, special_day_to_row
@@ -122,6 +122,15 @@ def test_polygon_teaches_an_unscheduled_closure_and_a_changed_early_close(rules_
     rules_only.use_polygon_days(parse_polygon_rows(rows))
     assert not rules_only.is_market_open(ny(2029, 3, 14, 12))
     assert rules_only.session_on(date(2026, 11, 27)).close == ny(2026, 11, 27, 12)
+
+
+def test_holiday_rules_is_checked_at_load(tmp_path):
+    def config(value):
+        return write_settings(tmp_path, settings(tmp_path, streaming={"market_hours": {"holiday_rules": value}}))
+
+    assert load_config(config("none")).market_hours.holiday_rules == "none"
+    with pytest.raises(ConfigError, match=r"streaming\.market_hours\.holiday_rules: expected one of XNYS, none"):
+        load_config(config("NYSE"))
 
 
 def test_no_rules_applies_only_polygons_list():
