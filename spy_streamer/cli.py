@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from datetime import date, datetime, timezone
 
@@ -11,13 +12,14 @@ from .compaction import CompactionError, Outcome, compact_day, compaction_refusa
 from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
 from .aggregate_bars import subscribed_symbols
 from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
-from .heartbeat_monitor import heartbeat_path, read_heartbeat
+from .heartbeat_monitor import heartbeat_path
+from .health_check import OK, UNKNOWN, WARNING, HeartbeatUnreadable, Verdict, evaluate_health, load_heartbeat
 from .log_setup import REDACTED, configure_logging
 from .calendar_refresh import STATUS_TIMEOUT_SECONDS, polygon_refresher
 from .calendar_store import calendar_path, load_calendar, load_known_days
 from .market_hours import MarketCalendar
 from .streaming_runner import EX_CONFIG, StreamingRunner
-from .status_report import CHECK_UNKNOWN, evaluate_health, heartbeat_lines, market_lines
+from .status_report import heartbeat_lines, market_lines
 
 
 def _operator_calendar(config: Config) -> tuple[MarketCalendar, str | None]:
@@ -40,21 +42,13 @@ def _calendar_source(config: Config, calendar: MarketCalendar, api_key: str | No
     return f"calendar: {rules} + Polygon's list {saved} ({why})"
 
 
-def _daemon_calendar(config: Config, api_key: str) -> MarketCalendar:
-    """The calendar as saved, plus one refresh of Polygon's list now (at most REFRESH_TIMEOUT_SECONDS).
-    Interim: the supervisor is to run the refresher on its own timer (at start, then daily)."""
-    calendar = load_calendar(config)
-    polygon_refresher(config, calendar, api_key).refresh()
-    return calendar
-
-
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     calendar, api_key = _operator_calendar(config)
     source = _calendar_source(config, calendar, api_key)
     now = datetime.now(timezone.utc)
     lines = market_lines(calendar, now) + [source]
     try:
-        lines += heartbeat_lines(*read_heartbeat(heartbeat_path(config), now))
+        lines += heartbeat_lines(load_heartbeat(heartbeat_path(config)), now)
     except ValueError as exc:
         lines.append(f"heartbeat: {exc}")
     print("\n".join(lines))
@@ -64,23 +58,51 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     api_key = require_api_key(config)
     configure_logging(config.paths.log_file, secrets=(api_key,))
-    runner = StreamingRunner(config, _daemon_calendar(config, api_key), api_key)
+    calendar = load_calendar(config)
+    runner = StreamingRunner(config, calendar, api_key,
+                             refresh_calendar=polygon_refresher(config, calendar, api_key).refresh)
     code = runner.run()
     args.exit_reason = getattr(runner, "exit_reason", None)  # main() prints it for supervisord and journald
     return code
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:
-    calendar, _ = _operator_calendar(config)
-    now = datetime.now(timezone.utc)
+    """Reads only the heartbeat (the calendar file when the heartbeat is too old to tell whether the
+    market is open): no key, no network. `--probe` folds the states into Docker's 0 healthy / 1 not."""
+    verdict = _within_seconds(args.timeout, lambda: _health(config))
+    print(verdict.line())
+    if args.probe:  # WARNING still records (say, while reconnecting): not a reason to restart a container
+        return 0 if verdict.code in (OK, WARNING) else 1
+    return verdict.code
+
+
+def _health(config: Config) -> Verdict:
     try:
-        heartbeat, age = read_heartbeat(heartbeat_path(config), now)
-    except ValueError as exc:
-        code, line = CHECK_UNKNOWN, f"UNKNOWN: {exc}"
-    else:
-        code, line = evaluate_health(heartbeat, age, calendar.is_market_open(now))
-    print(line)
-    return code
+        heartbeat = load_heartbeat(heartbeat_path(config))
+    except HeartbeatUnreadable as exc:
+        return Verdict(UNKNOWN, str(exc))
+    return evaluate_health(heartbeat, datetime.now(timezone.utc),
+                           lambda now: load_calendar(config).is_market_open(now))
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _within_seconds(seconds: float, judge) -> Verdict:
+    """`judge()`, or UNKNOWN once `seconds` have passed (a hung disk must not hang the monitor)."""
+    def expire(signum, frame):
+        raise _TimedOut()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return judge()
+    except _TimedOut:
+        return Verdict(UNKNOWN, f"no answer within {seconds:g} s (--timeout)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def cmd_compact(config: Config, args: argparse.Namespace) -> int:
@@ -130,6 +152,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spy-streamer",
@@ -138,9 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("run", "the daemon: stream during market hours, sleep (no connection) outside them"),
         ("status", "market state now (open/closed, next open and close) and the heartbeat summary"),
-        ("check", "health probe for monitors: exit 0 healthy or idle, 2 stalled or stale, 3 unknown"),
     ):
         _add_command(commands, name, help_text)
+    check = _add_command(commands, "check", "health for monitors (Nagios plugin convention): exit 0 OK, "
+                                            "1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+    check.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
+                       help="answer UNKNOWN if no verdict within this time (default: 10)")
+    check.add_argument("--probe", "--docker", action="store_true",
+                       help="container health probe: exit 0 when OK or WARNING, 1 otherwise")
     compact = _add_command(commands, "compact", "merge a finished day's micro-batch files into one Parquet file")
     compact.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD",
                          help="the trading day (an earlier day, or today once the session is over)")
