@@ -160,7 +160,10 @@ class _Facts:
 
     def summary(self) -> str:
         hb = self.heartbeat
-        return (f"{hb['status']}, heartbeat {self.age:.0f} s old, {hb.get('messages_total', 0)} messages, "
+        state = f"market closed ({hb['closed_reason']})" if hb.get("closed_reason") else hb["status"]
+        if hb.get("closed_reason") and hb["status"] != "market_closed":
+            state = f"{hb['status']}, {state}"
+        return (f"{state}, heartbeat {self.age:.0f} s old, {hb.get('messages_total', 0)} messages, "
                 f"{hb.get('rows_written', 0)} rows written")
 
     def perfdata(self) -> str:

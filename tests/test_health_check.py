@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, ny
 from spy_streamer.health_check import (CRITICAL, OK, UNKNOWN, WARNING, HeartbeatUnreadable, evaluate_health,
                                        load_heartbeat)
 from test_heartbeat_monitor import FRIDAY_EVENING, TUESDAY_11, Rig, config  # noqa: F401 (fixture)
@@ -176,3 +176,16 @@ def test_check_timeout_answers_unknown(tmp_path, config_file):
     result = subprocess.run([sys.executable, "-m", "spy_streamer", "check", "--timeout", "0.5", "--config", str(path)],
                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd=REPO_ROOT, timeout=30)
     assert result.returncode == UNKNOWN and "--timeout" in result.stdout
+
+
+@pytest.mark.parametrize("now, words", [
+    (ny(2025, 12, 25, 11, 0), "holiday: Christmas Day"),
+    (ny(2025, 11, 28, 14, 0), "early close"),
+])
+def test_holiday_and_early_close_afternoon_are_ok_and_named(config, now, words):
+    """Seen: CRITICAL all day on holidays when `check` ran without the key. The daemon's calendar (rules,
+    no network) puts the reason in the heartbeat; check needs nothing else."""
+    rig = Rig(config, now)
+    rig.monitor.send_heartbeat()
+    verdict = verdict_after(rig, 60)
+    assert verdict.code == OK and words in verdict.text, verdict.line()
