@@ -321,8 +321,9 @@ RECOGNIZABLE_KEY = "Zq7xRecognizableKey0123456789abc"
     ("run", None, f"polygon: {{ws_feed: [{RECOGNIZABLE_KEY}}}\n"),
 ], ids=["run-api_key_env", "status-api_key_env", "check-api_key_env", "ws_secure", "key-as-name", "section",
         "timezone", "log-path", "duplicate", "bad-yaml"])
-def test_the_api_key_never_appears_in_any_output(tmp_path, command, override, text):
-    """With the key in the environment, and pasted where it does not belong, no error shows it."""
+def test_the_api_key_never_appears_in_any_output(tmp_path, monkeypatch, capsys, request, command, override, text):
+    """With the key in the environment, and pasted where it does not belong, no error shows it. In-process
+    (each case fails before any logging or network); the first and the last also as the real command."""
     (tmp_path / "plain").write_text("")
     path = tmp_path / "settings.yaml"
     if text is None:
@@ -330,12 +331,18 @@ def test_the_api_key_never_appears_in_any_output(tmp_path, command, override, te
         path.write_text(document.replace("{tmp}", str(tmp_path)))
     else:
         path.write_text(text)
-    result = run_cli(command, "--config", str(path), env_extra={"POLYGON_API_KEY": RECOGNIZABLE_KEY})
-    assert result.returncode == 78
-    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    monkeypatch.setenv("POLYGON_API_KEY", RECOGNIZABLE_KEY)
+    code = cli.main([command, "--config", str(path)])
+    captured = capsys.readouterr()
+    outputs = [(code, captured.out, captured.err)]
+    if request.node.callspec.id in ("run-api_key_env", "bad-yaml"):
+        real = run_cli(command, "--config", str(path), env_extra={"POLYGON_API_KEY": RECOGNIZABLE_KEY})
+        outputs.append((real.returncode, real.stdout, real.stderr))
     written = "".join(file.read_text(errors="replace") for file in tmp_path.rglob("*.log"))
-    for output in (result.stdout, result.stderr, written):
-        assert RECOGNIZABLE_KEY not in output
+    for code, out, err in outputs:
+        assert code == 78 and len(err.splitlines()) == 1 and "Traceback" not in err
+        for output in (out, err, written):
+            assert RECOGNIZABLE_KEY not in output
 
 
 class FakeRunner:
