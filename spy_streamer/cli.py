@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 from .compaction import CompactionError, Outcome, compact_day, compaction_refusal, describe
 from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
@@ -135,6 +136,15 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(config: None, args: argparse.Namespace) -> int:
+    """Needs neither key nor config: the demo writes its own settings into a fresh folder."""
+    from .demo import run_demo  # the replay server (asyncio, websockets) loads for the demo only
+    try:
+        return run_demo(args.seconds, Path(args.output))
+    except KeyboardInterrupt:  # a second Ctrl-C
+        return 130
+
+
 def _iso_date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -182,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD", help="the trading day (default: today)")
     report.add_argument("--gap-seconds", type=_seconds, default=1.0, metavar="N",
                         help="list stretches without bars longer than N seconds (default: 1)")
+    demo_help = "the daemon end to end against a local Polygon replay: no key, session open now, fresh folder"
+    demo = commands.add_parser("demo", help=demo_help, description=demo_help)
+    demo.add_argument("--seconds", type=_positive_seconds, default=60.0, metavar="N",
+                      help="how long the daemon records (default: 60)")
+    demo.add_argument("--output", default="var/demo", metavar="DIR",
+                      help="parent of the demo's folder DIR/<UTC time>/, DIR/latest points at it (default: var/demo)")
     return parser
 
 
@@ -193,7 +209,7 @@ def _add_command(commands, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "compact": cmd_compact,
-            "report": cmd_report}
+            "report": cmd_report, "demo": cmd_demo}
 
 
 # Said on stderr when `run` ends non-zero without a reason of its own (supervisord and journald show it).
@@ -205,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = None
     try:
-        config = load_config(resolve_config_path(args.config))
+        config = None if args.command == "demo" else load_config(resolve_config_path(args.config))
         code = COMMANDS[args.command](config, args)
     except ConfigError as exc:
         return _stopped(EX_CONFIG, f"configuration error: {exc}", config)

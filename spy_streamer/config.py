@@ -250,7 +250,7 @@ def require_api_key(config: Config) -> str:
     if not key:
         raise ConfigError(
             f"{config.source}: polygon.api_key_env: environment variable "
-            f"{config.polygon.api_key_env} is not set (it must hold your Polygon API key)"
+            f"{config.polygon.api_key_env} is not set (it must hold your Polygon API key; to try it without a key: scripts/run_streamer.sh --demo)"
         )
     return key
 

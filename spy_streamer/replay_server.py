@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import threading
 import time
@@ -84,6 +85,38 @@ def _timeline_iter(start_ms: int, count: int, symbol: str) -> Iterator[dict]:
 def session_timeline(start_ms: int, count: int, symbol: str = "SPY") -> list[dict]:
     """`count` consecutive one-second events; values derive from the index only."""
     return list(_timeline_iter(start_ms, count, symbol))
+
+
+# Where the replay's random walks start (prices of late 2025); another symbol starts at 100.
+REFERENCE_PRICES = {"SPY": 600.0, "QQQ": 520.0, "IWM": 225.0, "DIA": 440.0}
+# One standard deviation of a one-second return: about 1 % over a 23,400-second day, like SPY.
+SECOND_VOLATILITY = 0.00007
+REPLAY_HISTORY_KEPT_MS = 2 * 3_600_000  # a long demo keeps two hours for /v2/aggs, not the whole run
+
+
+class RandomWalk:
+    """One symbol's second bars, one after another: the price walks, volume and the day's VWAP add up."""
+
+    def __init__(self, symbol: str, rng: random.Random, price: float | None = None):
+        self.symbol = symbol
+        self.rng = rng
+        self.price = round(price or REFERENCE_PRICES.get(symbol, 100.0), 2)
+        self.official_open = self.price
+        self.accumulated = 0
+        self.turnover = 0.0
+
+    def bar(self, start_ms: int) -> dict:
+        rng, open_ = self.rng, self.price
+        close = round(open_ * (1 + rng.gauss(0, SECOND_VOLATILITY)), 2)
+        wick = round(abs(rng.gauss(0, SECOND_VOLATILITY)) * open_, 2)
+        high, low = max(open_, close) + wick, min(open_, close) - wick
+        volume = max(1, int(rng.lognormvariate(7.5, 0.8)))  # a median of about 1,800 shares a second
+        vwap = rng.uniform(low, high)
+        self.price, self.accumulated, self.turnover = close, self.accumulated + volume, self.turnover + vwap * volume
+        return {"ev": "A", "sym": self.symbol, "v": volume, "av": self.accumulated, "op": self.official_open,
+                "vw": round(vwap, 4), "o": open_, "c": close, "h": round(high, 2), "l": round(low, 2),
+                "a": round(self.turnover / self.accumulated, 4), "z": max(1, volume // rng.randint(20, 120)),
+                "s": start_ms, "e": start_ms + 1000}
 
 
 def holiday_rows(date_str: str, name: str, status: str = "closed",
@@ -423,6 +456,36 @@ class FakePolygon:
                 except ConnectionClosed:
                     clients.remove(client)
         return time.perf_counter() - started
+
+    def replay_live(self, symbols: Iterable[str] = ("SPY",), since_ms: int | None = None,
+                    delay_seconds: float = 1.0, seed: int | None = None) -> None:
+        """Until close(): one random-walk bar per symbol per second, sent `delay_seconds` after its second
+        ends (Polygon's come about 2 s late) and kept for /v2/aggs. The bars from `since_ms` to now are
+        history only: /v2/aggs answers them, as a daemon that starts late backfills them."""
+        rng = random.Random(seed)
+        walks = [RandomWalk(symbol, rng) for symbol in symbols]
+        now_ms = int(time.time()) * 1000
+        first_ms = now_ms if since_ms is None else since_ms // 1000 * 1000
+        self.add_to_timeline(walk.bar(start) for start in range(first_ms, now_ms, 1000) for walk in walks)
+        self._call(self._start_replay(walks, now_ms, delay_seconds))
+
+    async def _start_replay(self, walks: list[RandomWalk], next_ms: int, delay_seconds: float) -> None:
+        self._spawn(self._replay(walks, next_ms, delay_seconds))
+
+    async def _replay(self, walks: list[RandomWalk], next_ms: int, delay_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(max(0.0, next_ms / 1000 + 1 + delay_seconds - time.time()))
+            events = [walk.bar(next_ms) for walk in walks]
+            self.add_to_timeline(events)
+            await self._push(events, 200)
+            next_ms += 1000
+            if next_ms % 600_000 == 0:
+                self._forget_before(next_ms - REPLAY_HISTORY_KEPT_MS)
+
+    def _forget_before(self, start_ms: int) -> None:
+        with self._lock:
+            self.timeline = {key: event for key, event in self.timeline.items() if key[1] >= start_ms}
+            self.sent_events = [event for event in self.sent_events if event["s"] >= start_ms]
 
     def drop_connections(self, mode: str | int) -> int:
         """Drop every open connection: "abrupt" (no close frame) or a close code."""
