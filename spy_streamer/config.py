@@ -4,9 +4,10 @@ Every problem (missing file, unknown key, wrong type, bad value) becomes one `Co
 file and the dotted key, so the CLI can print one line and exit 78 (EX_CONFIG) without a traceback.
 
 The file is untrusted text read by an unattended daemon, so the reader is strict before it is clever:
-at most 1 MB, UTF-8, no YAML anchors or aliases (refused while composing, before anything expands, so an
-"alias bomb" costs neither memory nor time), no duplicate keys, and only finite numbers in sane ranges.
-A value shown in a message is cut short, and `api_key_env` is never echoed: people paste the key there.
+at most 1 MB, UTF-8, no YAML anchors or aliases (refused from the parser's events before any node is
+built, so an "alias bomb" costs neither memory nor time), no duplicate keys, and only finite numbers in
+sane ranges. A value shown in a message is cut short, and `api_key_env` is never echoed: people paste
+the key there.
 """
 from __future__ import annotations
 

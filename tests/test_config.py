@@ -360,7 +360,8 @@ class FakeRunner:
 @pytest.mark.parametrize("code, reason, line", [
     (70, "thread parquet-writer crashed: OSError: [Errno 28] No space left on device",
      "spy-streamer: thread parquet-writer crashed: OSError: [Errno 28] No space left on device"),
-    (78, f"Polygon rejected the API key\n{TEST_API_KEY} (auth_failed)", "spy-streamer: Polygon rejected the API key *** (auth_failed)"),
+    (78, f"Polygon rejected the API key\n{TEST_API_KEY} (auth_failed)",
+     "spy-streamer: Polygon rejected the API key *** (auth_failed)"),
     (70, None, "spy-streamer: a thread crashed (see the log)"),
     (78, None, "spy-streamer: configuration or API key rejected (see the log)"),
     (75, None, "spy-streamer: another instance holds the data_dir lock"),

@@ -149,8 +149,9 @@ def test_shipped_supervisord_section_does_not_restart_exit_78_but_restarts_a_cra
     for name in ("bad-config", "missing-key", "rejected-key", "killed"):
         (tmp_path / name).mkdir()
     crash = "/bin/sh -c 'echo \"spy-streamer: a thread crashed (stand-in)\" >&2; exit 70'"
+    flooding = {"batching": {"write_interval_seconds": 1e-6}}
     programs = {
-        "bad-config": f"{RUN_STREAMER} --config {config('bad-config', False, streaming={'batching': {'write_interval_seconds': 1e-6}})}",
+        "bad-config": f"{RUN_STREAMER} --config {config('bad-config', False, streaming=flooding)}",
         "missing-key": f"env -u POLYGON_API_KEY {RUN_STREAMER} --config {config('missing-key', False)}",
         "rejected-key": f"env POLYGON_API_KEY=not-the-key {RUN_STREAMER} --config {config('rejected-key', True)}",
         "killed": f"{RUN_STREAMER} --config {config('killed', False)}",
