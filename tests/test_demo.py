@@ -72,7 +72,7 @@ def test_demo_script_records_end_to_end_and_prints_report_and_status(tmp_path):
     assert snapshot(*users) == before
 
 
-def test_ctrl_c_stops_the_demo_gracefully_and_still_reports(tmp_path):
+def test_ctrl_c_stops_the_demo_gracefully_and_still_reports(tmp_path, capsys):
     demo = subprocess.Popen([sys.executable, "-m", "spy_streamer", "demo", "--seconds", "120",
                              "--output", str(tmp_path)], env=demo_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,6 +80,9 @@ def test_ctrl_c_stops_the_demo_gracefully_and_still_reports(tmp_path):
         heartbeat = tmp_path / "latest" / "heartbeat" / "polygon.json"
         wait_for(lambda: heartbeat.exists() and json.loads(heartbeat.read_text())["rows_written"] > 0,
                  timeout=20, what="rows written")
+        # compose.yaml's healthcheck, on the running demo
+        assert cli.main(["check", "--probe", "--config", str(tmp_path / "latest" / "settings.yaml")]) == 0
+        assert capsys.readouterr().out.startswith("SPY-STREAMER OK")
         demo.send_signal(signal.SIGINT)
         out, err = demo.communicate(timeout=20)
     finally:
