@@ -305,11 +305,9 @@ def rest_bar(result, symbol: str) -> dict:
 
 
 def _parse_int(digits: str):
-    # Python refuses ints of over 4300 digits (a ValueError that would lose the whole frame); no bar
-    # holds one beyond int64 anyway, so a long one becomes an infinity that no column accepts.
-    if len(digits) <= 20:
-        return int(digits)
-    return -math.inf if digits[0] == "-" else math.inf
+    # Python refuses ints of over 4300 digits (a ValueError that would lose the whole frame). Beyond 20
+    # digits no int64 holds it anyway; as a float (infinite if need be) it is what pyarrow's reader makes of it.
+    return int(digits) if len(digits) <= 20 else float(digits)
 
 
 def _loads(text: str):
