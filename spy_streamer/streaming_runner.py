@@ -12,6 +12,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -42,6 +43,9 @@ SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above 
 WRITER_SHARE_SECONDS = 4.0           # of that deadline, kept for the writer's final flush
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends
 RECONCILE_EVERY_SECONDS = 60         # safety net against clock jumps; transitions have their own jobs
+# supervisord's startsecs=0 (so that exit 78 is final) also means no back-off before a restart: a
+# daemon that fails at once would be respawned several times a second. It lingers this long instead.
+MIN_UPTIME_BEFORE_FAILING_SECONDS = 10.0
 MAX_WAIT_SECONDS = 1.0               # a signal is acted on within this
 QUEUE_MAX_BYTES = 4_000_000         # hours of A.SPY (a ~230-byte bar a frame); 100 frames of 200 events
 
@@ -102,12 +106,14 @@ class CaptureSession:
 class StreamingRunner:
     def __init__(self, config: Config, calendar: MarketCalendar, api_key: str, clock=None,
                  close_grace_seconds: float = CLOSE_GRACE_SECONDS,
-                 refresh_calendar: Callable[[], bool] | None = None):
+                 refresh_calendar: Callable[[], bool] | None = None,
+                 min_uptime_before_failing_seconds: float = MIN_UPTIME_BEFORE_FAILING_SECONDS):
         """`refresh_calendar()` learns Polygon's holidays into `calendar` (True when it got an answer); the
         runner calls it on a one-shot thread at start and on its timer, never on its own thread."""
         self.config = config
         self.calendar = calendar
         self.refresh_calendar = refresh_calendar
+        self.min_uptime_before_failing = min_uptime_before_failing_seconds
         self.api_key = api_key
         self.clock = clock or SystemClock()
         self.close_grace = timedelta(seconds=close_grace_seconds)
@@ -161,6 +167,7 @@ class StreamingRunner:
             return EX_LOCKED
 
     def _run_locked(self) -> int:
+        started = time.monotonic()
         self._install_signal_handlers()
         # Arrow's default mimalloc pool keeps freed pages per thread; after a burst the system allocator
         # gives more of them back, which keeps the daemon's resident memory lower over a long session.
@@ -181,7 +188,19 @@ class StreamingRunner:
             log.exception("the supervisor crashed", extra={"event": "thread_crashed", "thread_name": "supervisor"})
             self._fail(EX_SOFTWARE, f"the supervisor crashed: {type(exc).__name__}")
         self._shutdown(heartbeat_thread)
+        if self._exit_code == EX_SOFTWARE:
+            self._linger(started + self.min_uptime_before_failing)
         return self._exit_code
+
+    def _linger(self, until: float) -> None:
+        """Everything is flushed and stopped; wait out the minimum uptime (a signal ends the wait)."""
+        while (remaining := until - time.monotonic()) > 0:
+            try:
+                kind, _ = self._events.get(timeout=remaining)
+            except queue.Empty:
+                return
+            if kind == "signal":
+                return
 
     def _seconds_to_next_job(self) -> float:
         idle = self.scheduler.idle_seconds

@@ -33,7 +33,8 @@ def runner(tmp_path, fake):
                                            "rest_base_url": fake.rest_base_url},
                         streaming={"batching": {"write_interval_seconds": 0.2}})
     config = load_config(write_settings(tmp_path, document))
-    yield StreamingRunner(config, MarketCalendar(config.market_hours), TEST_API_KEY, clock=FakeClock(IN_SESSION))
+    yield StreamingRunner(config, MarketCalendar(config.market_hours), TEST_API_KEY, clock=FakeClock(IN_SESSION),
+                          min_uptime_before_failing_seconds=0)
     for signum, handler in saved.items():
         signal.signal(signum, handler)
 
@@ -115,3 +116,24 @@ def test_a_supervisor_crash_still_stops_in_order_with_70(runner, caplog, monkeyp
     (record,) = crash_records(caplog)
     assert record.thread_name == "supervisor" and "supervisor" in runner.exit_reason
     assert heartbeat(runner)["status"] == "failed"
+
+
+def test_a_failure_right_after_start_lingers_so_supervisord_does_not_spin(runner, monkeypatch):
+    """supervisord's startsecs=0 restarts a failed daemon at once: it waits out a minimum uptime first,
+    and a SIGTERM during that wait ends it."""
+    import time
+    monkeypatch.setattr(HeartbeatMonitor, "run", crash)
+    runner.min_uptime_before_failing = 1.5
+    started = time.monotonic()
+    assert run_with_watchdog(runner) == EX_SOFTWARE
+    assert time.monotonic() - started >= 1.5
+
+
+def test_a_signal_ends_the_lingering_at_once(runner, monkeypatch):
+    import time
+    monkeypatch.setattr(HeartbeatMonitor, "run", crash)
+    runner.min_uptime_before_failing = 30
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    assert run_with_watchdog(runner) == EX_SOFTWARE
+    assert time.monotonic() - started < 5
