@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -68,6 +69,7 @@ class MarketHoursConfig:
 class MonitoringConfig:
     heartbeat_interval_seconds: float
     alert_threshold_seconds: float
+    metrics_port: int | None = None      # Prometheus /metrics over HTTP; the textfile is always written
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,28 @@ def _subscriptions(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _base_url(value: Any) -> str:
+    """An http(s) origin: the REST client sends the key to whatever this names."""
+    text = _string(value).rstrip("/")
+    parts = urlsplit(text)
+    try:
+        parts.port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None \
+            or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"expected an origin like \"https://api.polygon.io\", got {_shown(value)}")
+    return text
+
+
+def _optional_port(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a TCP port 1-65535 (or null: off), got {_shown(value)}")
+    return value
+
+
 def _path(value: Any) -> Path:
     # Resolved once, so a later chdir cannot move the output.
     text = _string(value)
@@ -197,7 +221,7 @@ SCHEMA: dict[str, Any] = {
         "api_key_env": (_env_name, "POLYGON_API_KEY"),
         "ws_feed": (_string, "socket.polygon.io"),
         "ws_secure": (_boolean, True),
-        "rest_base_url": (_string, "https://api.polygon.io"),
+        "rest_base_url": (_base_url, "https://api.polygon.io"),
         "subscriptions": (_subscriptions, ["A.SPY"]),
     },
     "streaming": {
@@ -211,6 +235,7 @@ SCHEMA: dict[str, Any] = {
         "monitoring": {
             "heartbeat_interval_seconds": (_seconds_between(*HEARTBEAT_INTERVAL_RANGE), 300),
             "alert_threshold_seconds": (_seconds_between(*ALERT_THRESHOLD_RANGE), 900),
+            "metrics_port": (_optional_port, None),
         },
         "batching": {
             "write_interval_seconds": (_seconds_between(*WRITE_INTERVAL_RANGE), 30),

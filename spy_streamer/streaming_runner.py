@@ -129,7 +129,7 @@ class StreamingRunner:
             write_interval_seconds=config.batching.write_interval_seconds,
             subscriptions=config.polygon.subscriptions, reader=self.reader_stats, writer=self.writer_stats,
             backfill=self.backfill_stats, queue_fill=self._queue_fill, on_stall=self._on_stall, clock=self.clock,
-            metrics=MetricsPublisher(config.paths.heartbeat_dir))
+            metrics=MetricsPublisher(config.paths.heartbeat_dir, config.monitoring.metrics_port))
         self.scheduler = schedule.Scheduler()
         self.exit_reason: str | None = None      # one line for stderr when the exit code is not 0
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -166,8 +166,20 @@ class StreamingRunner:
             log.error("%s", exc, extra={"event": "already_running", "holder_pid": exc.holder_pid})
             return EX_LOCKED
 
+    def _start_metrics_server(self) -> bool:
+        try:
+            self.monitor.metrics.start_server()
+        except OSError as exc:
+            self.exit_reason = (f"{self.config.source}: streaming.monitoring.metrics_port: cannot serve on port "
+                                f"{self.config.monitoring.metrics_port}: {exc.strerror or exc}")
+            log.error("%s", self.exit_reason, extra={"event": "metrics_port_unavailable"})
+            return False
+        return True
+
     def _run_locked(self) -> int:
         started = time.monotonic()
+        if not self._start_metrics_server():
+            return EX_CONFIG
         self._install_signal_handlers()
         # Arrow's default mimalloc pool keeps freed pages per thread; after a burst the system allocator
         # gives more of them back, which keeps the daemon's resident memory lower over a long session.

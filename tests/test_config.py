@@ -377,3 +377,24 @@ def test_run_says_why_it_stopped_in_one_line_on_stderr(config_file, monkeypatch,
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == ("" if line is None else line + "\n")
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://api.polygon.io", "api.polygon.io", "https://user@api.polygon.io", "https://api.polygon.io/v2",
+    "https://api.polygon.io?x=1", "https://", "https://api.polygon.io:notaport",
+])
+def test_rest_base_url_must_be_an_origin(config_file, url):
+    """The REST client sends the key to whatever this names: only a plain http(s) origin is accepted."""
+    with pytest.raises(ConfigError, match="polygon.rest_base_url: expected an origin"):
+        load_config(config_file(polygon={"rest_base_url": url}))
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, "9100", True, 1.5])
+def test_metrics_port_must_be_a_port(config_file, port):
+    with pytest.raises(ConfigError, match="streaming.monitoring.metrics_port: expected a TCP port"):
+        load_config(config_file(streaming={"monitoring": {"metrics_port": port}}))
+
+
+def test_metrics_port_is_off_by_default(config_file):
+    assert load_config(config_file()).monitoring.metrics_port is None
+    assert load_config(config_file(streaming={"monitoring": {"metrics_port": 9108}})).monitoring.metrics_port == 9108

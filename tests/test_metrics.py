@@ -50,3 +50,16 @@ def test_metrics_port_serves_the_same_figures(config):
     rig.monitor.send_heartbeat()
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert samples(text)[("spy_streamer_rows_written_total", ())] == 7
+
+
+def test_a_taken_metrics_port_is_a_config_error(tmp_path, config_file):
+    from spy_streamer.config import load_config
+    from spy_streamer.market_hours import MarketCalendar
+    from spy_streamer.streaming_runner import EX_CONFIG, StreamingRunner
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        config = load_config(config_file(streaming={"monitoring": {"metrics_port": taken.getsockname()[1]}}))
+        runner = StreamingRunner(config, MarketCalendar(config.market_hours), "key")
+        assert runner.run() == EX_CONFIG
+    assert "metrics_port" in runner.exit_reason
