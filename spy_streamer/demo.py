@@ -153,9 +153,10 @@ def _command(name: str, folder: DemoFolder) -> list[str]:
 # --- running the daemon ---
 
 def _record_signals() -> queue.SimpleQueue:
-    """Ctrl-C and SIGTERM (docker stop) end the recording early; the handler only records."""
+    """Ctrl-C, SIGTERM (docker stop) and SIGHUP (the terminal closed) end the recording early, gracefully:
+    the daemon runs in its own process group and would outlive a demo killed by them. Handlers only record."""
     signals: queue.SimpleQueue = queue.SimpleQueue()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda number, frame: signals.put_nowait(number))
     return signals
 
