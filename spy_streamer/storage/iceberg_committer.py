@@ -1,0 +1,317 @@
+"""The lake committer: staged micro-batches -> the channel's Iceberg table, each exactly once, in order.
+
+With `storage.kind: iceberg` the writer keeps writing durable micro-batch files under `data_dir` exactly
+as in the local layout (the staging area). This committer, on its own thread, takes them oldest first
+(by the nanosecond stamp in `part-<ns>-<pid>-<seq>.parquet`), appends them to the channel's table, and
+only after the catalog accepted the commit deletes them (and fsyncs their folder).
+
+Exactly once, whatever is killed when:
+- every commit carries its batches' ids in the snapshot summary (`spy-streamer.batches`: file name and a
+  digest of its bytes). Before appending, the committer reads the ids of the table's recent snapshots:
+  a batch found there was committed by a run killed before it deleted the file, and is only deleted now.
+  The ledger is the table itself, so it is as durable and as atomic as the commit.
+- a commit is one Iceberg snapshot: readers see all of its rows or none. A data file uploaded by a run
+  killed before its commit is referenced by no snapshot, so no reader sees it (an orphan for the
+  maintenance jobs).
+- concurrent writers (another capture process, a compaction) make the catalog refuse a stale commit;
+  pyiceberg refreshes and retries it (commit.retry.*), and a commit that still fails is retried here
+  with exponential backoff. Only one committer works on one staging area (the daemon's instance lock).
+
+If the store or the catalog is down, batches pile up on local disk (never deleted uncommitted): one
+WARNING per failure streak, one more when the backlog passes `max_backlog_bytes`, and `upload_backlog`
+(files waiting) for the heartbeat. They are committed in order when it recovers.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..clock import SystemClock
+from ..durable_files import fsync_directory
+from ..parquet_sink import ParquetSink, visible_parquet_files
+from . import lake_tables
+from .lake_catalog import NAMESPACE
+
+log = logging.getLogger(__name__)
+
+BATCHES_PROPERTY = "spy-streamer.batches"
+HOST_PROPERTY = "spy-streamer.host"
+MAX_FILES_PER_COMMIT = 64               # a backlog catches up in few snapshots...
+MAX_BYTES_PER_COMMIT = 64 * 1024 * 1024  # ...without holding much of it in memory
+MAX_BACKLOG_BYTES = 1024 ** 3            # past this: a WARNING (never a deletion)
+BACKOFF_SECONDS = (1.0, 60.0)            # first and longest wait after a failed pass
+LEDGER_MARGIN_MS = 3_600_000             # snapshots older than the oldest staged file, minus this, are not read
+_PART_NAME = re.compile(r"part-(\d+)-")
+
+
+@dataclass
+class LakeStats:
+    """What the heartbeat shows of the lake (read from another thread: plain values only)."""
+    upload_backlog: int = 0             # staged files waiting for their commit
+    upload_backlog_bytes: int = 0
+    batches_committed: int = 0
+    rows_committed: int = 0
+    bytes_committed: int = 0            # staged Parquet bytes moved into the table
+    commits: int = 0
+    commit_failures: int = 0            # failed passes (each retried with backoff)
+    batches_recovered: int = 0          # found already committed (a run killed before deleting them)
+    last_commit_at: str | None = None   # ISO 8601 UTC
+    last_commit_seconds: float | None = None  # read + upload + catalog commit of the last commit
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    path: Path
+    channel: str
+    stamp_ns: int       # the writer's stamp in the name (else the file's mtime): the commit order
+    size: int
+    mtime_ns: int
+
+    @property
+    def batch_id(self) -> str:
+        """The file name and a digest of its bytes: unique, stable across restarts, and a day file rewritten
+        under the same name by a local compaction gets a new one."""
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        return f"{self.path.name.replace(',', '_')}#{digest}"
+
+
+def staged_batches(data_dir: Path) -> list[StagedBatch]:
+    """Every visible Parquet file of the hive layout under `data_dir`, oldest first."""
+    batches = []
+    for folder in sorted(data_dir.glob("*/date=*")):
+        for path in visible_parquet_files(folder):
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # committed and deleted meanwhile
+                continue
+            match = _PART_NAME.match(path.name)
+            stamp = int(match.group(1)) if match else info.st_mtime_ns
+            batches.append(StagedBatch(path, folder.parent.name, stamp, info.st_size, info.st_mtime_ns))
+    return sorted(batches, key=lambda batch: (batch.stamp_ns, batch.path.name))
+
+
+def committed_batch_ids(table, since_ms: int) -> set[str]:
+    """Batch ids recorded by snapshots taken at or after `since_ms` (the table's own commit ledger)."""
+    ids: set[str] = set()
+    for snapshot in table.metadata.snapshots:
+        if snapshot.timestamp_ms >= since_ms and snapshot.summary is not None:
+            recorded = snapshot.summary.get(BATCHES_PROPERTY)
+            if recorded:
+                ids.update(recorded.split(","))
+    return ids
+
+
+class IcebergCommitter:
+    def __init__(self, catalog, data_dir: Path, namespace: str = NAMESPACE,
+                 clock=None, *, keep_local: bool = False, max_backlog_bytes: int = MAX_BACKLOG_BYTES,
+                 whole_ledger: bool = False, on_commit: Callable[[str, list[StagedBatch]], None] | None = None):
+        """`keep_local` leaves committed files in place and `whole_ledger` reads every snapshot's batch ids
+        (`import-local`: old files, maybe copied); `on_commit(channel, batches)` is called after each
+        commit (tests and the benchmark time it)."""
+        self.catalog = catalog
+        self.data_dir = data_dir
+        self.namespace = namespace
+        self.clock = clock or SystemClock()
+        self.keep_local = keep_local
+        self.max_backlog_bytes = max_backlog_bytes
+        self.whole_ledger = whole_ledger
+        self.on_commit = on_commit
+        self.stats = LakeStats()
+        self._failures = 0
+        self._backlog_warned = False
+        self._host = socket.gethostname()
+
+    @property
+    def upload_backlog(self) -> int:
+        return self.stats.upload_backlog
+
+    # --- thread body ---
+
+    def run(self, stop: threading.Event, interval_seconds: float = 2.0) -> None:
+        """Until `stop`: a pass every `interval_seconds`, backing off after failures. Staged files left at
+        stop are durable and committed by the next run."""
+        wait = 0.0
+        while not stop.wait(wait):
+            wait = self.tick(interval_seconds)
+
+    def tick(self, interval_seconds: float) -> float:
+        """One pass; the seconds to wait before the next (longer after each failure in a row)."""
+        try:
+            self.commit_pending()
+        except Exception as exc:  # store or catalog down, a conflict that outlived pyiceberg's retries...
+            self._on_failure(exc)
+            low, high = BACKOFF_SECONDS
+            return min(high, low * 2 ** (self._failures - 1)) * random.uniform(0.9, 1.1)
+        self._on_success()
+        return interval_seconds
+
+    # --- one pass ---
+
+    def commit_pending(self) -> int:
+        """Commit every staged batch, oldest first; how many were committed. Raises on the first failure,
+        leaving that batch and all later ones staged (so the table receives them in order)."""
+        done = 0
+        for channel, group in _commit_groups(self._scan()):
+            done += self._commit_group(channel, group)
+            self.stats.upload_backlog -= len(group)
+            self.stats.upload_backlog_bytes -= sum(batch.size for batch in group)
+        return done
+
+    def _scan(self) -> list[StagedBatch]:
+        pending = staged_batches(self.data_dir)
+        self.stats.upload_backlog = len(pending)
+        self.stats.upload_backlog_bytes = sum(batch.size for batch in pending)
+        self._check_backlog_bound()
+        return pending
+
+    def _commit_group(self, channel: str, group: list[StagedBatch]) -> int:
+        started = time.monotonic()
+        readable = [(batch, rows) for batch, rows in ((batch, _read(batch)) for batch in group) if rows is not None]
+        if not readable:
+            return 0
+        identifier = (self.namespace, lake_tables.table_name(channel))
+        rows = [lake_tables.to_lake_types(table) for _, table in readable]
+        table = lake_tables.load_or_create_table(self.catalog, identifier, rows[0].schema)
+        # A commit comes after its file was written (mtime: the real clock, whatever clock named the file).
+        since = 0 if self.whole_ledger else (
+            min(min(batch.stamp_ns, batch.mtime_ns) // 1_000_000 for batch, _ in readable) - LEDGER_MARGIN_MS)
+        ids = [batch.batch_id for batch, _ in readable]
+        already = committed_batch_ids(table, since)
+        fresh = [(batch, batch_id, part) for (batch, _), batch_id, part in zip(readable, ids, rows)
+                 if batch_id not in already]
+        if len(fresh) < len(readable):
+            self.stats.batches_recovered += len(readable) - len(fresh)
+            log.info("%d staged batch(es) of %s were already committed (a run stopped before removing them)",
+                     len(readable) - len(fresh), channel, extra={"event": "lake_batches_recovered"})
+        if fresh:
+            data = pa.concat_tables([lake_tables.aligned(table, part) for _, _, part in fresh])
+            table.append(data, snapshot_properties={BATCHES_PROPERTY: ",".join(batch_id for _, batch_id, _ in fresh),
+                                                    HOST_PROPERTY: self._host})
+            self._count_commit([batch for batch, _, _ in fresh], data.num_rows, time.monotonic() - started)
+            if self.on_commit is not None:
+                self.on_commit(channel, [batch for batch, _, _ in fresh])
+        self._remove([batch for batch, _ in readable])
+        return len(fresh)
+
+    def _count_commit(self, batches: list[StagedBatch], rows: int, seconds: float) -> None:
+        stats = self.stats
+        stats.commits += 1
+        stats.batches_committed += len(batches)
+        stats.rows_committed += rows
+        stats.bytes_committed += sum(batch.size for batch in batches)
+        stats.last_commit_seconds = round(seconds, 4)
+        stats.last_commit_at = self.clock.now().astimezone(timezone.utc).isoformat()
+
+    def _remove(self, batches: list[StagedBatch]) -> None:
+        """Committed: the staged copies go (each folder fsynced once). A failure here loses nothing: the
+        next pass finds the batches in the ledger and only deletes them."""
+        if self.keep_local:
+            return
+        folders = set()
+        for batch in batches:
+            batch.path.unlink(missing_ok=True)
+            folders.add(batch.path.parent)
+        for folder in folders:
+            fsync_directory(folder)
+        self._remove_old_empty_folders(folders)
+
+    def _remove_old_empty_folders(self, folders: set[Path]) -> None:
+        """A day folder emptied two days after its date will not be written again; today's stays (the
+        writer may be about to write into it)."""
+        cutoff = (self.clock.now() - timedelta(days=2)).date().isoformat()
+        for folder in folders:
+            if folder.name.startswith("date=") and folder.name[len("date="):] < cutoff:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: a late batch landed
+                    pass
+
+    # --- failures and the backlog bound: few log lines ---
+
+    def _on_failure(self, exc: Exception) -> None:
+        self._failures += 1
+        self.stats.commit_failures += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if self._failures == 1:
+            log.warning("lake commit failed; %d staged batch(es) wait on local disk and are retried with "
+                        "backoff: %s", self.stats.upload_backlog, self.stats.last_error,
+                        exc_info=not _expected(exc),
+                        extra={"event": "lake_commit_failed", "upload_backlog": self.stats.upload_backlog})
+
+    def _on_success(self) -> None:
+        if self._failures:
+            log.info("lake commits resumed after %d failed attempt(s)", self._failures,
+                     extra={"event": "lake_commit_recovered", "failed_attempts": self._failures,
+                            "upload_backlog": self.stats.upload_backlog})
+        self._failures = 0
+        self.stats.last_error = None
+
+    def _check_backlog_bound(self) -> None:
+        over = self.stats.upload_backlog_bytes > self.max_backlog_bytes
+        if over and not self._backlog_warned:
+            log.warning("lake upload backlog is %d bytes in %d file(s), over the %d-byte bound; nothing is "
+                        "deleted, check the object store and the catalog", self.stats.upload_backlog_bytes,
+                        self.stats.upload_backlog, self.max_backlog_bytes,
+                        extra={"event": "lake_backlog_high", "upload_backlog": self.stats.upload_backlog,
+                               "upload_backlog_bytes": self.stats.upload_backlog_bytes})
+        self._backlog_warned = over
+
+
+def _commit_groups(pending: list[StagedBatch]):
+    """Consecutive runs of one channel's batches, at most MAX_FILES_PER_COMMIT / MAX_BYTES_PER_COMMIT each.
+    Channels are separate tables, so a channel's group never waits on another channel's later batch."""
+    by_channel: dict[str, list[StagedBatch]] = {}
+    for batch in pending:
+        by_channel.setdefault(batch.channel, []).append(batch)
+    for channel, batches in by_channel.items():
+        group, size = [], 0
+        for batch in batches:
+            if group and (len(group) >= MAX_FILES_PER_COMMIT or size + batch.size > MAX_BYTES_PER_COMMIT):
+                yield channel, group
+                group, size = [], 0
+            group.append(batch)
+            size += batch.size
+        if group:
+            yield channel, group
+
+
+def _read(batch: StagedBatch) -> pa.Table | None:
+    """The batch's rows; None when it vanished or cannot be read (then set aside for a person, as the
+    local layout does: hidden, kept)."""
+    try:
+        return pq.read_table(batch.path)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as exc:
+        ParquetSink._set_aside(batch.path, exc)
+        return None
+
+
+def _expected(exc: Exception) -> bool:
+    """Failures of the store, the network or the catalog (no traceback in the log); anything else may be a bug."""
+    from pyiceberg.exceptions import CommitFailedException, RESTError, ValidationException
+
+    return isinstance(exc, (OSError, CommitFailedException, RESTError, ValidationException, ConnectionError,
+                            TimeoutError)) or type(exc).__module__.startswith(("sqlalchemy", "requests", "urllib3"))
+
+
+def import_local(catalog, data_dir: Path, namespace: str = NAMESPACE, keep_local: bool = False) -> LakeStats:
+    """`spy-streamer import-local`: every Parquet file of the local layout under `data_dir` into the tables,
+    oldest first, each once (a second run, or a file already committed by the daemon, adds nothing);
+    moved (deleted locally after its commit) unless `keep_local`. Raises on the first failure; run again."""
+    committer = IcebergCommitter(catalog, data_dir, namespace, keep_local=keep_local, whole_ledger=True)
+    committer.commit_pending()
+    return committer.stats
