@@ -53,7 +53,7 @@ class BatchWriter:
         self._day: date | None = None
         self._day_start_ms = 0
         self._session_bounds_ms: tuple[int, int] = (0, 0)
-        self._seen = SeenBars(0)
+        self._seen = SeenBars(0, 0)
         self._gap_from: dict[str, int] = {}      # per symbol: first bar start that may be missing
         self._pending: list[pa.Table] = []
         self._flush_failing = False
@@ -171,7 +171,8 @@ class BatchWriter:
         self._day_start_ms = int(midnight.timestamp() * 1000)
         self._session_bounds_ms = (0, 0) if session is None else (
             int(session.open.timestamp() * 1000), int(session.close.timestamp() * 1000))
-        self._seen = SeenBars(self._day_start_ms)
+        opens, closes = self._session_bounds_ms
+        self._seen = SeenBars(opens, -(-(closes - opens) // 1000))
         stored = self.sink.stored_bars(CHANNEL, day)
         self._seen.add(stored.column("symbol").combine_chunks(), stored.column("start").combine_chunks())
         # Started (or restarted) mid-session: whatever came before the first live bar may be missing.

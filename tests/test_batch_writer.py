@@ -33,6 +33,7 @@ from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.parquet_sink import ParquetSink
 from spy_streamer.pipeline_stats import WriterStats
 from spy_streamer.queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
+from spy_streamer.seen_bars import SeenBars
 
 NEW_YORK = ZoneInfo("America/New_York")
 HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
@@ -237,6 +238,26 @@ def test_same_start_of_another_symbol_is_not_a_duplicate(rig, data_dir):
     assert rig.stats.duplicates == 0
     assert rig.writer.flush()
     assert stored_keys(data_dir) == [("QQQ", start), ("SPY", start)]
+
+
+def test_the_repeat_check_costs_a_session_not_a_day_per_symbol(data_dir):
+    """Regression: each symbol took a 25-hour bitmap (90 KB), about 1 GB under "A.*" (~11,000 tickers)."""
+    rig = Rig(data_dir, subscriptions=("A.*",))
+    symbols = [f"S{index:03d}" for index in range(50)]
+    rig.send([agg_event(ms(ny(2025, 6, 10, 9, 30)), symbol) for symbol in symbols])
+    assert rig.writer._seen.memory_bytes() == len(symbols) * 23_400   # 09:30-16:00, one byte a second
+    rig.send([agg_event(ms(ny(2025, 6, 10, 15, 59, 59)), symbol) for symbol in symbols[:2]]
+             + [agg_event(ms(ny(2025, 6, 10, 9, 30)), symbols[0])])
+    assert rig.stats.duplicates == 1 and rig.stats.rows_pending == len(symbols) + 2
+
+
+def test_repeats_off_the_whole_second_grid_are_still_recognised():
+    seen = SeenBars(1_000_000, 10)
+    symbols = pa.array(["SPY", "SPY", "SPY", "SPY"])
+    starts = pa.array([1_000_000, 1_000_500, 999_000, 1_010_000], pa.int64())   # on, off the grid, before, after
+    assert seen.add(symbols, starts).to_pylist() == [True] * 4
+    assert seen.add(symbols, starts).to_pylist() == [False] * 4
+    assert seen.latest_start("SPY") == 1_000_000 and seen.latest_start("QQQ") is None
 
 
 def test_a_restarted_writer_does_not_store_existing_keys_again(rig, data_dir):
