@@ -9,21 +9,15 @@ import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pyarrow.dataset as ds
 import pytest
 
 from conftest import REPO_ROOT, TEST_API_KEY, merge_settings, settings, write_settings
 from fake_polygon import FakePolygon
+from spy_streamer.demo import midday_zone  # noqa: F401 (tests import it from here too)
 
 ALL_DAYS = [0, 1, 2, 3, 4, 5, 6]
-
-
-def midday_zone(now: datetime) -> ZoneInfo:
-    """A fixed-offset zone where it is about noon now, so a window around now never crosses midnight."""
-    offset = now.astimezone(timezone.utc).hour - 12  # Etc/GMT+N is N hours *behind* UTC
-    return ZoneInfo("Etc/GMT" if offset == 0 else f"Etc/GMT{offset:+d}")
 
 
 def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) -> dict:
