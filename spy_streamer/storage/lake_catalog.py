@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NAMESPACE = "spy_streamer"
+# A SQL catalog keys its tables by catalog name: every writer and reader must open it under this one.
+CATALOG_NAME = "spy_streamer"
 CATALOG_FILE = "lake-catalog.db"
 TOKEN_ENV, CREDENTIAL_ENV = "SPY_STREAMER_CATALOG_TOKEN", "SPY_STREAMER_CATALOG_CREDENTIAL"
 # A store that is down must fail a commit in seconds (the committer backs off and retries), not hang the
@@ -75,4 +77,4 @@ def open_catalog(location: LakeLocation, data_dir: Path):
         Path(location.warehouse).expanduser().mkdir(parents=True, exist_ok=True)
     if location.catalog == "sql":
         data_dir.mkdir(parents=True, exist_ok=True)
-    return load_catalog(NAMESPACE, **catalog_properties(location, data_dir))
+    return load_catalog(CATALOG_NAME, **catalog_properties(location, data_dir))

@@ -73,7 +73,7 @@ def create_table(catalog, identifier: tuple[str, str], schema: pa.Schema):
     from pyiceberg.exceptions import TableAlreadyExistsError
     from pyiceberg.transforms import DayTransform, IdentityTransform
 
-    catalog.create_namespace_if_not_exists(identifier[0])
+    _create_namespace(catalog, identifier[0])
     try:
         transaction = catalog.create_table_transaction(identifier, schema=schema, properties=TABLE_PROPERTIES)
         source = partition_source(schema)
@@ -87,6 +87,14 @@ def create_table(catalog, identifier: tuple[str, str], schema: pa.Schema):
         return transaction.commit_transaction()
     except TableAlreadyExistsError:
         return catalog.load_table(identifier)
+
+
+def _create_namespace(catalog, namespace: str) -> None:
+    try:
+        catalog.create_namespace_if_not_exists(namespace)
+    except Exception:  # another process created it between the check and the insert (SQL catalogs)
+        if not catalog.namespace_exists(namespace):
+            raise
 
 
 def load_or_create_table(catalog, identifier: tuple[str, str], schema: pa.Schema):
