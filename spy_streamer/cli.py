@@ -9,30 +9,29 @@ import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from .compaction import CompactionError, Outcome, compact_day, compaction_refusal, describe
+from . import __version__
 from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
-from .aggregate_bars import subscribed_symbols
-from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
-from .heartbeat_monitor import heartbeat_path
-from .health_check import OK, UNKNOWN, WARNING, HeartbeatUnreadable, Verdict, evaluate_health, load_heartbeat
+from .exit_codes import EX_CONFIG, EX_LOCKED, EX_SOFTWARE
+from .health_check import (OK, UNKNOWN, WARNING, HeartbeatUnreadable, Verdict, evaluate_health, heartbeat_path,
+                           load_heartbeat)
 from .log_setup import REDACTED, configure_logging
-from .calendar_refresh import STATUS_TIMEOUT_SECONDS, polygon_refresher
-from .calendar_store import calendar_path, load_calendar, load_known_days
-from .market_hours import MarketCalendar
-from .streaming_runner import EX_CONFIG, StreamingRunner
-from .status_report import heartbeat_lines, market_lines
 
+# Everything heavier (pyarrow, the Polygon client, the holiday rules) is imported by the command that
+# needs it: `check` runs as a container probe with a one-second budget and must start fast.
 
-def _operator_calendar(config: Config) -> tuple[MarketCalendar, str | None]:
+def _operator_calendar(config: Config):
     """For status and check: the daemon's calendar (exchange rules and Polygon's list as last saved), built
     without key or network; warnings go to stderr. The key, when set, lets `status` refresh the list."""
+    from .calendar_store import load_calendar
     api_key = os.environ.get(config.polygon.api_key_env, "").strip() or None
     configure_logging(None, secrets=(api_key or "",), level=logging.WARNING)
     return load_calendar(config), api_key
 
 
-def _calendar_source(config: Config, calendar: MarketCalendar, api_key: str | None) -> str:
+def _calendar_source(config: Config, calendar, api_key: str | None) -> str:
     """Status refreshes Polygon's list when it can (at most STATUS_TIMEOUT_SECONDS) and says what it used."""
+    from .calendar_refresh import STATUS_TIMEOUT_SECONDS, polygon_refresher
+    from .calendar_store import calendar_path, load_known_days
     rules = config.market_hours.holiday_rules
     rules = "no exchange rules" if rules == "none" else f"{rules} rules"
     if api_key is not None and polygon_refresher(config, calendar, api_key, STATUS_TIMEOUT_SECONDS).refresh():
@@ -44,6 +43,7 @@ def _calendar_source(config: Config, calendar: MarketCalendar, api_key: str | No
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from .status_report import heartbeat_lines, market_lines
     calendar, api_key = _operator_calendar(config)
     source = _calendar_source(config, calendar, api_key)
     now = datetime.now(timezone.utc)
@@ -57,6 +57,9 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from .calendar_refresh import polygon_refresher
+    from .calendar_store import load_calendar
+    from .streaming_runner import StreamingRunner
     api_key = require_api_key(config)
     configure_logging(config.paths.log_file, secrets=(api_key,))
     calendar = load_calendar(config)
@@ -82,8 +85,13 @@ def _health(config: Config) -> Verdict:
         heartbeat = load_heartbeat(heartbeat_path(config))
     except HeartbeatUnreadable as exc:
         return Verdict(UNKNOWN, str(exc))
-    return evaluate_health(heartbeat, datetime.now(timezone.utc),
-                           lambda now: load_calendar(config).is_market_open(now))
+    return evaluate_health(heartbeat, datetime.now(timezone.utc), lambda now: _market_open(config, now))
+
+
+def _market_open(config: Config, now: datetime) -> bool:
+    """Only when the heartbeat is too old to say: the calendar (rules and the saved list, no network)."""
+    from .calendar_store import load_calendar
+    return load_calendar(config).is_market_open(now)
 
 
 class _TimedOut(Exception):
@@ -108,6 +116,8 @@ def _within_seconds(seconds: float, judge) -> Verdict:
 
 def cmd_compact(config: Config, args: argparse.Namespace) -> int:
     """Needs no API key: the calendar (rules and Polygon's list as last saved) knows the day's close."""
+    from .calendar_store import load_calendar
+    from .compaction import CompactionError, Outcome, compact_day, compaction_refusal, describe
     refusal = compaction_refusal(load_calendar(config), args.date, datetime.now(timezone.utc))
     if refusal is not None:
         print(f"spy-streamer: not compacting: {refusal}", file=sys.stderr)
@@ -123,6 +133,9 @@ def cmd_compact(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_report(config: Config, args: argparse.Namespace) -> int:
+    from .aggregate_bars import subscribed_symbols
+    from .calendar_store import load_calendar
+    from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
     calendar = load_calendar(config)
     now = datetime.now(timezone.utc)
     day = args.date or calendar.trading_day(now)
@@ -173,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spy-streamer",
         description="Capture Polygon.io A.SPY per-second aggregates into Parquet during US market hours.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in (
         ("run", "the daemon: stream during market hours, sleep (no connection) outside them"),
@@ -213,8 +227,8 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "compact":
 
 
 # Said on stderr when `run` ends non-zero without a reason of its own (supervisord and journald show it).
-EXIT_REASONS = {70: "a thread crashed (see the log)", 75: "another instance holds the data_dir lock",
-                78: "configuration or API key rejected (see the log)"}
+EXIT_REASONS = {EX_SOFTWARE: "a thread crashed (see the log)", EX_LOCKED: "another instance holds the data_dir lock",
+                EX_CONFIG: "configuration or API key rejected (see the log)"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,12 @@ PERFDATA = (("age", "age_seconds", "s"), ("messages", "messages_total", "c"), ("
 
 
 MAX_HEARTBEAT_BYTES = 1 << 20
+HEARTBEAT_FILE_NAME = "polygon.json"
+
+
+def heartbeat_path(config) -> Path:
+    """Where the daemon writes its heartbeat (and every command reads it)."""
+    return config.paths.heartbeat_dir / HEARTBEAT_FILE_NAME
 
 
 class HeartbeatUnreadable(ValueError):

@@ -16,19 +16,14 @@ from typing import Any, Callable
 import psutil
 
 from .clock import SystemClock
-from .config import Config
 from .durable_files import write_json_atomically
 from .market_hours import MarketCalendar
 from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_FILE_NAME = "polygon.json"
 MAX_CHECK_TICK_SECONDS = 1.0
 
-
-def heartbeat_path(config: Config) -> Path:
-    return config.paths.heartbeat_dir / HEARTBEAT_FILE_NAME
 
 
 def _iso(instant: datetime | None) -> str | None:

@@ -24,7 +24,9 @@ from .calendar_refresh import REFRESH_INTERVAL_SECONDS, RETRY_INTERVAL_SECONDS
 from .clock import SystemClock
 from .compaction import CompactionError, compact_day
 from .config import Config
-from .heartbeat_monitor import HeartbeatMonitor, heartbeat_path
+from .exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
+from .health_check import heartbeat_path
+from .heartbeat_monitor import HeartbeatMonitor
 from .instance_lock import InstanceLock, InstanceLocked
 from .log_setup import reopen_log_files
 from .gap_backfill import GapBackfiller
@@ -38,7 +40,6 @@ from .queue_items import END_OF_STREAM, FrameQueue
 
 log = logging.getLogger(__name__)
 
-EX_OK, EX_SOFTWARE, EX_LOCKED, EX_CONFIG = 0, 70, 75, 78
 SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above this
 WRITER_SHARE_SECONDS = 4.0           # of that deadline, kept for the writer's final flush
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends

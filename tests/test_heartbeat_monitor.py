@@ -15,7 +15,8 @@ import pytest
 
 from conftest import FakeClock, ny
 from spy_streamer.config import load_config
-from spy_streamer.heartbeat_monitor import HeartbeatMonitor, heartbeat_path
+from spy_streamer.health_check import heartbeat_path
+from spy_streamer.heartbeat_monitor import HeartbeatMonitor
 from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.pipeline_stats import ReaderStats, WriterStats
 
