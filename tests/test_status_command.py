@@ -129,4 +129,4 @@ def test_status_with_key_saves_what_it_learned(tmp_path, fake):
 def test_check_without_heartbeat_is_unknown(tmp_path, fake):
     result = run_command("check", write_settings(tmp_path, window_settings(tmp_path, fake)))
     assert result.returncode == 3
-    assert result.stdout.startswith("UNKNOWN") and len(result.stdout.splitlines()) == 1
+    assert result.stdout.startswith("SPY-STREAMER UNKNOWN - ") and len(result.stdout.splitlines()) == 1
