@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .aggregate_bars import CHANNEL, BarRules, rest_results_with_reasons, subscribed_symbols, ws_frames_to_table
+from .clock_skew import ClockSkewDetector
 from .gap_backfill import Gap
 from .market_hours import MarketCalendar
 from .parquet_sink import ParquetSink
@@ -57,6 +58,7 @@ class BatchWriter:
         self._gap_from: dict[str, int] = {}      # per symbol: first bar start that may be missing
         self._pending: list[pa.Table] = []
         self._flush_failing = False
+        self._skew = ClockSkewDetector()
 
     # --- thread body ---
 
@@ -125,6 +127,8 @@ class BatchWriter:
         if rejected:
             self._count_rejected(rejected)
         self.stats.events_received += table.num_rows
+        if source == "ws" and table.num_rows:
+            self._check_clock(table)
         starts = pc.cast(table.column("start"), pa.int64())
         late = pc.less(starts, self._day_start_ms)
         opens, closes = self._session_bounds_ms
@@ -152,7 +156,16 @@ class BatchWriter:
         merged = Counter(self.stats.rejected_reasons) + rejected
         self.stats.rejected_reasons = dict(sorted(merged.items()))
 
+    def _check_clock(self, table: pa.Table) -> None:
+        """Live bars arrive about 2 s after they end; a steady disagreement means the wall clock is wrong."""
+        newest_end_ms = pc.max(table.column("end")).cast(pa.int64()).as_py()
+        received_ns = pc.max(table.column("received_at")).cast(pa.int64()).as_py() * 1000
+        self._skew.observe(received_ns, newest_end_ms, self.clock.monotonic())
+        self.stats.clock_skew_seconds = self._skew.skew_seconds
+
     def _store(self, table: pa.Table, source: str) -> None:
+        if not self._pending:
+            self.stats.pending_since = self.clock.now()
         self._pending.append(table)
         self.stats.rows_pending += table.num_rows
         if source == "rest":
@@ -177,6 +190,14 @@ class BatchWriter:
         self._seen.add(stored.column("symbol").combine_chunks(), stored.column("start").combine_chunks())
         # Started (or restarted) mid-session: whatever came before the first live bar may be missing.
         self.open_gaps()
+
+    def _follow_early_close(self) -> None:
+        """The calendar may learn of an earlier close during the session (a refresh): from then on, bars
+        after it are after-hours. The close only ever moves earlier here; the runner ends a closed day."""
+        session = self.calendar.session_on(self._day) if self._day is not None else None
+        opens, closes = self._session_bounds_ms
+        if session is not None and session.close.timestamp() * 1000 < closes:
+            self._session_bounds_ms = (opens, int(session.close.timestamp() * 1000))
 
     # --- gaps ---
 
@@ -209,6 +230,7 @@ class BatchWriter:
 
     def flush(self) -> bool:
         """Write the pending rows as one file; on failure keep them for the next attempt."""
+        self._follow_early_close()
         if not self._pending:
             return True
         table = pa.concat_tables(self._pending)
@@ -237,5 +259,6 @@ class BatchWriter:
         self.stats.rows_written += rows
         self.stats.batches_written += 1
         self.stats.rows_pending = 0
+        self.stats.pending_since = None
         self.stats.last_flush_at = self.clock.now()
         self._pending = []

@@ -68,6 +68,12 @@ class GapBackfiller:
             self.deliver(bars)
 
     def _fetch(self, gap: Gap) -> RestBars | None:
+        try:
+            return self._fetch_with_retries(gap)
+        finally:
+            self.stats.backfill_finished += 1
+
+    def _fetch_with_retries(self, gap: Gap) -> RestBars | None:
         for attempt in range(1, self.attempts + 1):
             try:
                 results = self.fetch(gap.symbol, gap.from_ms, gap.to_ms)

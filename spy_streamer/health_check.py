@@ -124,8 +124,9 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
         return WARNING, f"the wall clock and the bars disagree by {hb['clock_skew_seconds']:.0f} s"
     if (hb.get("queue_fill_ratio") or 0) > QUEUE_WARNING_FILL:
         return WARNING, f"the frame queue is {hb['queue_fill_ratio']:.0%} full (writer behind)"
-    if hb.get("backfill_pending"):
-        return WARNING, f"{hb['backfill_pending']} gap(s) waiting for REST backfill"
+    unfinished = (hb.get("backfill_requests") or 0) - (hb.get("backfill_finished") or 0)
+    if unfinished > 0:
+        return WARNING, f"{unfinished} gap(s) waiting for REST backfill"
     if hb.get("backfill_failures"):
         return WARNING, f"{hb['backfill_failures']} gap(s) could not be backfilled from REST"
     return OK, None

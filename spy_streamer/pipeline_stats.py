@@ -25,6 +25,7 @@ class WriterStats:
     rows_written: int = 0
     batches_written: int = 0
     rows_pending: int = 0
+    pending_since: datetime | None = None    # when the oldest row not yet written was accepted
     rejected_late: int = 0                   # bar started before the current trading day
     rejected_invalid: int = 0                # not a plausible bar of a subscribed symbol (reasons below)
     # rejected_invalid by reason (aggregate_bars.REASONS): replaced, never updated in place, by the writer
@@ -34,9 +35,11 @@ class WriterStats:
     write_errors: int = 0
     last_write_error: str | None = None
     last_flush_at: datetime | None = None
+    clock_skew_seconds: float | None = None  # set while the wall clock and the bars disagree (clock_skew)
 
 
 @dataclass
 class BackfillStats:
     backfill_requests: int = 0
     backfill_failures: int = 0
+    backfill_finished: int = 0               # requests filled or given up (requests - finished: still to do)

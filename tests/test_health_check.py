@@ -142,6 +142,8 @@ def test_one_failed_write_warns_and_failing_writes_are_critical(config):
     (lambda rig: setattr(rig.reader, "state", "reconnecting"), "reconnecting"),
     (lambda rig: setattr(rig.monitor, "queue_fill", lambda: (900, 0.8)), "80% full"),
     (lambda rig: setattr(rig.monitor.backfill, "backfill_failures", 2), "could not be backfilled"),
+    (lambda rig: setattr(rig.monitor.backfill, "backfill_requests", 3), "3 gap(s) waiting for REST backfill"),
+    (lambda rig: setattr(rig.writer, "clock_skew_seconds", 86402.0), "disagree by 86402 s"),
 ])
 def test_warnings(config, setup, words):
     rig = streaming(Rig(config, TUESDAY_11))
