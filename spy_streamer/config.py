@@ -85,6 +85,14 @@ class PathsConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    kind: str = "parquet"               # "parquet": the local layout; "iceberg": staged there, committed to the lake
+    catalog: str = "sql"                # "sql" (SQLite file in data_dir), a SQLAlchemy URI, or a REST catalog URI
+    warehouse: str = "var/lake"         # an absolute local path or s3://bucket/prefix
+    s3_endpoint: str | None = None      # an S3-compatible store (MinIO, Ceph, R2)
+
+
+@dataclass(frozen=True)
 class Config:
     polygon: PolygonConfig
     market_hours: MarketHoursConfig
@@ -92,6 +100,7 @@ class Config:
     batching: BatchingConfig
     paths: PathsConfig
     source: Path
+    storage: StorageConfig = StorageConfig()
 
 
 # A value quoted in a message stays short whatever its size or nesting (reprlib never builds the whole repr).
@@ -215,6 +224,37 @@ def _optional_path(value: Any) -> Path | None:
     return None if value is None else _path(value)
 
 
+def _catalog(value: Any) -> str:
+    text = _string(value)
+    if text == "sql" or text.startswith(("sqlite:///", "postgresql://", "postgresql+")):
+        return text
+    parts = urlsplit(text)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return text.rstrip("/")
+    raise ValueError(f"expected sql, a SQLAlchemy URI (sqlite:///..., postgresql://...) or a REST catalog URI "
+                     f"(https://...), got {_shown(value)}")
+
+
+def _warehouse(value: Any) -> str:
+    text = _string(value)
+    if text.startswith(("s3://", "s3a://")):
+        if not text.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(f"expected s3://bucket/prefix, got {_shown(value)}")
+        return text.rstrip("/")
+    if "://" in text:
+        raise ValueError(f"expected a local path or s3://bucket/prefix, got {_shown(value)}")
+    return str(_path(text))
+
+
+def _optional_endpoint(value: Any) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(_string(value))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an endpoint URL like \"http://minio:9000\" (or null), got {_shown(value)}")
+    return _string(value).rstrip("/")
+
+
 # The schema mirrors the YAML: nested dicts of sections, leaves are (parser, default).
 SCHEMA: dict[str, Any] = {
     "polygon": {
@@ -246,6 +286,12 @@ SCHEMA: dict[str, Any] = {
         "heartbeat_dir": (_path, "var/heartbeat"),
         "log_file": (_optional_path, "var/log/spy_streamer.log"),
     },
+    "storage": {
+        "kind": (lambda value: _one_of(value, ("parquet", "iceberg")), "parquet"),
+        "catalog": (_catalog, "sql"),
+        "warehouse": (_warehouse, "var/lake"),
+        "s3_endpoint": (_optional_endpoint, None),
+    },
 }
 
 
@@ -267,6 +313,7 @@ def load_config(path: Path) -> Config:
         batching=BatchingConfig(**values["streaming"]["batching"]),
         paths=PathsConfig(**values["paths"]),
         source=path,
+        storage=StorageConfig(**values["storage"]),
     )
 
 

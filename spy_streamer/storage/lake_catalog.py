@@ -78,3 +78,9 @@ def open_catalog(location: LakeLocation, data_dir: Path):
     if location.catalog == "sql":
         data_dir.mkdir(parents=True, exist_ok=True)
     return load_catalog(CATALOG_NAME, **catalog_properties(location, data_dir))
+
+
+def location_of(config) -> LakeLocation:
+    """The lake named by a loaded Config's `storage` section."""
+    storage = config.storage
+    return LakeLocation(storage.catalog, storage.warehouse, storage.s3_endpoint)
