@@ -149,6 +149,24 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_local(config: Config, args: argparse.Namespace) -> int:
+    from .storage.lake_commands import import_local_command
+    configure_logging(config.paths.log_file)  # it deletes local files: the daemon's log keeps the record
+    return import_local_command(config, keep_local=args.keep)
+
+
+def cmd_lake_compact(config: Config, args: argparse.Namespace) -> int:
+    from .storage.lake_commands import lake_compact_command
+    configure_logging(config.paths.log_file)
+    return lake_compact_command(config, args.date, args.channel)
+
+
+def cmd_expire_snapshots(config: Config, args: argparse.Namespace) -> int:
+    from .storage.lake_commands import expire_snapshots_command
+    configure_logging(config.paths.log_file)
+    return expire_snapshots_command(config, args.older_than, args.channel)
+
+
 def cmd_demo(config: None, args: argparse.Namespace) -> int:
     """Needs neither key nor config: the demo writes its own settings into a fresh folder."""
     from .demo import run_demo  # the replay server (asyncio, websockets) loads for the demo only
@@ -206,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD", help="the trading day (default: today)")
     report.add_argument("--gap-seconds", type=_seconds, default=1.0, metavar="N",
                         help="list stretches without bars longer than N seconds (default: 1)")
+    _add_lake_commands(commands)
     demo_help = "the daemon end to end against a local Polygon replay: no key, session open now, fresh folder"
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     demo.add_argument("--seconds", type=_positive_seconds, default=60.0, metavar="N",
@@ -213,6 +232,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="var/demo", metavar="DIR",
                       help="parent of the demo's folder DIR/<UTC time>/, DIR/latest points at it (default: var/demo)")
     return parser
+
+
+def _add_lake_commands(commands) -> None:
+    imports = _add_command(commands, "import-local", "move the local Parquet layout (data_dir) into the lake's "
+                                                     "Iceberg tables, each file once")
+    imports.add_argument("--keep", action="store_true", help="copy: leave the local files in place")
+    compact = _add_command(commands, "lake-compact", "rewrite a day's partition of the lake tables as one "
+                                                     "snapshot: sorted, one row per key, large files")
+    compact.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD", help="the UTC day")
+    expire = _add_command(commands, "expire-snapshots", "drop lake snapshots older than DAYS and the files only "
+                                                        "they used")
+    expire.add_argument("--older-than", required=True, type=_days, metavar="DAYS", help="at least 1")
+    for command in (compact, expire):
+        command.add_argument("--channel", metavar="C", help="one channel's table (default: every table)")
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 36500:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 1, got {text!r}")
+    return value
 
 
 def _add_command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -223,7 +266,8 @@ def _add_command(commands, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "compact": cmd_compact,
-            "report": cmd_report, "demo": cmd_demo}
+            "report": cmd_report, "demo": cmd_demo, "import-local": cmd_import_local,
+            "lake-compact": cmd_lake_compact, "expire-snapshots": cmd_expire_snapshots}
 
 
 # Said on stderr when `run` ends non-zero without a reason of its own (supervisord and journald show it).

@@ -457,3 +457,30 @@ def test_import_local_moves_the_local_layout_once(lake):
     assert (again.batches_committed, again.batches_recovered) == (0, 2)
     assert not list(data_dir.glob("A/date=*/*.parquet"))
     assert_each_once(rows_of(catalog), 30)
+
+
+def test_the_lake_commands_import_compact_and_expire(lake, tmp_path, capsys):
+    import yaml
+
+    from conftest import settings
+    from spy_streamer.cli import main
+
+    data_dir, location, catalog = lake
+    config = tmp_path / "settings.yaml"
+    values = settings(tmp_path, storage={"kind": "iceberg", "warehouse": location.warehouse,
+                                         "s3_endpoint": location.s3_endpoint})
+    values["paths"]["data_dir"] = str(data_dir)
+    config.write_text(yaml.safe_dump(values))
+    stage(data_dir, bars(0, 10), bars(5, 10))
+
+    assert main(["import-local", "--config", str(config)]) == 0
+    assert main(["lake-compact", "--config", str(config), "--date", DAY.isoformat()]) == 0
+    assert main(["expire-snapshots", "--config", str(config), "--older-than", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    assert lines[0].startswith("moved 2 file(s), 20 rows")
+    assert "compacted 1 files into 1 (15 rows, 5 repeats dropped" in lines[1]
+    assert "expired 0 snapshot(s), kept 2" in lines[2]
+    assert_each_once(rows_of(catalog), 15)
+    with pytest.raises((SystemExit, Exception)):  # argparse refuses a retention under a day
+        main(["expire-snapshots", "--config", str(config), "--older-than", "0.5"])
