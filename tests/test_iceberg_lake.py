@@ -426,7 +426,7 @@ def test_two_capture_processes_racing_commit_each_batch_once(lake, tmp_path, mon
 
 def test_the_thread_body_commits_on_its_own_and_stops_promptly(lake):
     data_dir, _, catalog = lake
-    committer = IcebergCommitter(catalog, data_dir, NAMESPACE)
+    committer = IcebergCommitter(lambda: catalog, data_dir, NAMESPACE)  # built on the first pass with work
     stop = threading.Event()
     thread = threading.Thread(target=committer.run, args=(stop, 0.05), name="iceberg-commit")
     thread.start()

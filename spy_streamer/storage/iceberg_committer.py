@@ -118,10 +118,13 @@ class IcebergCommitter:
     def __init__(self, catalog, data_dir: Path, namespace: str = NAMESPACE,
                  clock=None, *, keep_local: bool = False, max_backlog_bytes: int = MAX_BACKLOG_BYTES,
                  whole_ledger: bool = False, on_commit: Callable[[str, list[StagedBatch]], None] | None = None):
-        """`keep_local` leaves committed files in place and `whole_ledger` reads every snapshot's batch ids
+        """`catalog` may be a function that builds it (a REST catalog is asked for its config when built:
+        built on the first pass, and again after a failure, so a catalog down at start is one more outage).
+        `keep_local` leaves committed files in place and `whole_ledger` reads every snapshot's batch ids
         (`import-local`: old files, maybe copied); `on_commit(channel, batches)` is called after each
         commit (tests and the benchmark time it)."""
-        self.catalog = catalog
+        self._catalog_factory = catalog if callable(catalog) else None
+        self.catalog = None if callable(catalog) else catalog
         self.data_dir = data_dir
         self.namespace = namespace
         self.clock = clock or SystemClock()
@@ -152,6 +155,8 @@ class IcebergCommitter:
         try:
             self.commit_pending()
         except Exception as exc:  # store or catalog down, a conflict that outlived pyiceberg's retries...
+            if self._catalog_factory is not None:
+                self.catalog = None
             self._on_failure(exc)
             low, high = BACKOFF_SECONDS
             return min(high, low * 2 ** (self._failures - 1)) * random.uniform(0.9, 1.1)
@@ -164,7 +169,10 @@ class IcebergCommitter:
         """Commit every staged batch, oldest first; how many were committed. Raises on the first failure,
         leaving that batch and all later ones staged (so the table receives them in order)."""
         done = 0
-        for channel, group in _commit_groups(self._scan()):
+        pending = self._scan()
+        if pending and self.catalog is None:
+            self.catalog = self._catalog_factory()
+        for channel, group in _commit_groups(pending):
             done += self._commit_group(channel, group)
             self.stats.upload_backlog -= len(group)
             self.stats.upload_backlog_bytes -= sum(batch.size for batch in group)
