@@ -28,7 +28,8 @@ class InstanceLock:
         self.path = data_dir / LOCK_FILE_NAME
         self._fd: int | None = None
 
-    def __enter__(self) -> "InstanceLock":
+    def acquire(self) -> None:
+        """InstanceLocked when another process holds it; OSError when the lock file cannot be made."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -37,15 +38,24 @@ class InstanceLock:
             holder = _read_pid(fd)
             os.close(fd)
             raise InstanceLocked(self.path, holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
-        return self
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, only the holder's pid goes unnamed
 
-    def __exit__(self, *exc_info) -> None:
+    def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock; the file stays (unlinking it would race a new holder)
             self._fd = None
+
+    def __enter__(self) -> "InstanceLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 def _read_pid(fd: int) -> int | None:

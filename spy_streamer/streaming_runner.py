@@ -159,13 +159,22 @@ class StreamingRunner:
     # --- main loop ---
 
     def run(self) -> int:
+        lock = InstanceLock(self.config.paths.data_dir)
         try:
-            with InstanceLock(self.config.paths.data_dir):
-                return self._run_locked()
+            lock.acquire()
         except InstanceLocked as exc:
             self.exit_reason = str(exc)
             log.error("%s", exc, extra={"event": "already_running", "holder_pid": exc.holder_pid})
             return EX_LOCKED
+        except OSError as exc:
+            # The disk refuses even the lock file (full, read-only, not mounted yet): capture anyway, holding
+            # rows in memory until writes work, rather than lose the session; the writes will say more.
+            log.error("cannot lock %s (%s); running without the one-instance guard", lock.path,
+                      exc.strerror or exc, extra={"event": "lock_unavailable"})
+        try:
+            return self._run_locked()
+        finally:
+            lock.release()
 
     def _start_metrics_server(self) -> bool:
         try:
