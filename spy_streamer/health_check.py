@@ -120,6 +120,8 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
         return WARNING, f"the last Parquet write failed ({hb['last_write_error']}); rows kept, retrying"
     if hb["status"] == "reconnecting":
         return WARNING, f"reconnecting ({hb.get('last_disconnect_reason') or 'connection lost'})"
+    if (hb.get("lake") or {}).get("last_error"):
+        return WARNING, f"lake commits failing, {hb.get('upload_backlog')} batch(es) staged ({hb['lake']['last_error'][:80]})"
     if hb.get("clock_skew_seconds") is not None:
         return WARNING, f"the wall clock and the bars disagree by {hb['clock_skew_seconds']:.0f} s"
     if (hb.get("queue_fill_ratio") or 0) > QUEUE_WARNING_FILL:

@@ -41,7 +41,7 @@ class HeartbeatMonitor:
                  reader: ReaderStats, writer: WriterStats, backfill: BackfillStats | None = None,
                  write_interval_seconds: float | None = None,
                  queue_fill: Callable[[], tuple[int, float]] = lambda: (0, 0.0),
-                 on_stall: Callable[[], None] = lambda: None, clock=None, metrics=None):
+                 on_stall: Callable[[], None] = lambda: None, clock=None, metrics=None, lake=None):
         self.path = path
         self.calendar = calendar
         self.interval_seconds = interval_seconds
@@ -54,6 +54,7 @@ class HeartbeatMonitor:
         self.queue_fill = queue_fill
         self.on_stall = on_stall
         self.metrics = metrics          # a MetricsPublisher, or None: the same figures for Prometheus
+        self.lake = lake                # the Iceberg committer's LakeStats, with storage.kind iceberg
         self.clock = clock or SystemClock()
         self.started_at = self.clock.now()
         self.messages_total = 0
@@ -175,6 +176,9 @@ class HeartbeatMonitor:
             "write_interval_seconds": self.write_interval_seconds,
         }
         heartbeat.pop("state")  # the reader's own state is folded into `status`
+        if self.lake is not None:
+            heartbeat["upload_backlog"] = self.lake.upload_backlog
+            heartbeat["lake"] = asdict(self.lake)
         return heartbeat
 
     def _market_state(self, now: datetime) -> dict[str, Any]:

@@ -123,6 +123,7 @@ class StreamingRunner:
         self.writer_stats = WriterStats()
         self.backfill_stats = BackfillStats()
         self.rest_client = make_rest_client(api_key, config.polygon.rest_base_url)
+        self.lake = _lake_committer(config, self.clock) if config.storage.kind == "iceberg" else None
         self.monitor = HeartbeatMonitor(
             heartbeat_path(config), calendar,
             interval_seconds=config.monitoring.heartbeat_interval_seconds,
@@ -130,7 +131,8 @@ class StreamingRunner:
             write_interval_seconds=config.batching.write_interval_seconds,
             subscriptions=config.polygon.subscriptions, reader=self.reader_stats, writer=self.writer_stats,
             backfill=self.backfill_stats, queue_fill=self._queue_fill, on_stall=self._on_stall, clock=self.clock,
-            metrics=MetricsPublisher(config.paths.heartbeat_dir, config.monitoring.metrics_port))
+            metrics=MetricsPublisher(config.paths.heartbeat_dir, config.monitoring.metrics_port),
+            lake=None if self.lake is None else self.lake.stats)
         self.scheduler = schedule.Scheduler()
         self.exit_reason: str | None = None      # one line for stderr when the exit code is not 0
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -141,6 +143,8 @@ class StreamingRunner:
         self._calendar_refresh: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
         self._heartbeat_stop = threading.Event()
+        self._lake_stop = threading.Event()
+        self._lake_thread: threading.Thread | None = None
 
     # --- signals: record only (no logging, no locks) ---
 
@@ -198,6 +202,8 @@ class StreamingRunner:
                  extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions)})
         self.sink.remove_temp_files()
         heartbeat_thread = self._start_thread("heartbeat", lambda: self.monitor.run(self._heartbeat_stop))
+        if self.lake is not None:  # for the whole process: batches flushed after the close go up overnight
+            self._lake_thread = self._start_thread("iceberg-commit", lambda: self.lake.run(self._lake_stop))
         self.scheduler.every(RECONCILE_EVERY_SECONDS).seconds.do(self.reconcile)
         self._schedule_calendar_refresh(succeeded=True)
         try:
@@ -266,6 +272,7 @@ class StreamingRunner:
         if self._session is not None:
             self._end_session("shutdown", deadline)
         self._join_after_close(deadline)
+        self._stop_lake_commits(deadline)
         self._heartbeat_stop.set()
         heartbeat_thread.join(max(0.0, deadline - self.clock.monotonic()))
         if heartbeat_thread.is_alive():
@@ -274,6 +281,17 @@ class StreamingRunner:
         log.info("spy-streamer stopped (exit %d)", self._exit_code,
                  extra={"event": "stopped", "exit_code": self._exit_code,
                         "rows_written": self.writer_stats.rows_written})
+
+    def _stop_lake_commits(self, deadline: float) -> None:
+        """A commit in flight may outlast the deadline; abandoning it is safe (the batch stays staged and
+        the commit ledger recognises it next time), so it is logged, not failed on."""
+        if self._lake_thread is None:
+            return
+        self._lake_stop.set()
+        self._lake_thread.join(max(0.0, deadline - self.clock.monotonic()))
+        if self._lake_thread.is_alive():
+            log.warning("a lake commit was still running at the deadline; its batches stay staged and are "
+                        "committed at the next start", extra={"event": "lake_commit_abandoned"})
 
     def _abandoned(self, thread_names: list[str]) -> None:
         """Threads still running at the deadline: a fact to log and to exit non-zero on."""
@@ -415,7 +433,7 @@ class StreamingRunner:
         """Off the supervisor thread (which must stay free for signals): the gaps no live bar will end
         now, then the day's compaction."""
         self._fill_gaps_left_at_close(session)
-        self._compact(self.calendar.trading_day(session.market_session.open))
+        self._compact(session.market_session)
 
     @staticmethod
     def _fill_gaps_left_at_close(session: CaptureSession) -> None:
@@ -427,10 +445,15 @@ class StreamingRunner:
                 session.writer.accept_items([bars])
         session.writer.flush()
 
-    def _compact(self, day) -> None:
-        """The day is over: one sorted file per channel and day instead of hundreds of micro-batches."""
+    def _compact(self, session: Session) -> None:
+        """The day is over: one sorted file per channel and day instead of hundreds of micro-batches (with
+        the lake: a rewrite of the day's partitions, as the staged files move into the table)."""
+        day = self.calendar.trading_day(session.open)
         try:
-            compact_day(self.config.paths.data_dir, day)
+            if self.lake is not None:
+                self.lake.compact_session(session.open, session.close)
+            else:
+                compact_day(self.config.paths.data_dir, day)
         except CompactionError:
             pass  # logged by compact_day; the micro-batches stay, `spy-streamer compact` can retry
         except Exception:  # compaction is atomic: a bug in it must not stop the next day's capture
@@ -450,3 +473,12 @@ class StreamingRunner:
         session = self._session
         if session is not None:
             session.stream.force_reconnect()
+
+
+def _lake_committer(config: Config, clock):
+    """The Iceberg committer (pyiceberg is an optional extra, imported only when the lake is configured)."""
+    from .storage.iceberg_committer import IcebergCommitter
+    from .storage.lake_catalog import location_of, open_catalog
+    location = location_of(config)
+    return IcebergCommitter(lambda: open_catalog(location, config.paths.data_dir), config.paths.data_dir,
+                            location.namespace, clock=clock)

@@ -2,7 +2,7 @@
 waiting since when, an early close learned mid-session. (Rig and helpers from test_batch_writer.)"""
 from __future__ import annotations
 
-from datetime import timedelta
+
 
 from fake_polygon import session_timeline
 from spy_streamer.special_days import SpecialDay

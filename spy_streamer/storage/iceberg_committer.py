@@ -30,8 +30,8 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -140,6 +140,20 @@ class IcebergCommitter:
     @property
     def upload_backlog(self) -> int:
         return self.stats.upload_backlog
+
+    def compact_session(self, opens, closes) -> None:
+        """After the close: rewrite each UTC day the session touched, per table (one snapshot each, one row
+        per key). The commit thread keeps appending meanwhile; the rewrite is safe against that."""
+        from pyiceberg.exceptions import NoSuchTableError
+        from .iceberg_maintenance import compact_partition, open_table, utc_days
+        catalog = self._catalog_factory() if self._catalog_factory is not None else self.catalog
+        for channel in lake_tables.TABLE_NAMES:
+            try:
+                table = open_table(catalog, self.namespace, channel)
+            except NoSuchTableError:
+                continue
+            for day in utc_days(opens, closes):
+                compact_partition(table, day)
 
     # --- thread body ---
 
