@@ -26,15 +26,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (requirement of the task, where it is implemented, tests that prove it)
 REQUIREMENTS = [
-    ("Market hours: 09:30-16:00 America/New_York, Mon-Fri; holidays and early closes from Polygon "
-     "`/v1/marketstatus/upcoming`, cached per year; pre-market and after-hours off; API failure warns, never crashes",
+    ("Market hours: 09:30-16:00 America/New_York, Mon-Fri; NYSE holidays and early closes from built-in rules, "
+     "Polygon `/v1/marketstatus/upcoming` authoritative for what it lists, kept on disk; pre-market and "
+     "after-hours off; API failure warns, never crashes",
      "`spy_streamer/market_hours.py` (`MarketCalendar.is_market_open`, `seconds_until_market_open`, "
-     "`seconds_until_market_close`, `HolidaySource`), `spy_streamer/polygon_rest.py`",
-     ["tests/test_market_hours.py", "tests/test_polygon_rest.py", "tests/test_status_command.py"]),
+     "`seconds_until_market_close`), `spy_streamer/exchange_rules.py`, `spy_streamer/calendar_store.py`, "
+     "`spy_streamer/calendar_refresh.py`",
+     ["tests/test_market_hours.py", "tests/test_calendar_xnys.py", "tests/test_calendar_refresh.py",
+      "tests/test_status_command.py"]),
     ("Heartbeat: file every 5 min (atomic), alert when no message for 15 min while open, once per stall",
      "`spy_streamer/heartbeat_monitor.py` (`HeartbeatMonitor.record_message`, `send_heartbeat`, "
-     "`check_stalled_stream`), `spy_streamer/status_report.py` (`check`)",
-     ["tests/test_heartbeat_monitor.py", "tests/test_daemon_scenarios.py::test_heartbeat_updates_every_interval",
+     "`check_stalled_stream`), `spy_streamer/health_check.py` (`check`)",
+     ["tests/test_heartbeat_monitor.py", "tests/test_health_check.py",
+      "tests/test_daemon_scenarios.py::test_heartbeat_updates_every_interval",
       "tests/test_daemon_scenarios.py::test_stall_alerts_once_and_recovers"]),
     ("Stream: polygon-api-client `WebSocketClient` subscribed to `A.SPY`, refuses when closed, reconnects with "
      "backoff and jitter, rejected key is fatal, gaps refilled from REST aggregates",
