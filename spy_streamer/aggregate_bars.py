@@ -1,4 +1,4 @@
-"""Polygon aggregate events -> Arrow tables in the Parquet schema of DESIGN.md, and the rules a bar must pass.
+"""Polygon aggregate events -> Arrow tables in the Parquet schema (README "Files", docs/ARCHITECTURE.md), and the rules a bar must pass.
 
 The fast path parses many raw WebSocket frames at once with pyarrow's JSON reader (C++, columnar, off the
 GIL): each frame, a JSON array, becomes one NDJSON line `{"f": [...]}`. No Python object is made per event.

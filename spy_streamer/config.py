@@ -1,4 +1,4 @@
-"""Configuration: the YAML file of DESIGN.md, validated once into frozen dataclasses.
+"""Configuration: the YAML file of the README's configuration reference, validated once into frozen dataclasses.
 
 Every problem (missing file, unknown key, wrong type, bad value) becomes one `ConfigError` that names the
 file and the dotted key, so the CLI can print one line and exit 78 (EX_CONFIG) without a traceback.
