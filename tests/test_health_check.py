@@ -191,3 +191,16 @@ def test_holiday_and_early_close_afternoon_are_ok_and_named(config, now, words):
     rig.monitor.send_heartbeat()
     verdict = verdict_after(rig, 60)
     assert verdict.code == OK and words in verdict.text, verdict.line()
+
+
+def test_status_calls_a_stale_heartbeat_of_a_dead_process_what_it_is(config):
+    """Seen: `status` showed `streaming, connected: True` for a process killed with -9."""
+    from spy_streamer.status_report import heartbeat_lines
+    rig = streaming(Rig(config, TUESDAY_11))
+    heartbeat = load_heartbeat(rig.path)
+    heartbeat["pid"] = 2 ** 22 + 12345                      # beyond pid_max: no such process
+    lines = heartbeat_lines(heartbeat, rig.clock.now() + timedelta(seconds=3600))
+    assert "STALE" in lines[1] and "not running" in lines[1] and "not found" in lines[1]
+    assert "  connected: yes" in lines and not any("True" in line or "None" in line for line in lines)
+    fresh = heartbeat_lines(load_heartbeat(rig.path), rig.clock.now() + timedelta(seconds=5))
+    assert not any("STALE" in line for line in fresh)
