@@ -49,16 +49,16 @@ def fetch_upcoming_holidays(client: RESTClient) -> list[dict[str, Any]]:
     return rows
 
 
-def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
-                      page_limit: int = AGGS_PAGE_LIMIT) -> list:
-    """The raw `results` of GET /v2/aggs/ticker/{symbol}/range/1/second/{from}/{to}, all pages.
+def fetch_aggs(client: RESTClient, symbol: str, timespan: str, from_ms: int, to_ms: int,
+               page_limit: int = AGGS_PAGE_LIMIT) -> list:
+    """The raw `results` of GET /v2/aggs/ticker/{symbol}/range/1/{timespan}/{from}/{to}, all pages.
 
     The items are returned unchecked (the writer validates and counts each); an answer that is not a
     Polygon aggregates page raises RestAnswerError. Pages are fetched raw because the client's own
     iterator ends silently on a body that is not JSON, which would look like "no bars".
     """
     results: list = []
-    page = _aggs_page(lambda: client.list_aggs(symbol, 1, "second", from_ms, to_ms, adjusted=True,
+    page = _aggs_page(lambda: client.list_aggs(symbol, 1, timespan, from_ms, to_ms, adjusted=True,
                                                sort="asc", limit=page_limit, raw=True))
     for _ in range(MAX_AGGS_PAGES):
         results.extend(page.get("results", []))
@@ -68,6 +68,18 @@ def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
         path = next_page_path(client.BASE, next_url)
         page = _aggs_page(lambda: client._get(path=path, raw=True))
     raise RestAnswerError(f"aggregates for {symbol} ran past {MAX_AGGS_PAGES} pages")
+
+
+def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
+                      page_limit: int = AGGS_PAGE_LIMIT) -> list:
+    """One-second bars (the `A` channel's REST source)."""
+    return fetch_aggs(client, symbol, "second", from_ms, to_ms, page_limit)
+
+
+def fetch_minute_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
+                      page_limit: int = AGGS_PAGE_LIMIT) -> list:
+    """One-minute bars (the `AM` channel's REST source, and what `verify` checks second bars against)."""
+    return fetch_aggs(client, symbol, "minute", from_ms, to_ms, page_limit)
 
 
 def next_page_path(base_url: str, next_url: str) -> str:
