@@ -193,6 +193,7 @@ class FakePolygon:
         self.subscriptions: list[str] = []
         self.sent_events: list[dict] = []
         self.timeline: dict[tuple[str, int], dict] = {}
+        self.minute_overrides: dict[tuple[str, int], dict] = {}   # (symbol, minute start ms) -> fields
         self.holidays: list[dict] = []
         self.rest_requests: list[tuple[str, dict]] = []
         self._lock = threading.RLock()
@@ -573,8 +574,8 @@ class FakePolygon:
         return 404, {"status": "NOT_FOUND", "request_id": "fake", "message": "Not found"}
 
     def _aggs(self, path: str, query: dict, sym: str, mult: str, span: str, frm: str, to: str):
-        if (mult, span) != ("1", "second"):
-            return 400, {"status": "ERROR", "error": "fake only serves 1/second aggregates"}
+        if mult != "1" or span not in ("second", "minute"):
+            return 400, {"status": "ERROR", "error": "the replay serves 1/second and 1/minute aggregates"}
         try:
             lo, hi = _parse_bound(frm, end=False), _parse_bound(to, end=True)
             limit = min(max(int(query.get("limit", 5000)), 1), 50000)
@@ -584,6 +585,8 @@ class FakePolygon:
         descending = query.get("sort") == "desc"
         with self._lock:
             rows = [e for (s, t), e in self.timeline.items() if s == sym and lo <= t <= hi]
+        if span == "minute":
+            rows = self._minute_bars(sym, rows)
         rows.sort(key=lambda e: e["s"], reverse=descending)
         if after is not None:  # the cursor is the last timestamp already returned
             rows = [e for e in rows if (e["s"] < after if descending else e["s"] > after)]
@@ -601,6 +604,24 @@ class FakePolygon:
                           "sort": "desc" if descending else "asc", "limit": limit}
             body["next_url"] = f"{self.rest_base_url}{path}?{urlencode(next_query)}"
         return 200, body
+
+
+    def _minute_bars(self, sym: str, seconds: list[dict]) -> list[dict]:
+        """Minute bars as Polygon builds them from the same trades: the sum of the second bars' volumes,
+        the first open, the last close, the extremes; `minute_overrides[(sym, minute_ms)]` changes fields
+        (a test's disagreeing minute)."""
+        minutes: dict[int, list[dict]] = {}
+        for event in sorted(seconds, key=lambda e: e["s"]):
+            minutes.setdefault(event["s"] - event["s"] % 60_000, []).append(event)
+        bars = []
+        for start, group in minutes.items():
+            volume = sum(e["v"] for e in group)
+            bar = {"s": start, "o": group[0]["o"], "c": group[-1]["c"], "h": max(e["h"] for e in group),
+                   "l": min(e["l"] for e in group), "v": volume,
+                   "vw": round(sum(e["vw"] * e["v"] for e in group) / volume, 4) if volume else group[-1]["c"]}
+            bar.update(self.minute_overrides.get((sym, start), {}))
+            bars.append(bar)
+        return bars
 
 
 class _RestHandler(BaseHTTPRequestHandler):
