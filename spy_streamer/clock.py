@@ -17,3 +17,13 @@ class SystemClock:
 
     def time_ns(self) -> int:
         return time.time_ns()
+
+
+class FrozenClock(SystemClock):
+    """The wall clock held at `now` (a past day's session, for `verify --repair`); timers run for real."""
+
+    def __init__(self, now: datetime):
+        self._now = now.astimezone(timezone.utc)
+
+    def now(self) -> datetime:
+        return self._now

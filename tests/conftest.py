@@ -4,14 +4,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+
 from hypothesis import HealthCheck, settings as hypothesis_settings
+
+from spy_streamer.clock import FrozenClock
 
 # Fixtures for tests that run the daemon against the fake Polygon (`fake`, `start`).
 pytest_plugins = ["daemon_harness"]
@@ -53,21 +55,9 @@ class FakeClock:
         self._mono += seconds
 
 
-class SessionClock:
-    """Wall clock frozen at `now` (say, inside a session); monotonic and time_ns are the real ones, so
-    timers such as the writer's flush interval run for real."""
-
-    def __init__(self, now: datetime):
-        self._now = now.astimezone(timezone.utc)
-
-    def now(self) -> datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time_ns(self) -> int:
-        return time.time_ns()
+# Wall clock frozen at `now` (say, inside a session); monotonic and time_ns are the real ones, so timers
+# such as the writer's flush interval run for real.
+SessionClock = FrozenClock
 
 
 def settings(tmp_path: Path, **sections) -> dict:
