@@ -167,6 +167,12 @@ def cmd_expire_snapshots(config: Config, args: argparse.Namespace) -> int:
     return expire_snapshots_command(config, args.older_than, args.channel)
 
 
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from .completeness import verify_command
+    configure_logging(None, secrets=(os.environ.get(config.polygon.api_key_env, ""),), level=logging.WARNING)
+    return verify_command(config, args.date, args.channel, args.repair)
+
+
 def cmd_demo(config: None, args: argparse.Namespace) -> int:
     """Needs neither key nor config: the demo writes its own settings into a fresh folder."""
     from .demo import run_demo  # the replay server (asyncio, websockets) loads for the demo only
@@ -225,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--gap-seconds", type=_seconds, default=1.0, metavar="N",
                         help="list stretches without bars longer than N seconds (default: 1)")
     _add_lake_commands(commands)
+    verify = _add_command(commands, "verify", "a day's stored second bars against Polygon's REST minute bars, "
+                                              "minute by minute; --repair refetches the minutes that disagree")
+    verify.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD", help="the trading day")
+    verify.add_argument("--channel", default="A", choices=["A"], help="the channel to audit (default: A)")
+    verify.add_argument("--repair", action="store_true",
+                        help="backfill the disagreeing minutes from REST second bars, then verify again")
     demo_help = "the daemon end to end against a local Polygon replay: no key, session open now, fresh folder"
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     demo.add_argument("--seconds", type=_positive_seconds, default=60.0, metavar="N",
@@ -266,7 +278,7 @@ def _add_command(commands, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "compact": cmd_compact,
-            "report": cmd_report, "demo": cmd_demo, "import-local": cmd_import_local,
+            "report": cmd_report, "verify": cmd_verify, "demo": cmd_demo, "import-local": cmd_import_local,
             "lake-compact": cmd_lake_compact, "expire-snapshots": cmd_expire_snapshots}
 
 

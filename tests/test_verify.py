@@ -1,0 +1,87 @@
+"""`spy-streamer verify`: a stored day audited minute by minute against the replay's REST minute bars,
+with minutes made to disagree; `--repair` refetches them as REST second bars."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.dataset as ds
+import pytest
+
+from conftest import TEST_API_KEY, ny, settings, write_settings
+from fake_polygon import session_timeline
+from spy_streamer import cli
+from spy_streamer.batch_writer import BatchWriter
+from spy_streamer.calendar_store import load_calendar
+from spy_streamer.clock import FrozenClock
+from spy_streamer.config import load_config
+from spy_streamer.parquet_sink import ParquetSink
+from spy_streamer.pipeline_stats import WriterStats
+
+TEN = int(ny(2026, 11, 24, 10, 0).timestamp() * 1000)        # a Tuesday; 10:00 New York
+MINUTE = 60_000
+
+
+@pytest.fixture
+def day(tmp_path, fake, monkeypatch):
+    """Five minutes of SPY second bars known to Polygon; the stored copy lacks one second of 10:02."""
+    monkeypatch.setenv("POLYGON_API_KEY", TEST_API_KEY)
+    bars = session_timeline(TEN, 300)
+    fake.add_to_timeline(bars)
+    path = write_settings(tmp_path, settings(tmp_path, polygon={"rest_base_url": fake.rest_base_url}))
+    config = load_config(path)
+    writer = BatchWriter(None, ParquetSink(config.paths.data_dir), load_calendar(config), WriterStats(), 60.0,
+                         FrozenClock(ny(2026, 11, 24, 10, 6)), subscriptions=("A.SPY",))
+    writer.start_day()
+    lost = bars[2 * 60 + 17]
+    writer.accept_frame(0, json.dumps([bar for bar in bars if bar is not lost]))
+    assert writer.flush()
+    return path, config, lost
+
+
+def verify(path, *extra) -> int:
+    return cli.main(["verify", "--date", "2026-11-24", "--config", str(path), *extra])
+
+
+def test_every_minute_agrees_when_nothing_is_missing(day, fake, capsys):
+    path, config, lost = day
+    fake.timeline.pop(("SPY", lost["s"]))                     # Polygon never had that second either
+    assert verify(path) == 0
+    assert "5 minutes of 1 symbol(s) checked" in capsys.readouterr().out
+
+
+def test_disagreeing_minutes_are_listed_with_the_difference(day, fake, capsys):
+    path, config, lost = day
+    fake.minute_overrides[("SPY", TEN + 4 * MINUTE)] = {"h": 999.0}   # a minute that does not add up
+    assert verify(path) == 1
+    out = capsys.readouterr().out
+    assert "2 disagree" in out
+    assert f"SPY 10:02 volume: stored {sum(b['v'] for b in session_timeline(TEN, 300)[120:180]) - lost['v']}" in out
+    assert "SPY 10:04 high" in out and "REST 999" in out
+
+
+def test_repair_backfills_what_is_missing_and_lists_what_remains(day, fake, capsys):
+    path, config, lost = day
+    fake.minute_overrides[("SPY", TEN + 4 * MINUTE)] = {"h": 999.0}
+    assert verify(path, "--repair") == 1                     # 10:04 cannot be repaired: the seconds agree
+    out = capsys.readouterr().out
+    assert "repair: 1 second bars stored from REST" in out
+    assert out.rstrip().splitlines()[-2].endswith("1 disagree") and "10:04 high" in out.rstrip().splitlines()[-1]
+    rows = ds.dataset(config.paths.data_dir / "A", partitioning="hive").to_table().to_pylist()
+    repaired = [row for row in rows if row["source"] == "rest"]
+    assert [int(row["start"].timestamp() * 1000) for row in repaired] == [lost["s"]]
+    assert len(rows) == 300                                  # one row per (symbol, start): nothing twice
+    fake.minute_overrides.clear()
+    assert verify(path) == 0
+
+
+def test_a_holiday_has_nothing_to_verify(tmp_path, fake, monkeypatch, capsys):
+    monkeypatch.setenv("POLYGON_API_KEY", TEST_API_KEY)
+    path = write_settings(tmp_path, settings(tmp_path, polygon={"rest_base_url": fake.rest_base_url}))
+    assert cli.main(["verify", "--date", "2026-11-26", "--config", str(path)]) == 0
+    assert "no session that day (Thanksgiving" in capsys.readouterr().out
+
+
+def test_verify_without_a_key_is_exit_78(tmp_path, fake, monkeypatch, capsys):
+    monkeypatch.delenv("POLYGON_API_KEY", raising=False)
+    path = write_settings(tmp_path, settings(tmp_path, polygon={"rest_base_url": fake.rest_base_url}))
+    assert cli.main(["verify", "--date", "2026-11-24", "--config", str(path)]) == 78
