@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -43,13 +44,20 @@ def _calendar_source(config: Config, calendar, api_key: str | None) -> str:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from .status_report import heartbeat_lines, market_lines
+    from .status_report import heartbeat_lines, market_lines, status_document
     calendar, api_key = _operator_calendar(config)
     source = _calendar_source(config, calendar, api_key)
     now = datetime.now(timezone.utc)
+    try:
+        heartbeat, problem = load_heartbeat(heartbeat_path(config)), None
+    except HeartbeatUnreadable as exc:
+        heartbeat, problem = None, str(exc)
+    if args.json:
+        print(json.dumps(status_document(calendar, now, source, heartbeat) | {"heartbeat_problem": problem}))
+        return 0
     lines = market_lines(calendar, now) + [source]
     try:
-        lines += heartbeat_lines(load_heartbeat(heartbeat_path(config)), now)
+        lines += [f"heartbeat: {problem}"] if problem else heartbeat_lines(heartbeat, now, calendar.tz)
     except ValueError as exc:
         lines.append(f"heartbeat: {exc}")
     print("\n".join(lines))
@@ -212,11 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Capture Polygon.io A.SPY per-second aggregates into Parquet during US market hours.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in (
-        ("run", "the daemon: stream during market hours, sleep (no connection) outside them"),
-        ("status", "market state now (open/closed, next open and close) and the heartbeat summary"),
-    ):
-        _add_command(commands, name, help_text)
+    _add_command(commands, "run", "the daemon: stream during market hours, sleep (no connection) outside them")
+    status = _add_command(commands, "status", "market state now (open/closed, next open and close) and the "
+                                              "heartbeat summary")
+    status.add_argument("--json", action="store_true", help="one JSON document for programs")
     check = _add_command(commands, "check", "health for monitors (Nagios plugin convention): exit 0 OK, "
                                             "1 WARNING, 2 CRITICAL, 3 UNKNOWN")
     check.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",

@@ -1,7 +1,7 @@
 """`spy-streamer status`: the market state and the heartbeat summary, written for a person."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import psutil
@@ -21,8 +21,10 @@ def format_duration(seconds: float) -> str:
     return " ".join(parts)
 
 
-def _local(calendar: MarketCalendar, instant: datetime) -> str:
-    return f"{instant.astimezone(calendar.tz):%a %Y-%m-%d %H:%M %Z}"
+def both_zones(instant: datetime, tz, seconds: bool = False) -> str:
+    """An instant in the exchange's zone and in UTC, always both, always in this form."""
+    clock = "%H:%M:%S" if seconds else "%H:%M"
+    return f"{instant.astimezone(tz):%a %Y-%m-%d {clock} %Z} ({instant.astimezone(timezone.utc):{clock}} UTC)"
 
 
 def market_lines(calendar: MarketCalendar, now: datetime) -> list[str]:
@@ -34,8 +36,8 @@ def market_lines(calendar: MarketCalendar, now: datetime) -> list[str]:
         lines = [f"market: {state}"]
     else:
         lines = [f"market: CLOSED ({calendar.closed_reason(now)})",
-                 f"next open:  {_local(calendar, session.open)} (in {format_duration((session.open - now).total_seconds())})"]
-    lines.append(f"next close: {_local(calendar, session.close)} (in {format_duration((session.close - now).total_seconds())})")
+                 f"next open:  {both_zones(session.open, calendar.tz)} (in {format_duration((session.open - now).total_seconds())})"]
+    lines.append(f"next close: {both_zones(session.close, calendar.tz)} (in {format_duration((session.close - now).total_seconds())})")
     return lines
 
 
@@ -44,7 +46,10 @@ HEARTBEAT_FIELDS = ("status", "connected", "updated_at", "last_message_at", "mes
                     "queue_depth", "write_errors", "last_write_error", "failure")
 
 
-def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime) -> list[str]:
+INSTANT_FIELDS = ("updated_at", "last_message_at")
+
+
+def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime, tz=timezone.utc) -> list[str]:
     """The heartbeat for a person. A stale one is called what it is: the last words of a process that is
     probably gone (the fields then describe the past, not now). ValueError when it has no valid time."""
     if heartbeat is None:
@@ -59,12 +64,45 @@ def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime) -> list[str
         lines.append(f"  STALE: expected every {format_duration(interval)}; the daemon is probably "
                      f"{'hung' if alive else 'not running'} (pid {pid} {'exists' if alive else 'not found'}). "
                      f"Last known state:")
-    lines += [f"  {field}: {_plain(heartbeat[field])}" for field in HEARTBEAT_FIELDS if field in heartbeat]
+    lines += [f"  {field}: {_plain(field, heartbeat[field], tz)}" for field in HEARTBEAT_FIELDS if field in heartbeat]
     return lines
 
 
-def _plain(value: Any) -> str:
+def _plain(field: str, value: Any, tz) -> str:
     """Values as a person reads them, not as Python prints them."""
+    if field in INSTANT_FIELDS and isinstance(value, str):
+        try:
+            return both_zones(datetime.fromisoformat(value), tz, seconds=True)
+        except ValueError:
+            return value
     if isinstance(value, bool):
         return "yes" if value else "no"
     return "-" if value is None else str(value)
+
+
+def status_document(calendar: MarketCalendar, now: datetime, calendar_source: str,
+                    heartbeat: dict[str, Any] | None) -> dict[str, Any]:
+    """`status --json`: the same facts for a program (instants in ISO 8601 UTC)."""
+    session = calendar.current_or_next_session(now)
+    market_open = calendar.is_market_open(now)
+    special = session.early_close
+    document: dict[str, Any] = {
+        "now": now.isoformat(),
+        "market": {"open": market_open, "closed_reason": calendar.closed_reason(now),
+                   "next_open": None if market_open else session.open.isoformat(),
+                   "next_close": session.close.isoformat(), "timezone": str(calendar.tz),
+                   "early_close": special.name if special is not None else None},
+        "calendar": calendar_source,
+        "heartbeat": heartbeat,
+    }
+    if heartbeat is not None:
+        try:
+            age = heartbeat_age_seconds(heartbeat, now)
+        except ValueError:
+            age = None
+        interval = heartbeat.get("heartbeat_interval_seconds")
+        document["heartbeat_age_seconds"] = age
+        document["heartbeat_stale"] = bool(age is not None and isinstance(interval, (int, float))
+                                           and heartbeat.get("status") not in ("stopped", "failed")
+                                           and age > 2 * interval + 1)
+    return document

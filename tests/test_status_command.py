@@ -130,3 +130,17 @@ def test_check_without_heartbeat_is_unknown(tmp_path, fake):
     result = run_command("check", write_settings(tmp_path, window_settings(tmp_path, fake)))
     assert result.returncode == 3
     assert result.stdout.startswith("SPY-STREAMER UNKNOWN - ") and len(result.stdout.splitlines()) == 1
+
+
+def test_status_json_for_programs_and_both_zones_for_people(tmp_path, fake):
+    import json
+    path = write_settings(tmp_path, window_settings(tmp_path, fake))
+    env = {k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "SPY_STREAMER_CONFIG")}
+    result = subprocess.run([sys.executable, "-m", "spy_streamer", "status", "--json", "--config", str(path)],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
+    document = json.loads(result.stdout)
+    assert document["market"]["open"] is True and document["heartbeat"] is None
+    assert datetime.fromisoformat(document["market"]["next_close"]).tzinfo is not None
+    text = run_command("status", path, api_key=None).stdout
+    assert "UTC)" in text.split("next close:")[1].splitlines()[0]
+    assert "True" not in text and "None" not in text
