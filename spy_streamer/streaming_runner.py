@@ -140,6 +140,7 @@ class StreamingRunner:
         self._interrupted = False
         self._session: CaptureSession | None = None
         self._after_close: threading.Thread | None = None
+        self._after_close_holds_rows = False     # the after-close thread still has gap bars to write
         self._calendar_refresh: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
         self._heartbeat_stop = threading.Event()
@@ -321,10 +322,16 @@ class StreamingRunner:
 
     def _join_after_close(self, deadline: float) -> None:
         after_close = self._after_close
-        if after_close is not None:
-            after_close.join(max(0.0, deadline - self.clock.monotonic()))
-            if after_close.is_alive():
-                self._abandoned([after_close.name])
+        if after_close is None:
+            return
+        after_close.join(max(0.0, deadline - self.clock.monotonic()))
+        if not after_close.is_alive():
+            return
+        if self._after_close_holds_rows:
+            self._abandoned([after_close.name])
+        else:  # only the compaction was left: atomic, the micro-batches stay readable, `compact` redoes it
+            log.warning("the end-of-day compaction was interrupted by the stop; run `spy-streamer compact` "
+                        "for that day", extra={"event": "compaction_interrupted"})
 
     # --- the calendar's background refresh ---
 
@@ -426,6 +433,7 @@ class StreamingRunner:
         if abandoned:
             self._abandoned(abandoned)
         elif reason == "market_close":
+            self._after_close_holds_rows = True
             self._after_close = self._start_thread("after-close", lambda: self._after_close_work(session))
         self.monitor.send_heartbeat()
 
@@ -433,6 +441,7 @@ class StreamingRunner:
         """Off the supervisor thread (which must stay free for signals): the gaps no live bar will end
         now, then the day's compaction."""
         self._fill_gaps_left_at_close(session)
+        self._after_close_holds_rows = False
         self._compact(session.market_session)
 
     @staticmethod
