@@ -1,0 +1,64 @@
+"""What the two aggregate channels share (`A` second bars, `AM` minute bars): one schema, one mapping,
+one set of bar rules. They differ in bar length and REST source only."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .base import (MS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, all_of, positive_prices,
+                   sizes_at_least_zero)
+
+SCHEMA = pa.schema([
+    ("symbol", pa.string()),
+    ("start", MS_UTC),                   # bar start, ms UTC (Polygon's `s`, REST `t`)
+    ("end", MS_UTC),                     # bar end, ms UTC (`e`; REST: start + the bar length)
+    ("open", pa.float64()),
+    ("high", pa.float64()),
+    ("low", pa.float64()),
+    ("close", pa.float64()),
+    ("vwap", pa.float64()),              # the bar's volume-weighted price (`vw`)
+    ("day_vwap", pa.float64()),          # today's VWAP so far (`a`; not in REST)
+    ("average_size", pa.float64()),      # average trade size in the bar (`z`; not in REST)
+    ("official_open", pa.float64()),     # today's official open (`op`; not in REST)
+    ("volume", pa.int64()),              # shares in the bar (`v`)
+    ("accumulated_volume", pa.int64()),  # shares today so far (`av`; not in REST)
+    RECEIVED_AT,
+    SOURCE,
+])
+WS_REQUIRED = {"symbol": "sym", "start": "s", "end": "e", "open": "o", "high": "h", "low": "l",
+               "close": "c", "volume": "v"}
+WS_OPTIONAL = {"vwap": "vw", "day_vwap": "a", "average_size": "z", "official_open": "op",
+               "accumulated_volume": "av"}
+REST_REQUIRED = {"start": "t", "open": "o", "high": "h", "low": "l", "close": "c", "volume": "v"}
+REST_OPTIONAL = {"vwap": "vw"}
+PRICES = ("open", "high", "low", "close", "vwap", "day_vwap", "official_open")
+# end - start: one second for "A", a minute for "AM"; a day is generous and keeps `end` a real instant
+# (4611686018427387904 ms is one no reader can open).
+MAX_BAR_MS = 86_400_000
+_MAX_BAR = pa.scalar(MAX_BAR_MS, pa.duration("ms"))
+
+
+def bar_checks(col: dict[str, pa.Array]) -> Checks:
+    return [("bad_price", positive_prices([col[name] for name in PRICES])),
+            ("bad_volume", sizes_at_least_zero([col["volume"], col["accumulated_volume"], col["average_size"]])),
+            ("bad_range", all_of([pc.less_equal(col["low"], col["open"]), pc.less_equal(col["low"], col["close"]),
+                                  pc.less_equal(col["open"], col["high"]), pc.less_equal(col["close"], col["high"])])),
+            # start >= 0 and end > start, so end - start cannot wrap around.
+            ("bad_times", all_of([after_epoch(col["start"]), pc.greater(col["end"], col["start"]),
+                                  pc.less_equal(pc.subtract(col["end"], col["start"]), _MAX_BAR)]))]
+
+
+def aggregate_channel(name: str, title: str, bar_ms: int, timespan: str) -> Channel:
+    def complete(row: dict) -> None:  # REST results carry no end: they are the bars asked for
+        row["end"] = row["start"] + bar_ms if row["start"] + bar_ms <= 2 ** 63 - 1 else row["start"]
+
+    def fetch(client, symbol: str, from_ms: int, to_ms: int) -> list:
+        from ..polygon_rest import fetch_aggs  # the REST client loads only where a backfill runs
+        return fetch_aggs(client, symbol, timespan, from_ms, to_ms)
+
+    return Channel(
+        name=name, title=title, schema=SCHEMA, dedup_key=("symbol", "start"), sort_key=("symbol", "start"),
+        time_column="start", ws_required=WS_REQUIRED, ws_optional=WS_OPTIONAL, rest_required=REST_REQUIRED,
+        rest_optional=REST_OPTIONAL, checks=bar_checks, fetch=fetch,
+        rest_path=f"/v2/aggs/ticker/{{ticker}}/range/1/{timespan}/{{from}}/{{to}}", gap_step_ms=bar_ms,
+        rest_complete=complete)

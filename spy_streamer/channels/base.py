@@ -1,0 +1,218 @@
+"""What every channel module declares (`Channel`), and the rules and mapping helpers they share.
+
+A channel is data, not code paths: its schema, the WebSocket and REST field names of each column, its
+plausibility checks, its dedup key and its REST source. The writer, the sink, compaction and `report`
+read these attributes and never test a channel's name, so adding a channel (`LULD`, `FMV`) is adding a
+module beside the others and one line in the registry (`channels/__init__.py`).
+
+Whatever the bytes, nothing here raises on an event: each refused event is counted once, under one
+reason of REASONS.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MS_UTC = pa.timestamp("ms", tz="UTC")
+NS_UTC = pa.timestamp("ns", tz="UTC")
+RECEIVED_AT = pa.field("received_at", pa.timestamp("us", tz="UTC"))
+SOURCE = pa.field("source", pa.string())                 # "ws" or "rest"
+SESSION = pa.field("session", pa.string())               # "pre", "regular", "post" (extended hours only)
+INT_LIST = pa.list_(pa.int64())
+
+# Why an event was not stored; the heartbeat shows a count per reason (WriterStats.rejected_reasons).
+REASONS = (
+    "not_json",       # a frame that is not UTF-8 JSON: counted once, its events unknown
+    "bad_shape",      # a frame that is not an array, or an element that is not an object
+    "wrong_event",    # an object whose "ev" is missing or names no subscribed channel
+    "missing_field",  # a required key missing or null
+    "bad_type",       # a value of the wrong JSON type, or one no int64/float64 holds
+    "bad_symbol",     # not a plausible ticker (TICKER_PATTERN)
+    "unsubscribed",   # a plausible ticker nobody subscribed to on this channel
+    "bad_price",      # a price not finite or not > 0
+    "bad_volume",     # a volume or size below 0 or not finite
+    "bad_range",      # bars: not low <= min(open, close) <= max(open, close) <= high
+    "bad_times",      # a time before 1970, or a bar whose end is not after its start (or a day after it)
+    "bad_id",         # trades: an empty trade id; quotes: a negative sequence number
+)
+# Polygon stock tickers: capitals and digits, "." before a share class (BRK.B), "-" or a lower-case CQS
+# suffix for preferreds, rights, warrants, when-issued (ABC-P, BACpB, ABCw), ":" after a market prefix
+# (I:SPX). 1 to 24 characters: the longest form (an option, O: + root + 15) fits, a path or a blob does not.
+TICKER_PATTERN = r"^[A-Z0-9][A-Za-z0-9.:\-]{0,23}$"
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+FLOAT_LIMIT = 2 ** 1023  # ints beyond this overflow float()
+
+Checks = list[tuple[str, "pa.Array | bool"]]
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One Polygon stocks channel. The names the compaction and lake code rely on: `name`, `schema`,
+    `dedup_key`, `sort_key`, `time_column`."""
+    name: str                            # the WebSocket `ev` and subscription prefix: "A", "T"...
+    title: str                           # for people: "second aggregates"
+    schema: pa.Schema                    # stored columns, `received_at` and `source` last
+    dedup_key: tuple[str, ...]           # one row per these columns per day
+    sort_key: tuple[str, ...]            # the order of a compacted day file
+    time_column: str                     # the instant that places a row in a day and a session
+    ws_required: Mapping[str, str]       # column <- WebSocket event key; missing or null: refused
+    ws_optional: Mapping[str, str]
+    rest_required: Mapping[str, str]     # column <- REST result key
+    rest_optional: Mapping[str, str]
+    checks: Callable[[dict[str, pa.Array]], Checks]   # plausibility, beyond the ticker's (Arrow columns)
+    fetch: Callable[..., list]           # (rest_client, symbol, from_ms, to_ms) -> raw REST results
+    rest_path: str                       # the REST source, for people and the README
+    gap_step_ms: int                     # spacing of consecutive rows' times: a gap starts one step after the last
+    ws_types: Mapping[str, pa.DataType] = field(default_factory=dict)  # JSON type when not the column's
+    ws_scale: Mapping[str, int] = field(default_factory=dict)     # int column *= this (WebSocket ms -> ns)
+    rest_scale: Mapping[str, int] = field(default_factory=dict)
+    rest_complete: Callable[[dict], None] | None = None           # fills what REST does not send (a bar's end)
+    ws_adapt: Callable[[str, object], object] | None = None       # per-event path: (column, value) -> stored form
+    ws_adapt_columns: Callable[[pa.Table], pa.Table] | None = None  # fast path: the same, on columns
+
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        return tuple(name for name in self.schema.names if name not in ("received_at", "source"))
+
+    def time_ms(self, table: pa.Table) -> pa.Array:
+        """The time column as int64 milliseconds (what the session and day bounds are compared with)."""
+        column = pc.cast(table.column(self.time_column), pa.int64())
+        unit = self.schema.field(self.time_column).type.unit
+        return column if unit == "ms" else pc.divide(column, {"us": 1000, "ns": 1_000_000}[unit])
+
+    def marker(self) -> str:
+        """Text every compact frame of this channel holds: frames with exactly one channel's marker take
+        the fast path (a frame with none, or several, is parsed event by event)."""
+        return f'"ev":"{self.name}"'
+
+
+# --- shared checks (vectorized; a check is (reason, ok per row) or True when every row passes) ---
+
+EPOCH_MS = pa.scalar(0, MS_UTC)
+
+
+def present_or(check: pa.Array) -> pa.Array:
+    """A check on an optional column: a missing value (null) passes."""
+    return pc.fill_null(check, True) if check.null_count else check
+
+
+def all_of(checks: list) -> pa.Array | bool:
+    """Row-wise AND; `True` stands for a check every row passed."""
+    arrays = [check for check in checks if check is not True]
+    if not arrays:
+        return True
+    result = arrays[0]
+    for check in arrays[1:]:
+        result = pc.and_(result, check)
+    return result
+
+
+def positive_prices(columns: list[pa.Array], optional: bool = True) -> pa.Array | bool:
+    """Every price > 0 (refuses NaN and -inf) and the row's largest finite (refuses +inf)."""
+    wrap = present_or if optional else (lambda check: check)
+    return all_of([wrap(pc.greater(price, 0.0)) for price in columns]
+                  + [pc.less(pc.max_element_wise(*columns), math.inf)])
+
+
+def sizes_at_least_zero(columns: list[pa.Array]) -> pa.Array | bool:
+    """Volumes and sizes >= 0 and finite (floats) where present."""
+    checks = [present_or(pc.greater_equal(size, 0)) for size in columns]
+    checks += [present_or(pc.less(size, math.inf)) for size in columns if pa.types.is_floating(size.type)]
+    return all_of(checks)
+
+
+def after_epoch(column: pa.Array) -> pa.Array:
+    return pc.greater_equal(pc.cast(column, pa.int64()), 0)
+
+
+def keep_passing(table: pa.Table, checks: Checks, rejected: Counter) -> pa.Table:
+    """The rows of `table` passing every (reason, ok) check (a null `ok` fails); each other row counted in
+    `rejected` once, under the reason of its first failed check."""
+    passing = all_of([ok for _, ok in checks])
+    if passing is True or pc.all(pc.fill_null(passing, False)).as_py():  # the usual case: nothing to tell apart
+        return table
+    passing, left = True, len(passing)
+    for reason, ok in checks:
+        if ok is True:
+            continue
+        ok = pc.fill_null(ok, False)
+        passing = ok if passing is True else pc.and_(passing, ok)
+        still = pc.sum(passing).as_py() or 0
+        if still < left:
+            rejected[reason] += left - still
+        left = still
+    return table.filter(passing)
+
+
+# --- per-event mapping (REST results and frames the fast path refused) ---
+
+class InvalidEvent(ValueError):
+    """An event that is not a row of its channel; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def checked(kind: pa.DataType, column: str, value):
+    """`value` as a Python value an Arrow column of `kind` holds; InvalidEvent("bad_type") otherwise."""
+    value_type = type(value)
+    if pa.types.is_integer(kind) or pa.types.is_timestamp(kind):
+        # JSON gives Polygon's volumes and timestamps as ints; tolerate 12.0 but nothing fractional,
+        # and nothing Arrow's int64 cannot hold (that would fail the whole flush, not one row).
+        if (value_type is int or (value_type is float and value.is_integer())) and INT64_MIN <= value <= INT64_MAX:
+            return int(value)
+    elif pa.types.is_floating(kind):
+        if value_type is float or (value_type is int and -FLOAT_LIMIT < value < FLOAT_LIMIT):
+            return float(value)
+    elif pa.types.is_list(kind):
+        if value_type is list:
+            return [checked(kind.value_type, column, item) for item in value]
+    elif value_type is str:
+        # A lone surrogate ("\ud800" is valid JSON) has no UTF-8 form; replaced, it fails the ticker rule.
+        return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+    raise InvalidEvent("bad_type", column)
+
+
+def map_event(channel: Channel, event, required: Mapping[str, str], optional: Mapping[str, str],
+              scale: Mapping[str, int], adapt=None) -> dict:
+    """One decoded JSON object as a row dict of `channel`'s columns (unmapped columns absent)."""
+    if type(event) is not dict:
+        raise InvalidEvent("bad_shape")
+    row = {}
+    for columns, must in ((required, True), (optional, False)):
+        for column, key in columns.items():
+            value = event.get(key)
+            if value is None:
+                if must:
+                    raise InvalidEvent("missing_field", key)
+                row[column] = None
+                continue
+            if adapt is not None:
+                value = adapt(column, value)
+            value = checked(_json_kind(channel, column), column, value)
+            if column in scale:
+                value = _scaled(value, scale[column], column)
+            row[column] = value
+    return row
+
+
+def _json_kind(channel: Channel, column: str) -> pa.DataType:
+    kind = channel.schema.field(column).type
+    return pa.int64() if pa.types.is_timestamp(kind) else kind
+
+
+def _scaled(value: int, factor: int, column: str) -> int:
+    scaled = value * factor
+    if not INT64_MIN <= scaled <= INT64_MAX:
+        raise InvalidEvent("bad_type", column)
+    return scaled
+
+
+def empty_table(channel: Channel) -> pa.Table:
+    return channel.schema.empty_table()

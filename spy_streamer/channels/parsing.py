@@ -1,0 +1,292 @@
+"""Raw WebSocket frames and REST results -> Arrow tables in each channel's schema.
+
+The fast path parses many frames of one channel at once with pyarrow's JSON reader (C++, columnar, off
+the GIL): each frame, a JSON array, becomes one NDJSON line `{"f": [...]}`; no Python object is made per
+event. Frames are routed to it by the channel's marker (`"ev":"A"`): a frame naming several subscribed
+channels (or none) and a batch or frame the fast path refuses (not JSON, wrong types, odd shapes) go to
+the per-event path, which decodes each event, finds its channel by `ev` and counts each bad one.
+Parsing only decides whether an event *is* a row (JSON, shape, field types); `rules.ChannelRules` then
+decides whether its values are plausible. Nothing here raises on any input.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from .base import Channel, InvalidEvent, all_of, empty_table, keep_passing, map_event
+
+_MIN_BLOCK_BYTES = 1 << 20
+# What the fast path raises for input it cannot take (the slower paths then decide, event by event).
+_FAST_PATH_REFUSALS = (ValueError, pa.ArrowException)
+
+Frames = list[tuple[int, "str | bytes"]]
+
+
+def parse_frames(channels: Mapping[str, Channel], frames: Frames) -> tuple[dict[str, list[pa.Table]], Counter]:
+    """({channel name: tables of its events}, refused events by reason) for `(received_ns, frame)` items.
+
+    The values are not checked yet: that is `ChannelRules.apply`."""
+    groups: dict[str | None, Frames] = {}
+    for item in frames:
+        groups.setdefault(_only_channel(channels, item[1]), []).append(item)
+    tables: dict[str, list[pa.Table]] = {}
+    rejected = Counter()
+    for name, group in groups.items():
+        if name is None:
+            _add(tables, rejected, _per_event(channels, group))
+        else:
+            _add(tables, rejected, _fast_or_slower(channels, channels[name], group))
+    return tables, rejected
+
+
+def _only_channel(channels: Mapping[str, Channel], frame: str | bytes) -> str | None:
+    found = None
+    for name, channel in channels.items():
+        marker = channel.marker()
+        if (marker if type(frame) is str else marker.encode()) in frame:
+            if found is not None:
+                return None
+            found = name
+    return found
+
+
+def _add(tables: dict[str, list[pa.Table]], rejected: Counter, parsed) -> None:
+    more, refused = parsed
+    for name, items in more.items():
+        tables.setdefault(name, []).extend(items)
+    rejected.update(refused)
+
+
+def _fast_or_slower(channels: Mapping[str, Channel], channel: Channel, frames: Frames):
+    try:
+        table, rejected = _parse_fast(channel, frames)
+        return {channel.name: [table]}, rejected
+    except _FAST_PATH_REFUSALS:
+        pass
+    tables: dict[str, list[pa.Table]] = {}
+    rejected = Counter()
+    for item in frames:  # find the bad frame(s); the others keep the fast path
+        try:
+            table, refused = _parse_fast(channel, [item])
+            _add(tables, rejected, ({channel.name: [table]}, refused))
+        except _FAST_PATH_REFUSALS:
+            _add(tables, rejected, _per_event(channels, [item]))
+    return tables, rejected
+
+
+# --- fast path: frames of one channel -> one table ---
+
+_STRUCTS: dict[str, pa.ParseOptions] = {}
+
+
+def _parse_options(channel: Channel) -> pa_json.ParseOptions:
+    options = _STRUCTS.get(channel.name)
+    if options is None:
+        columns = {**channel.ws_required, **channel.ws_optional}
+        struct = pa.struct([("ev", pa.string())] + [(key, _json_type(channel, column)) for column, key in columns.items()])
+        options = _STRUCTS[channel.name] = pa_json.ParseOptions(
+            explicit_schema=pa.schema([("f", pa.list_(struct))]), unexpected_field_behavior="ignore")
+    return options
+
+
+def _json_type(channel: Channel, column: str) -> pa.DataType:
+    if column in channel.ws_types:
+        return channel.ws_types[column]
+    kind = channel.schema.field(column).type
+    return pa.int64() if pa.types.is_timestamp(kind) else kind  # timestamps: plain ints, cast afterwards
+
+
+def _parse_fast(channel: Channel, frames: Frames) -> tuple[pa.Table, Counter]:
+    texts = [frame if type(frame) is str else frame.decode("utf-8") for _, frame in frames]
+    if any("\n" in text or "\r" in text for text in texts):
+        raise ValueError("a frame spans lines; NDJSON needs one line per frame")
+    lines = "\n".join(['{"f":' + text + "}" for text in texts]).encode("utf-8")
+    block = max(_MIN_BLOCK_BYTES, 2 * max(map(len, texts)) + 16)  # a line may not straddle two blocks
+    parsed = pa_json.read_json(pa.py_buffer(lines), read_options=pa_json.ReadOptions(block_size=block),
+                               parse_options=_parse_options(channel))
+    if parsed.num_rows != len(texts):
+        raise ValueError("frame count changed in parsing")
+    lists = parsed.column("f").combine_chunks()
+    events = lists.flatten()
+    received_us = pa.array([received_ns // 1000 for received_ns, _ in frames], pa.int64())
+    received_us = received_us.take(pc.list_parent_indices(lists))
+    rejected = Counter()
+    if lists.null_count:  # a frame `null`: not an array
+        rejected["bad_shape"] += lists.null_count
+    return _events_to_table(channel, events, received_us, rejected), rejected
+
+
+def _events_to_table(channel: Channel, events: pa.StructArray, received_us: pa.Array, rejected: Counter) -> pa.Table:
+    fields = dict(zip([field.name for field in events.type], events.flatten()))  # parent nulls included
+    checks = [("bad_shape", events.is_valid()), ("wrong_event", pc.equal(fields["ev"], channel.name)),
+              ("missing_field", all_of([fields[key].is_valid() for key in channel.ws_required.values()]))]
+    columns = {**channel.ws_required, **channel.ws_optional}
+    table = pa.Table.from_arrays([fields[key] for key in columns.values()] + [received_us],
+                                 names=list(columns) + ["received_at"])
+    table = keep_passing(table, checks, rejected)
+    if channel.ws_adapt_columns is not None:
+        table = channel.ws_adapt_columns(table)
+    return to_schema(channel, table, "ws", channel.ws_scale)
+
+
+def to_schema(channel: Channel, table: pa.Table, source: str, scale: Mapping[str, int]) -> pa.Table:
+    """Columns of `table` in `channel.schema` order and types; absent columns as nulls, scaled ints
+    multiplied (an overflow raises, so the fast path hands the batch to the checked per-event path)."""
+    arrays = []
+    for field in channel.schema:
+        if field.name == "source":
+            arrays.append(pa.repeat(pa.scalar(source, pa.string()), table.num_rows))
+        elif field.name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+        else:
+            column = table.column(field.name)
+            if field.name in scale:
+                column = pc.multiply_checked(column, scale[field.name])
+            arrays.append(column.cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=channel.schema)
+
+
+# --- per-event path: frames the fast path refused or that mix channels ---
+
+def ws_row(channel: Channel, event) -> dict:
+    """One WebSocket event of `channel` as a row dict; InvalidEvent when it is not one."""
+    return map_event(channel, event, channel.ws_required, channel.ws_optional, channel.ws_scale, channel.ws_adapt)
+
+
+def rest_row(channel: Channel, result, symbol: str) -> dict:
+    """One REST result of `channel` for `symbol` as a row dict; InvalidEvent when it is not one."""
+    row = map_event(channel, result, channel.rest_required, channel.rest_optional, channel.rest_scale)
+    row["symbol"] = map_event(channel, {"sym": symbol}, {"symbol": "sym"}, {}, {})["symbol"]
+    if channel.rest_complete is not None:
+        channel.rest_complete(row)
+    return row
+
+
+def rest_results_with_reasons(channel: Channel, symbol: str, results, received_ns: int) -> tuple[pa.Table, Counter]:
+    if type(results) is not list:
+        return empty_table(channel), Counter(bad_shape=1)
+    return rows_with_reasons(channel, results, lambda result: rest_row(channel, result, symbol), received_ns, "rest")
+
+
+def rows_with_reasons(channel: Channel, items: list, to_row, received_ns: int, source: str) -> tuple[pa.Table, Counter]:
+    """Map each item with `to_row`; (table of the good ones, the bad ones counted by reason)."""
+    names = channel.data_columns
+    columns: dict[str, list] = {name: [] for name in names}
+    rejected = Counter()
+    for item in items:
+        if type(item) is _Unparsed:
+            rejected[item.reason] += 1
+            continue
+        try:
+            row = to_row(item)
+        except InvalidEvent as invalid:
+            rejected[invalid.reason] += 1
+            continue
+        for name in names:
+            columns[name].append(row.get(name))
+    rows = len(columns[names[0]])
+    arrays = [pa.array(columns[name], type=channel.schema.field(name).type) for name in names]
+    arrays.append(pa.repeat(pa.scalar(received_ns // 1000, channel.schema.field("received_at").type), rows))
+    arrays.append(pa.repeat(pa.scalar(source, pa.string()), rows))
+    return pa.Table.from_arrays(arrays, schema=channel.schema), rejected
+
+
+def _per_event(channels: Mapping[str, Channel], frames: Frames):
+    tables: dict[str, list[pa.Table]] = {}
+    rejected = Counter()
+    for received_ns, frame in frames:
+        by_channel, refused = _frame_events(channels, frame)
+        rejected.update(refused)
+        for name, events in by_channel.items():
+            channel = channels[name]
+            table, bad = rows_with_reasons(channel, events, lambda event, c=channel: ws_row(c, event), received_ns, "ws")
+            tables.setdefault(name, []).append(table)
+            rejected.update(bad)
+    return tables, rejected
+
+
+def _frame_events(channels: Mapping[str, Channel], frame: str | bytes) -> tuple[dict[str, list], Counter]:
+    """The frame's events grouped by channel name; what is no event of a subscribed channel, counted."""
+    # Bytes that are not UTF-8 may sit in a field nobody reads; replaced, a bad one fails a rule instead.
+    text = frame if type(frame) is str else frame.decode("utf-8", "replace")
+    try:
+        events = _loads(text)
+    except RecursionError:  # nested deeper than Python's parser goes: parse element by element
+        events = _array_elements(text)
+    except ValueError:
+        return {}, Counter(not_json=1)
+    if type(events) is not list:
+        return {}, Counter(bad_shape=1)
+    grouped: dict[str, list] = {}
+    rejected = Counter()
+    for event in events:
+        if type(event) is _Unparsed:
+            rejected[event.reason] += 1
+        elif type(event) is not dict:
+            rejected["bad_shape"] += 1
+        elif type(event.get("ev")) is str and event["ev"] in channels:
+            grouped.setdefault(event["ev"], []).append(event)
+        else:
+            rejected["wrong_event"] += 1
+    return grouped, rejected
+
+
+def _parse_int(digits: str):
+    # Python refuses ints of over 4300 digits (a ValueError that would lose the whole frame). Beyond 20
+    # digits no int64 holds it anyway; as a float (infinite if need be) it is what pyarrow's reader makes of it.
+    return int(digits) if len(digits) <= 20 else float(digits)
+
+
+def _loads(text: str):
+    return json.loads(text, parse_int=_parse_int)
+
+
+class _Unparsed:
+    """An element of an array that json.loads cannot read: counted under `reason`."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+# A JSON string (escapes included) or one of the characters that shape an array; everything else is skipped.
+# Possessive, and an unterminated string runs to the end: each quote is scanned once, so any text is linear.
+_ARRAY_TOKENS = re.compile(r'(?s)"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[\]{},]')
+
+
+def _array_elements(text: str):
+    """The elements of the JSON array `text`, each parsed on its own (those too deep to parse, as _Unparsed)."""
+    body = text.strip()
+    if not body.startswith("["):
+        return None  # not an array: counted as bad_shape
+    pieces, depth, begin = [], 0, 1
+    for token in _ARRAY_TOKENS.finditer(body):
+        mark = token.group()[0]
+        if mark in "[{":
+            depth += 1
+        elif mark in "]}":
+            depth -= 1
+        if depth == 0 or (mark == "," and depth == 1):
+            pieces.append(body[begin:token.start()])
+            begin = token.end()
+        if depth == 0:
+            break
+    if depth or body[begin:].strip():
+        pieces.append(body[begin:])  # unbalanced or trailing text: not JSON, counted as such
+    if pieces == [""] or (len(pieces) == 1 and not pieces[0].strip()):
+        return []
+    return [_element(piece) for piece in pieces]
+
+
+def _element(piece: str):
+    try:
+        return _loads(piece)
+    except RecursionError:
+        return _Unparsed("bad_shape")
+    except ValueError:
+        return _Unparsed("not_json")

@@ -1,0 +1,77 @@
+"""`Q`: NBBO quotes (tick level), REST source `/v3/quotes/{ticker}`.
+
+Times as for trades: WebSocket milliseconds, REST nanoseconds, stored as timestamp(ns, UTC). The stream
+sends one condition (`c`, an int), REST a list (`conditions`): stored as a list either way.
+Dedup key (symbol, sequence_number): Polygon's sequence number is unique per ticker and day.
+A bid or ask of 0 means no bid or ask (a one-sided market) and is kept; negative or infinite is not.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .base import INT_LIST, NS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, all_of, present_or, \
+    sizes_at_least_zero
+
+SCHEMA = pa.schema([
+    ("symbol", pa.string()),
+    ("sip_timestamp", NS_UTC),           # when the SIP published the quote (WS `t`, ms; REST ns)
+    ("participant_timestamp", NS_UTC),   # when the exchange made it (REST only)
+    ("trf_timestamp", NS_UTC),           # WS `trft` (ms), REST ns
+    ("bid_exchange", pa.int64()),        # Polygon exchange id (`bx`)
+    ("bid_price", pa.float64()),         # USD (`bp`)
+    ("bid_size", pa.float64()),          # shares (`bs`; round lots before Nov 2025 on some feeds: as Polygon sends)
+    ("ask_exchange", pa.int64()),        # `ax`
+    ("ask_price", pa.float64()),         # `ap`
+    ("ask_size", pa.float64()),          # `as`
+    ("conditions", INT_LIST),            # `c` (one code on the stream) / `conditions`
+    ("indicators", INT_LIST),            # `i`
+    ("tape", pa.int64()),                # `z`
+    ("sequence_number", pa.int64()),     # `q`: unique per ticker and day
+    RECEIVED_AT,
+    SOURCE,
+])
+MS_TO_NS = 1_000_000
+
+
+def quote_checks(col: dict[str, pa.Array]) -> Checks:
+    prices = [col["bid_price"], col["ask_price"]]
+    return [("bad_price", all_of([present_or(pc.greater_equal(price, 0.0)) for price in prices]
+                                 + [present_or(pc.less(price, float("inf"))) for price in prices])),
+            ("bad_volume", sizes_at_least_zero([col["bid_size"], col["ask_size"]])),
+            ("bad_times", after_epoch(col["sip_timestamp"])),
+            ("bad_id", pc.greater_equal(col["sequence_number"], 0))]
+
+
+def _one_condition_as_list(column: str, value):
+    return [value] if column == "conditions" and type(value) in (int, float) else value
+
+
+def _condition_column_as_lists(table: pa.Table) -> pa.Table:
+    """Fast path: the stream's `c` (parsed as int64) becomes a one-item list, null stays null."""
+    codes = table.column("conditions").combine_chunks()
+    offsets = pa.array(range(len(codes) + 1), pa.int32())
+    lists = pa.ListArray.from_arrays(offsets, pc.fill_null(codes, 0), mask=codes.is_null())
+    return table.set_column(table.column_names.index("conditions"), "conditions", lists)
+
+
+def fetch(client, symbol: str, from_ms: int, to_ms: int) -> list:
+    from ..polygon_rest import fetch_ticks  # the REST client loads only where a backfill runs
+    return fetch_ticks(client, "quotes", symbol, from_ms, to_ms)
+
+
+CHANNEL = Channel(
+    name="Q", title="quotes", schema=SCHEMA, dedup_key=("symbol", "sequence_number"),
+    sort_key=("symbol", "sip_timestamp", "sequence_number"), time_column="sip_timestamp",
+    ws_required={"symbol": "sym", "sip_timestamp": "t", "sequence_number": "q"},
+    ws_optional={"trf_timestamp": "trft", "bid_exchange": "bx", "bid_price": "bp", "bid_size": "bs",
+                 "ask_exchange": "ax", "ask_price": "ap", "ask_size": "as", "conditions": "c",
+                 "indicators": "i", "tape": "z"},
+    rest_required={"sip_timestamp": "sip_timestamp", "sequence_number": "sequence_number"},
+    rest_optional={"participant_timestamp": "participant_timestamp", "trf_timestamp": "trf_timestamp",
+                   "bid_exchange": "bid_exchange", "bid_price": "bid_price", "bid_size": "bid_size",
+                   "ask_exchange": "ask_exchange", "ask_price": "ask_price", "ask_size": "ask_size",
+                   "conditions": "conditions", "indicators": "indicators", "tape": "tape"},
+    checks=quote_checks, fetch=fetch, rest_path="/v3/quotes/{ticker}", gap_step_ms=0,
+    ws_types={"conditions": pa.int64()}, ws_scale={"sip_timestamp": MS_TO_NS, "trf_timestamp": MS_TO_NS},
+    ws_adapt=_one_condition_as_list, ws_adapt_columns=_condition_column_as_lists)

@@ -1,0 +1,37 @@
+"""The rules every stored row passes, vectorized over a channel's table: a plausible ticker of a symbol
+subscribed on that channel, then the channel's own checks (`Channel.checks`). One definition for every
+path (fast, per-event, REST); each refusal is counted under its first broken rule."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .base import TICKER_PATTERN, Channel, keep_passing
+from .subscriptions import symbols_of
+
+
+class ChannelRules:
+    def __init__(self, channel: Channel, subscriptions: tuple[str, ...]):
+        self.channel = channel
+        self.any_symbol = f"{channel.name}.*" in subscriptions
+        self.symbols = pa.array(symbols_of(channel.name, subscriptions), pa.string())
+
+    def apply(self, table: pa.Table, rejected: Counter) -> pa.Table:
+        """The rows of `table` that break no rule; each other row counted in `rejected` under its first broken rule."""
+        if not table.num_rows:
+            return table
+        columns = {name: table.column(name).combine_chunks() for name in self.channel.data_columns}
+        plausible, subscribed = self._symbol_checks(columns["symbol"])
+        checks = [("bad_symbol", plausible), ("unsubscribed", subscribed)] + self.channel.checks(columns)
+        return keep_passing(table, checks, rejected)
+
+    def _symbol_checks(self, symbols: pa.Array) -> tuple[pa.Array | bool, pa.Array | bool]:
+        # Checked once per distinct symbol (a batch has few), and spread over the rows only when one fails.
+        encoded = pc.dictionary_encode(symbols)
+        names = encoded.dictionary
+        plausible = pc.match_substring_regex(names, TICKER_PATTERN)
+        subscribed = plausible if self.any_symbol else pc.is_in(names, value_set=self.symbols)
+        return tuple(True if pc.all(check).as_py() else check.take(encoded.indices)
+                     for check in (plausible, subscribed))
