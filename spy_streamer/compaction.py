@@ -1,16 +1,24 @@
 """End-of-day compaction: a day's micro-batch files become one sorted, deduplicated, zstd Parquet file,
 `<data_dir>/<channel>/date=YYYY-MM-DD/day-YYYY-MM-DD.parquet`, still one partition of the hive layout.
 
+Bounded memory, whatever the day's size (docs/ARCHITECTURE.md, *Storage layout and guarantees*): the merge
+runs in a child process (`python -m spy_streamer.compaction`, niced) where DuckDB sorts the day with a
+memory limit, spilling to a hidden folder beside the files, and streams the sorted rows back in batches;
+the first received row of each key is kept batch by batch and written with pyarrow (the day file keeps
+the micro-batches' Arrow schema). The child's peak RSS is about 0.5 GB at the default 256 MB limit, for
+3 million rows or 50 million (benchmarks/compaction.py). The capture process only waits for the child.
+
 Order of work, chosen so that no crash can lose a row:
-  1. read every visible file of the partition (an earlier day file included), keep the first received row
-     per (symbol, start), sort by (symbol, start);
-  2. write a hidden temporary, fsync it, read it back and check its row count, rename it over the day file,
-     fsync the folder;
+  1. (child) read every visible file of the partition (an earlier day file included), keep the first
+     received row per key, sorted; write a hidden temporary, fsync it, read every page back and check the
+     row count, the order and one row per key;
+  2. (this process) rename it over the day file, fsync the folder;
   3. only then delete the files read in 1 and fsync the folder again.
-A crash before 2 ends leaves the day's files as they were (plus a hidden temporary the next run overwrites).
-A crash between 2 and 3 leaves the day file beside micro-batches holding the same rows: nothing is lost,
-but until the next compaction a reader sees those rows twice (the next run reads both and drops the
-repeats). Step 3 follows step 2 at once to keep that window to a few milliseconds.
+A crash (of either process) before 2 ends leaves the day's files as they were, plus a hidden temporary
+and spill folder the next run replaces (a child whose parent dies exits within a second). A crash between
+2 and 3 leaves the day file beside micro-batches holding the same rows: nothing is lost, but until the
+next compaction a reader sees those rows twice (the next run reads both and drops the repeats). Step 3
+follows step 2 at once to keep that window to a few milliseconds.
 Only the files read in 1 are deleted: a micro-batch that lands meanwhile (a late flush) stays beside the
 day file, holding rows the day file lacks, until the next run merges it.
 
@@ -22,12 +30,18 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import json
 import logging
 import os
-from dataclasses import dataclass
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,7 +50,7 @@ import pyarrow.parquet as pq
 from .aggregate_bars import CHANNEL
 from .durable_files import fsync_directory
 from .market_hours import MarketCalendar
-from .parquet_sink import ParquetSink, visible_parquet_files, write_table_atomically
+from .parquet_sink import TEMP_SUFFIX, ParquetSink, visible_parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,12 @@ log = logging.getLogger(__name__)
 # minute covers that. A file landing later still loses nothing: it waits beside the day file for the next run.
 SETTLE_SECONDS = 60.0
 _READ_ORDER = "__read_order"  # temporary column: ties of `received_at` go to the file read first
+SPILL_FOLDER = ".compaction-spill"  # hidden: pyarrow's dataset reader and `*/*.parquet` globs pass it by
+MEMORY_LIMIT = "256MB"    # DuckDB's buffers; the child's RSS is about twice that (libraries, batches)
+THREADS = 2
+BATCH_ROWS = 131_072      # rows streamed from DuckDB at a time
+ROW_GROUP_ROWS = 524_288  # rows per row group of the day file (about 60 MB of `A` bars in memory)
+WORKER_NICENESS = 10      # capture (the next session, another channel) wins the CPU
 
 
 class CompactionError(Exception):
@@ -57,6 +77,38 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class CompactionKeys:
+    """What a channel's rows are deduplicated and sorted by: of rows sharing `dedup_key`, the first by
+    `arrival` (then the first file by name, then the first row in it) stays; the day file is in `sort_key`
+    order. `spy_streamer.channels` will supply these per channel (see `keys_for`)."""
+    dedup_key: tuple[str, ...] = ("symbol", "start")
+    sort_key: tuple[str, ...] = ("symbol", "start")
+    arrival: str = "received_at"
+
+    @property
+    def sorted_by_key(self) -> bool:
+        """Whether sorting puts the rows of a key next to each other (then one streaming pass dedups)."""
+        return set(self.sort_key) <= set(self.dedup_key)
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return self.sort_key + tuple(column for column in self.dedup_key if column not in self.sort_key)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.order + (self.arrival,)))
+
+
+AGGREGATE_KEYS = CompactionKeys()
+
+
+def keys_for(channel: str) -> CompactionKeys:
+    """The channel's keys. Until the channel registry lands every channel has A's; then:
+    `spec = channels.channel_for(channel); return CompactionKeys(spec.dedup_key, spec.sort_key)`."""
+    return AGGREGATE_KEYS
+
+
+@dataclass(frozen=True)
 class CompactionResult:
     day: date
     outcome: Outcome
@@ -65,6 +117,8 @@ class CompactionResult:
     rows_read: int = 0
     rows: int = 0       # rows in the day file
     bytes: int = 0      # size of the day file
+    worker_peak_rss_bytes: int = 0  # the merging child's VmHWM
+    seconds: float = 0.0
 
     @property
     def repeats_dropped(self) -> int:
@@ -75,28 +129,21 @@ def day_file_name(day: date) -> str:
     return f"day-{day.isoformat()}.parquet"
 
 
-def verify_compacted(path: Path, expected_rows: int) -> None:
-    """Read the whole file back (every page must decode) and check its row count; CompactionError if not."""
-    try:
-        with pq.ParquetFile(path) as parquet_file:
-            rows = parquet_file.read().num_rows
-    except (pa.ArrowException, OSError) as exc:
-        raise CompactionError(f"the new day file does not read back: {exc}") from None
-    if rows != expected_rows:
-        raise CompactionError(f"the new day file reads back {rows} rows, expected {expected_rows}")
-
-
 def compact_day(data_dir: Path, day: date, channel: str = CHANNEL,
-                verify: Callable[[Path, int], None] = verify_compacted) -> CompactionResult:
+                verify: Callable[[Path, int], None] | None = None, keys: CompactionKeys | None = None,
+                cancel: threading.Event | None = None, memory_limit: str = MEMORY_LIMIT,
+                threads: int = THREADS) -> CompactionResult:
     """Merge the day's files of `channel` into its day file. CompactionError (logged) when it cannot.
 
-    `verify(temp_path, expected_rows)` checks the new file before it replaces anything; tests pass a
-    stricter or sabotaging one.
+    The merge runs in a child process (bounded memory); `cancel` set meanwhile kills it (nothing changed).
+    `verify(temp_path, expected_rows)`, if given, checks the new file again in this process before it
+    replaces anything; tests pass a stricter or sabotaging one.
     """
     folder = ParquetSink(data_dir).partition_dir(channel, day)
     final = folder / day_file_name(day)
+    job = _Job(keys or keys_for(channel), verify, cancel, memory_limit, threads)
     try:
-        result = _compact_folder(folder, final, day, verify)
+        result = _compact_folder(folder, final, day, job)
     except (CompactionError, OSError) as exc:  # OSError: the folder could not be opened, listed or stat'ed
         log.error("compaction of %s %s failed: %s", channel, day.isoformat(), exc,
                   extra={"event": "compaction_failed", "day": day.isoformat()})
@@ -107,7 +154,16 @@ def compact_day(data_dir: Path, day: date, channel: str = CHANNEL,
     return result
 
 
-def _compact_folder(folder: Path, final: Path, day: date, verify: Callable[[Path, int], None]) -> CompactionResult:
+@dataclass(frozen=True)
+class _Job:
+    keys: CompactionKeys
+    verify: Callable[[Path, int], None] | None
+    cancel: threading.Event | None
+    memory_limit: str
+    threads: int
+
+
+def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> CompactionResult:
     if not folder.is_dir():
         return CompactionResult(day, Outcome.NO_DATA, final)
     with _exclusive(folder):
@@ -117,12 +173,17 @@ def _compact_folder(folder: Path, final: Path, day: date, verify: Callable[[Path
         if inputs == [final]:
             rows = _row_count(final)
             return CompactionResult(day, Outcome.ALREADY_COMPACTED, final, 1, rows, rows, final.stat().st_size)
-        merged = read_files(inputs)
-        table = _deduplicated(merged)
-        _replace_day_file(table, final, verify)
+        started = time.monotonic()
+        temp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
+        try:
+            merged = _merge_in_child(inputs, temp, folder / SPILL_FOLDER, job)
+            _replace_day_file(temp, final, merged["rows"], job.verify)
+        finally:
+            temp.unlink(missing_ok=True)
+            shutil.rmtree(folder / SPILL_FOLDER, ignore_errors=True)
         _remove_merged(folder, [path for path in inputs if path != final])
-        return CompactionResult(day, Outcome.COMPACTED, final, len(inputs), merged.num_rows, table.num_rows,
-                                final.stat().st_size)
+        return CompactionResult(day, Outcome.COMPACTED, final, len(inputs), merged["rows_read"], merged["rows"],
+                                final.stat().st_size, merged["peak_rss_bytes"], time.monotonic() - started)
 
 
 @contextlib.contextmanager
@@ -146,52 +207,53 @@ def _row_count(path: Path) -> int:
         raise CompactionError(f"cannot read {path.name}: {exc}") from None
 
 
-def read_files(paths: list[Path]) -> pa.Table:
-    """All rows of `paths` in reading order; columns missing from older files come back as nulls."""
-    tables = []
-    for path in paths:
+# --- this process: start the child, wait for it, put its file in place ---
+
+def _merge_in_child(inputs: list[Path], temp: Path, spill: Path, job: _Job) -> dict:
+    """Run `merge_files` in `python -m spy_streamer.compaction`; its summary, or CompactionError."""
+    request = {"inputs": [str(path) for path in inputs], "temp": str(temp), "spill": str(spill),
+               "keys": asdict(job.keys), "memory_limit": job.memory_limit, "threads": job.threads}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                    os.environ.get("PYTHONPATH")])))
+    child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    out, err = _wait(child, json.dumps(request), job.cancel)
+    try:
+        answer = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise CompactionError(f"the compaction process failed (exit {child.returncode}): {last}; "
+                              f"nothing changed") from None
+    if "error" in answer:
+        raise CompactionError(f"{answer['error']}; nothing changed")
+    return answer
+
+
+def _wait(child: subprocess.Popen, request: str, cancel: threading.Event | None) -> tuple[str, str]:
+    pending: str | None = request
+    while True:
         try:
-            with pq.ParquetFile(path) as parquet_file:
-                tables.append(parquet_file.read())
-        except (pa.ArrowException, OSError) as exc:
-            # Dropping it would shrink the day silently: a person decides (e.g. rename it `.<name>.corrupt`).
-            raise CompactionError(f"cannot read {path.name}: {exc}; nothing changed") from None
+            return child.communicate(pending, timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pending = None  # written already; communicate() goes on reading
+            if cancel is not None and cancel.is_set():
+                child.kill()
+                child.communicate()
+                raise CompactionError("stopped before the end; nothing changed") from None
+        except BaseException:
+            child.kill()  # e.g. KeyboardInterrupt in `spy-streamer compact`: no orphan keeps writing
+            child.wait()
+            raise
+
+
+def _replace_day_file(temp: Path, final: Path, rows: int, verify: Callable[[Path, int], None] | None) -> None:
     try:
-        return pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowException as exc:
-        raise CompactionError(f"the day's files do not share one schema: {exc}; nothing changed") from None
-
-
-def _deduplicated(merged: pa.Table) -> pa.Table:
-    try:
-        return first_received_per_key(merged)
-    except (pa.ArrowException, KeyError) as exc:  # e.g. a foreign file without `symbol` or `start`
-        raise CompactionError(f"cannot merge the day's files: {exc}; nothing changed") from None
-
-
-def first_received_per_key(table: pa.Table) -> pa.Table:
-    """Sorted by (symbol, start); of rows sharing both, the first received (then the first read) stays."""
-    table = table.append_column(_READ_ORDER, pa.array(range(table.num_rows), pa.int64()))
-    table = table.sort_by([("symbol", "ascending"), ("start", "ascending"),
-                           ("received_at", "ascending"), (_READ_ORDER, "ascending")])
-    return table.filter(_first_of_each_key(table)).drop_columns([_READ_ORDER])
-
-
-def _first_of_each_key(sorted_table: pa.Table) -> pa.Array:
-    if sorted_table.num_rows == 0:
-        return pa.array([], pa.bool_())
-    symbol = sorted_table.column("symbol").combine_chunks()
-    start = sorted_table.column("start").combine_chunks()
-    repeat = pc.and_(pc.equal(symbol[1:], symbol[:-1]), pc.equal(start[1:], start[:-1]))
-    return pa.concat_arrays([pa.array([True]), pc.invert(pc.fill_null(repeat, False))])
-
-
-def _replace_day_file(table: pa.Table, final: Path, verify: Callable[[Path, int], None]) -> None:
-    try:
-        write_table_atomically(table, final, lambda temp: verify(temp, table.num_rows), compression="zstd")
+        if verify is not None:
+            verify(temp, rows)
+        os.replace(temp, final)
     except OSError as exc:
         raise CompactionError(f"cannot write {final.name}: {exc.strerror or exc}; nothing changed") from None
-    except CompactionError as exc:  # from `verify`: the temporary is gone, the old files untouched
+    except CompactionError as exc:  # from `verify`: the old files are untouched
         raise CompactionError(f"{exc}; nothing changed") from None
     try:
         fsync_directory(final.parent)
@@ -213,17 +275,248 @@ def _remove_merged(folder: Path, merged: list[Path]) -> None:
                               f"compaction") from None
 
 
+# --- the child: DuckDB sorts with a memory limit, pyarrow keeps the first of each key and writes ---
+
+def merge_files(inputs: list[Path], temp: Path, spill: Path, keys: CompactionKeys = AGGREGATE_KEYS,
+                memory_limit: str = MEMORY_LIMIT, threads: int = THREADS) -> dict:
+    """Write the first received row of each key of `inputs`, in key order, to `temp` (fsynced and read
+    back); {"rows_read", "rows"}. Memory stays bounded by `memory_limit` (DuckDB spills to `spill`) plus
+    a row group. CompactionError names the problem; `temp` may be left behind (the caller removes it)."""
+    schema, rows_read = _input_schema(inputs, keys)
+    with _sorted_rows(inputs, schema, keys, spill, memory_limit, threads) as batches:
+        rows = _write_sorted(_first_of_each_key(batches, keys), schema, temp)
+    verify_compacted(temp, rows, keys)
+    return {"rows_read": rows_read, "rows": rows}
+
+
+def _input_schema(inputs: list[Path], keys: CompactionKeys) -> tuple[pa.Schema, int]:
+    """The day file's schema (the inputs' schemas unified: older files may lack newer columns) and the
+    inputs' row count, both from the footers."""
+    schemas, rows = [], 0
+    for path in inputs:
+        try:
+            metadata = pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as exc:
+            # Dropping it would shrink the day silently: a person decides (e.g. rename it `.<name>.corrupt`).
+            raise CompactionError(f"cannot read {path.name}: {exc}") from None
+        schemas.append(metadata.schema.to_arrow_schema())
+        rows += metadata.num_rows
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="default").remove_metadata()
+    except pa.ArrowException as exc:
+        raise CompactionError(f"the day's files do not share one schema: {exc}") from None
+    missing = [column for column in keys.columns if column not in schema.names]
+    if missing:
+        raise CompactionError(f"cannot merge the day's files: no column {', '.join(missing)}")
+    return schema, rows
+
+
+def _quoted(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+def _query(schema: pa.Schema, keys: CompactionKeys) -> str:
+    """Sorted by key, each key's rows in arrival order (then by file name and position in the file)."""
+    columns = ", ".join(_quoted(name) for name in schema.names)
+    source = "read_parquet($files, union_by_name = true, filename = true, file_row_number = true)"
+    arrival = f"{_quoted(keys.arrival)} NULLS LAST, filename, file_row_number"
+    if keys.sorted_by_key:
+        order = ", ".join(_quoted(column) for column in keys.order)
+        return f"SELECT {columns} FROM {source} ORDER BY {order}, {arrival}"
+    # The sort does not bring a key's rows together: a window picks each key's first (slower, also spills).
+    partition = ", ".join(_quoted(column) for column in keys.dedup_key)
+    order = ", ".join(_quoted(column) for column in keys.sort_key)
+    return (f"SELECT {columns} FROM {source} QUALIFY row_number() OVER (PARTITION BY {partition} "
+            f"ORDER BY {arrival}) = 1 ORDER BY {order}")
+
+
+@contextlib.contextmanager
+def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, spill: Path, memory_limit: str,
+                 threads: int) -> Iterator[Iterator[pa.RecordBatch]]:
+    import duckdb  # only the child needs it
+
+    shutil.rmtree(spill, ignore_errors=True)  # a killed run's
+    spill.mkdir()
+    connection = duckdb.connect()
+    try:
+        for setting in (f"SET memory_limit = '{memory_limit}'", f"SET threads = {int(threads)}",
+                        f"SET temp_directory = '{spill}'", "SET enable_progress_bar = false"):
+            connection.execute(setting)
+        try:
+            reader = connection.sql(_query(schema, keys), params={"files": [str(path) for path in inputs]}) \
+                .to_arrow_reader(BATCH_ROWS)
+        except duckdb.Error as exc:
+            raise CompactionError(f"cannot merge the day's files: {exc}") from None
+        yield _cast(_read_or_fail(reader, duckdb.Error), schema)
+    finally:
+        connection.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _read_or_fail(reader: pa.RecordBatchReader, engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from reader
+    except (engine_error, pa.ArrowException) as exc:  # e.g. a page that does not decode
+        raise CompactionError(f"cannot merge the day's files: {exc}") from None
+
+
+def _cast(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """DuckDB's types back to the inputs' (its timestamps are microseconds, its UTC is `Etc/UTC`)."""
+    for batch in batches:
+        yield batch.cast(schema)
+
+
+def _first_of_each_key(batches: Iterable[pa.RecordBatch], keys: CompactionKeys) -> Iterator[pa.RecordBatch]:
+    """Batches sorted by key (each key's rows in arrival order) -> the first row of each key."""
+    if not keys.sorted_by_key:
+        yield from batches  # the query kept one row per key already
+        return
+    previous: pa.RecordBatch | None = None  # the last row of the batch before
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        yield batch.filter(pc.invert(_same_key_as_previous(batch, previous, keys.dedup_key)))
+        previous = batch.slice(batch.num_rows - 1)
+
+
+def _same_key_as_previous(batch: pa.RecordBatch, previous: pa.RecordBatch | None,
+                          columns: tuple[str, ...]) -> pa.Array:
+    """Per row: does the row before it (the previous batch's last for row 0) have the same key?"""
+    same = None
+    for column in columns:
+        values = batch.column(column)
+        before = previous.column(column) if previous is not None else pa.nulls(1, values.type)
+        equal = pc.fill_null(pc.equal(values, pa.concat_arrays([before, values.slice(0, len(values) - 1)])), False)
+        same = equal if same is None else pc.and_(same, equal)
+    return same
+
+
+def _write_sorted(batches: Iterable[pa.RecordBatch], schema: pa.Schema, temp: Path) -> int:
+    """Write to `temp` in row groups of ROW_GROUP_ROWS, fsync; the number of rows written."""
+    rows, pending, pending_rows = 0, [], 0
+    with open(temp, "wb") as handle:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for batch in batches:
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                if pending_rows >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+                    rows, pending, pending_rows = rows + pending_rows, [], 0
+            if pending_rows:
+                writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=pending_rows)
+                rows += pending_rows
+        handle.flush()
+        os.fsync(handle.fileno())
+    return rows
+
+
+def verify_compacted(path: Path, expected_rows: int, keys: CompactionKeys = AGGREGATE_KEYS) -> None:
+    """Read the whole file back a batch at a time (every page must decode), check its row count and that
+    it is in key order with one row per key; CompactionError if not."""
+    rows, previous = 0, None
+    try:
+        with pq.ParquetFile(path) as parquet_file:
+            for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS):
+                if batch.num_rows == 0:
+                    continue
+                _check_order(batch, previous, keys, rows)
+                rows += batch.num_rows
+                previous = batch.slice(batch.num_rows - 1)
+    except (pa.ArrowException, OSError) as exc:
+        raise CompactionError(f"the new day file does not read back: {exc}") from None
+    if rows != expected_rows:
+        raise CompactionError(f"the new day file reads back {rows} rows, expected {expected_rows}")
+
+
+def _check_order(batch: pa.RecordBatch, previous: pa.RecordBatch | None, keys: CompactionKeys, offset: int) -> None:
+    """Each row after the one before it in `keys.order` (strictly when rows of a key sort together: one
+    row per key). A null key value passes: nulls sort last and are not compared."""
+    columns = keys.order if keys.sorted_by_key else keys.sort_key
+    if previous is None and batch.num_rows == 1:
+        return
+    head = batch if previous is None else pa.concat_batches([previous.select(columns), batch.select(columns)])
+    after = None  # rows i+1 vs i, compared from the last column to the first
+    for column in reversed(columns):
+        values = head.column(column)
+        current, before = values.slice(1), values.slice(0, len(values) - 1)
+        greater = pc.fill_null(pc.greater(current, before), True)
+        if after is None:
+            after = greater if keys.sorted_by_key else pc.or_(greater, pc.fill_null(pc.equal(current, before), True))
+        else:
+            after = pc.or_(greater, pc.and_(pc.fill_null(pc.equal(current, before), True), after))
+    bad = pc.index(after, False).as_py()
+    if bad >= 0:
+        row = offset + bad + (0 if previous is not None else 1)
+        unique = " with one row per key" if keys.sorted_by_key else ""
+        raise CompactionError(f"the new day file is not in ({', '.join(columns)}) order{unique} at row {row:,}")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A child whose parent died (SIGKILL, a crash) stops at once: its temporary is hidden and replaced
+    by the next run, and nobody would rename it."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(3)
+
+
+def _child_main() -> int:
+    request = json.loads(sys.stdin.read())
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+    try:
+        summary = merge_files([Path(path) for path in request["inputs"]], Path(request["temp"]),
+                              Path(request["spill"]), CompactionKeys(**{k: tuple(v) if isinstance(v, list) else v
+                                                                        for k, v in request["keys"].items()}),
+                              request["memory_limit"], request["threads"])
+    except CompactionError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        return 1
+    print(json.dumps({**summary, "peak_rss_bytes": _peak_rss_bytes()}), flush=True)
+    return 0
+
+
+# --- in memory, for small inputs (the lake's rewrite of a day's partition) ---
+
+def first_received_per_key(table: pa.Table) -> pa.Table:
+    """Sorted by (symbol, start); of rows sharing both, the first received (then the first read) stays."""
+    table = table.append_column(_READ_ORDER, pa.array(range(table.num_rows), pa.int64()))
+    table = table.sort_by([("symbol", "ascending"), ("start", "ascending"),
+                           ("received_at", "ascending"), (_READ_ORDER, "ascending")])
+    return table.filter(_first_rows(table)).drop_columns([_READ_ORDER])
+
+
+def _first_rows(sorted_table: pa.Table) -> pa.Array:
+    if sorted_table.num_rows == 0:
+        return pa.array([], pa.bool_())
+    symbol = sorted_table.column("symbol").combine_chunks()
+    start = sorted_table.column("start").combine_chunks()
+    repeat = pc.and_(pc.equal(symbol[1:], symbol[:-1]), pc.equal(start[1:], start[:-1]))
+    return pa.concat_arrays([pa.array([True]), pc.invert(pc.fill_null(repeat, False))])
+
+
+# --- for people ---
+
 def _log_result(result: CompactionResult, channel: str) -> None:
     fields = {"day": result.day.isoformat(), "files": result.files, "rows": result.rows, "bytes": result.bytes}
     if result.outcome is Outcome.COMPACTED:
-        log.info("compacted %s %s: %d files into %s, %d rows (%d repeats dropped), %d bytes", channel,
-                 fields["day"], result.files, result.path.name, result.rows, result.repeats_dropped,
-                 result.bytes, extra={"event": "day_compacted", **fields})
+        log.info("compacted %s %s: %d files into %s, %d rows (%d repeats dropped), %d bytes in %.1f s "
+                 "(merge process peak RSS %d MB)", channel, fields["day"], result.files, result.path.name,
+                 result.rows, result.repeats_dropped, result.bytes, result.seconds,
+                 result.worker_peak_rss_bytes // 1_000_000,
+                 extra={"event": "day_compacted", **fields, "seconds": round(result.seconds, 3),
+                        "worker_peak_rss_bytes": result.worker_peak_rss_bytes})
     else:
         log.info("nothing to compact for %s %s: %s", channel, fields["day"], result.outcome,
                  extra={"event": "compaction_skipped", **fields})
-
-
 def describe(result: CompactionResult) -> str:
     """One line for a person."""
     day = result.day.isoformat()
@@ -249,3 +542,7 @@ def compaction_refusal(calendar: MarketCalendar, day: date, now: datetime,
         return None
     ready = (session.close + timedelta(seconds=settle_seconds)).astimezone(calendar.tz)
     return f"today's session may still be writing; compact {day.isoformat()} after {ready:%H:%M:%S %Z}"
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
