@@ -1,4 +1,4 @@
-"""The writer thread: drains the queue, keeps the bars that belong to today's session once each, and
+"""The writer thread: drains the queue, keeps the rows that belong to today's session once each, and
 flushes them to Parquet every `write_interval_seconds`, on its own timer (and sooner when a batch is big,
 so the interval never bounds throughput).
 
@@ -6,8 +6,11 @@ Parsing happens here, not in the reader, so the WebSocket loop never waits on JS
 parsed many at a time into columns. A failed flush keeps the rows in memory and retries at the next
 interval, so a full or read-only disk loses nothing once it recovers.
 
-Nothing a server sends stops this thread: an event that is not a plausible bar of a subscribed symbol
-(aggregate_bars.BarRules) is counted, by reason, and the day's files hold only bars every reader can open.
+The writer knows no channel by name: each subscribed channel (spy_streamer/channels/) gets a `Lane` with
+its rules, the day's dedup keys, its pending rows and its gaps, and each flush writes one file per
+channel with rows. Nothing a server sends stops this thread: an event that is not a plausible row of a
+subscribed symbol (channels.rules.ChannelRules) is counted, by reason, and the day's files hold only rows
+every reader can open.
 """
 from __future__ import annotations
 
@@ -20,14 +23,18 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .aggregate_bars import CHANNEL, BarRules, rest_results_with_reasons, subscribed_symbols, ws_frames_to_table
+from .channels import Channel, channel_for
+from .channels.base import SESSION
+from .channels.parsing import parse_frames, rest_results_with_reasons
+from .channels.rules import ChannelRules
+from .channels.subscriptions import channel_names, has_wildcard, symbols_of
 from .clock_skew import ClockSkewDetector
 from .gap_backfill import Gap
 from .market_hours import MarketCalendar
 from .parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
 from .queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
-from .seen_bars import SeenBars
+from .seen_bars import SeenKeys, key_hashes
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +43,83 @@ MAX_BYTES_PER_PARSE = 1_000_000  # ...but about a MB at most: a batch is held th
 MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat under heavy load
 
 
+class Lane:
+    """One channel's share of the writer for the current day: rules, stored keys, pending rows, gaps.
+
+    Per symbol it keeps the latest row time (where a gap would begin) and, while one may be open, the
+    gap's first time: two dict entries, about 200 bytes a symbol-day, plus 8 bytes per stored row."""
+
+    def __init__(self, channel: Channel, subscriptions: tuple[str, ...], backfill: bool):
+        self.channel = channel
+        self.rules = ChannelRules(channel, subscriptions)
+        self.named_symbols = symbols_of(channel.name, subscriptions)
+        self.wildcard = has_wildcard(channel.name, subscriptions)
+        self.backfill = backfill
+        self.seen = SeenKeys()
+        self.latest_ms: dict[str, int] = {}      # per symbol: the latest stored row time today
+        self.gap_from: dict[str, int] = {}       # per symbol: first row time that may be missing
+        self.pending: list[pa.Table] = []
+
+    def key_schema(self) -> pa.Schema:
+        """The columns a restart reads back from the day's files: the dedup key and the time."""
+        names = dict.fromkeys((*self.channel.dedup_key, self.channel.time_column))
+        return pa.schema([self.channel.schema.field(name) for name in names])
+
+    def reset(self) -> None:
+        self.seen, self.latest_ms, self.gap_from = SeenKeys(), {}, {}
+
+    def remember(self, table: pa.Table) -> pa.Array:
+        """Record `table`'s keys and latest times; True for the rows not stored before."""
+        new = self.seen.add(key_hashes(table, self.channel.dedup_key))
+        if not self.backfill:  # the latest times only tell where gaps begin
+            return new
+        fresh = table.filter(new) if not pc.all(new).as_py() else table
+        if fresh.num_rows:
+            latest = pa.table({"symbol": fresh.column("symbol"), "t": self.channel.time_ms(fresh)}) \
+                .group_by("symbol").aggregate([("t", "max")])
+            for symbol, newest in zip(latest.column("symbol").to_pylist(), latest.column("t_max").to_pylist()):
+                if newest > self.latest_ms.get(symbol, newest - 1):
+                    self.latest_ms[symbol] = newest
+        return new
+
+    def symbols_to_backfill(self) -> list[str]:
+        """Named symbols, and under a wildcard every symbol seen today."""
+        if not self.backfill:
+            return []
+        return list(dict.fromkeys([*self.named_symbols, *(self.latest_ms if self.wildcard else ())]))
+
+    def open_gaps(self, opens_ms: int) -> None:
+        step = self.channel.gap_step_ms
+        for symbol in self.symbols_to_backfill():
+            last = self.latest_ms.get(symbol)
+            self.gap_from[symbol] = opens_ms if last is None else max(opens_ms, last + step)
+
+    def close_gaps(self, symbols: list[str], times_ms: list[int]) -> list[Gap]:
+        """The first live row of a symbol after a possible gap tells where the gap ends."""
+        gaps = []
+        for symbol, time_ms in zip(symbols, times_ms):
+            gap_from = self.gap_from.get(symbol)
+            if gap_from is None or time_ms < gap_from:
+                continue
+            del self.gap_from[symbol]
+            if time_ms > gap_from:
+                gaps.append(Gap(symbol, gap_from, time_ms - self.channel.gap_step_ms, self.channel.name))
+            if not self.gap_from:
+                break
+        return gaps
+
+    def gaps_left_open(self, closes_ms: int) -> list[Gap]:
+        last = closes_ms - max(self.channel.gap_step_ms, 1)
+        return [Gap(symbol, gap_from, last, self.channel.name) for symbol, gap_from in self.gap_from.items()
+                if gap_from <= last]
+
+
 class BatchWriter:
     def __init__(self, frames: queue.Queue, sink: ParquetSink, calendar: MarketCalendar,
                  stats: WriterStats, interval_seconds: float, clock,
                  request_backfill: Callable[[Gap], None] | None = None, *, subscriptions: tuple[str, ...]):
-        """`subscriptions` as configured ("A.SPY", "A.*"): only bars of those symbols are stored, and the
-        symbols named there are the ones whose gaps are backfilled."""
+        """`subscriptions` as configured ("A.SPY", "T.*"): only rows of those channels and symbols are
+        stored; the symbols named there (and under a wildcard, every symbol seen today) are backfilled."""
         self.frames = frames
         self.sink = sink
         self.calendar = calendar
@@ -49,14 +127,13 @@ class BatchWriter:
         self.interval_seconds = interval_seconds
         self.clock = clock
         self.request_backfill = request_backfill
-        self.rules = BarRules(subscriptions)
-        self.backfill_symbols = subscribed_symbols(subscriptions) if request_backfill else ()
+        self.lanes = {name: Lane(channel_for(name), subscriptions, request_backfill is not None)
+                      for name in channel_names(subscriptions)}
+        self.channels = {name: lane.channel for name, lane in self.lanes.items()}
         self._day: date | None = None
         self._day_start_ms = 0
         self._session_bounds_ms: tuple[int, int] = (0, 0)
-        self._seen = SeenBars(0, 0)
-        self._gap_from: dict[str, int] = {}      # per symbol: first bar start that may be missing
-        self._pending: list[pa.Table] = []
+        self._regular_bounds_ms: tuple[int, int] | None = None   # set when the session has extended hours
         self._flush_failing = False
         self._skew = ClockSkewDetector()
 
@@ -94,7 +171,7 @@ class BatchWriter:
                 size += len(item[1])
         return items
 
-    # --- accepting bars ---
+    # --- accepting rows ---
 
     def accept_items(self, items: list) -> None:
         """Queue items in order: runs of live frames are parsed together; control items between them."""
@@ -108,47 +185,68 @@ class BatchWriter:
             if item is GAP_POSSIBLE:
                 self.open_gaps()
             elif isinstance(item, RestBars):
-                self.accept_rest_results(item.symbol, item.results, item.received_ns)
+                self.accept_rest_results(item.symbol, item.results, item.received_ns, item.channel)
         self._accept_frames(run)
 
     def accept_frame(self, received_ns: int, frame: str | bytes) -> None:
         self._accept_frames([(received_ns, frame)])
 
     def _accept_frames(self, frames: list) -> None:
-        if frames:
-            self._keep(*ws_frames_to_table(frames), "ws")
+        if not frames:
+            return
+        tables, rejected = parse_frames(self.channels, frames)
+        if rejected:
+            self._count_rejected(rejected)
+        for name, parts in tables.items():
+            table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            self._keep(self.lanes[name], table, Counter(), "ws")
 
-    def accept_rest_results(self, symbol: str, results: list, received_ns: int) -> None:
-        self._keep(*rest_results_with_reasons(symbol, results, received_ns), "rest")
+    def accept_rest_results(self, symbol: str, results: list, received_ns: int, channel: str = "A") -> None:
+        lane = self.lanes.get(channel)
+        if lane is None:  # a backfill of a channel this session does not record: nothing to keep
+            return
+        self._keep(lane, *rest_results_with_reasons(lane.channel, symbol, results, received_ns), "rest")
 
-    def _keep(self, table: pa.Table, rejected: Counter, source: str) -> None:
-        """Drop invalid, late, out-of-session and already stored bars; queue the rest for the next flush."""
-        table = self.rules.apply(table, rejected)
+    def _keep(self, lane: Lane, table: pa.Table, rejected: Counter, source: str) -> None:
+        """Drop invalid, late, out-of-session and already stored rows; queue the rest for the next flush."""
+        table = lane.rules.apply(table, rejected)
         if rejected:
             self._count_rejected(rejected)
         self.stats.events_received += table.num_rows
-        if source == "ws" and table.num_rows:
+        if source == "ws" and table.num_rows and "end" in table.column_names:
             self._check_clock(table)
-        starts = pc.cast(table.column("start"), pa.int64())
-        late = pc.less(starts, self._day_start_ms)
-        opens, closes = self._session_bounds_ms
-        in_session = pc.and_(pc.greater_equal(starts, opens), pc.less(starts, closes))
-        late_count = pc.sum(late).as_py() or 0
-        self.stats.rejected_late += late_count
-        self.stats.outside_session += table.num_rows - late_count - (pc.sum(in_session).as_py() or 0)
-        table = table.filter(in_session)
-        symbols = table.column("symbol").combine_chunks()
-        session_starts = starts.filter(in_session).combine_chunks()
-        if self._gap_from and source == "ws":
-            self._close_gaps(symbols.to_pylist(), session_starts.to_pylist())
-        new = self._seen.add(symbols, session_starts)
+        table = self._in_session(lane, table)
+        if lane.gap_from and source == "ws" and table.num_rows:
+            for gap in lane.close_gaps(table.column("symbol").to_pylist(), lane.channel.time_ms(table).to_pylist()):
+                self.request_backfill(gap)
+        new = lane.remember(table)
         repeats = len(new) - (pc.sum(new).as_py() or 0)
-        if source == "ws":  # a REST bar the stream already delivered is expected overlap, not a repeat
+        if source == "ws":  # a REST row the stream already delivered is expected overlap, not a repeat
             self.stats.duplicates += repeats
         if repeats:
             table = table.filter(new)
         if table.num_rows:
-            self._store(table, source)
+            self._store(lane, self._with_session_column(lane, table), source)
+
+    def _in_session(self, lane: Lane, table: pa.Table) -> pa.Table:
+        """Count and drop rows of an earlier day (late) and rows outside the session."""
+        times = lane.channel.time_ms(table)
+        opens, closes = self._session_bounds_ms
+        in_session = pc.and_(pc.greater_equal(times, opens), pc.less(times, closes))
+        late_count = pc.sum(pc.less(times, self._day_start_ms)).as_py() or 0
+        self.stats.rejected_late += late_count
+        kept = pc.sum(in_session).as_py() or 0
+        self.stats.outside_session += table.num_rows - late_count - kept
+        return table if kept == table.num_rows else table.filter(in_session)
+
+    def _with_session_column(self, lane: Lane, table: pa.Table) -> pa.Table:
+        """With extended hours, each row says which part of the day it belongs to: pre, regular or post."""
+        if self._regular_bounds_ms is None:
+            return table
+        times = lane.channel.time_ms(table)
+        opens, closes = self._regular_bounds_ms
+        session = pc.if_else(pc.less(times, opens), "pre", pc.if_else(pc.less(times, closes), "regular", "post"))
+        return table.append_column(SESSION, session)
 
     def _count_rejected(self, rejected: Counter) -> None:
         self.stats.rejected_invalid += sum(rejected.values())
@@ -163,10 +261,10 @@ class BatchWriter:
         self._skew.observe(received_ns, newest_end_ms, self.clock.monotonic())
         self.stats.clock_skew_seconds = self._skew.skew_seconds
 
-    def _store(self, table: pa.Table, source: str) -> None:
-        if not self._pending:
+    def _store(self, lane: Lane, table: pa.Table, source: str) -> None:
+        if not self.stats.rows_pending:
             self.stats.pending_since = self.clock.now()
-        self._pending.append(table)
+        lane.pending.append(table)
         self.stats.rows_pending += table.num_rows
         if source == "rest":
             self.stats.rows_backfilled += table.num_rows
@@ -174,7 +272,7 @@ class BatchWriter:
     # --- day and session bounds ---
 
     def start_day(self) -> None:
-        """Load what is already stored for the current trading day, so no (symbol, start) is written twice."""
+        """Load what is already stored for the current trading day, so no key is written twice."""
         day = self.calendar.trading_day(self.clock.now())
         if day == self._day:
             return
@@ -182,64 +280,56 @@ class BatchWriter:
         session = self.calendar.session_on(day)
         midnight = datetime.combine(day, datetime.min.time(), tzinfo=self.calendar.tz)
         self._day_start_ms = int(midnight.timestamp() * 1000)
-        self._session_bounds_ms = (0, 0) if session is None else (
-            int(session.open.timestamp() * 1000), int(session.close.timestamp() * 1000))
-        opens, closes = self._session_bounds_ms
-        self._seen = SeenBars(opens, -(-(closes - opens) // 1000))
-        stored = self.sink.stored_bars(CHANNEL, day)
-        self._seen.add(stored.column("symbol").combine_chunks(), stored.column("start").combine_chunks())
-        # Started (or restarted) mid-session: whatever came before the first live bar may be missing.
+        self._session_bounds_ms = (0, 0) if session is None else (_ms(session.open), _ms(session.close))
+        self._regular_bounds_ms = None if session is None or not session.extended else \
+            tuple(_ms(instant) for instant in session.regular)
+        for lane in self.lanes.values():
+            lane.reset()
+            lane.remember(self.sink.stored_rows(lane.channel.name, day, lane.key_schema()))
+        # Started (or restarted) mid-session: whatever came before the first live row may be missing.
         self.open_gaps()
 
     def _follow_early_close(self) -> None:
-        """The calendar may learn of an earlier close during the session (a refresh): from then on, bars
+        """The calendar may learn of an earlier close during the session (a refresh): from then on, rows
         after it are after-hours. The close only ever moves earlier here; the runner ends a closed day."""
         session = self.calendar.session_on(self._day) if self._day is not None else None
         opens, closes = self._session_bounds_ms
-        if session is not None and session.close.timestamp() * 1000 < closes:
-            self._session_bounds_ms = (opens, int(session.close.timestamp() * 1000))
+        if session is not None and _ms(session.close) < closes:
+            self._session_bounds_ms = (opens, _ms(session.close))
+            if session.extended:
+                self._regular_bounds_ms = tuple(_ms(instant) for instant in session.regular)
 
     # --- gaps ---
 
     def open_gaps(self) -> None:
-        """The stream may have missed bars from just after the last stored one (or the open) on."""
-        opens = self._session_bounds_ms[0]
-        for symbol in self.backfill_symbols:
-            last = self._seen.latest_start(symbol)
-            self._gap_from[symbol] = opens if last is None else max(opens, last + 1000)
+        """The stream may have missed rows from just after the last stored one (or the open) on."""
+        for lane in self.lanes.values():
+            lane.open_gaps(self._session_bounds_ms[0])
 
     def gaps_left_open(self) -> list[Gap]:
-        """Gaps no live bar closed before the session ended (lost connection until the close): up to the close."""
-        closes = self._session_bounds_ms[1]
-        return [Gap(symbol, gap_from, closes - 1000) for symbol, gap_from in self._gap_from.items()
-                if gap_from < closes]
-
-    def _close_gaps(self, symbols: list[str], starts: list[int]) -> None:
-        """The first live bar of a symbol after a possible gap tells where the gap ends."""
-        for symbol, start in zip(symbols, starts):
-            gap_from = self._gap_from.get(symbol)
-            if gap_from is None or start < gap_from:
-                continue
-            del self._gap_from[symbol]
-            if start > gap_from:
-                self.request_backfill(Gap(symbol, gap_from, start - 1000))
-            if not self._gap_from:
-                return
+        """Gaps no live row closed before the session ended (lost connection until the close): up to the close."""
+        return [gap for lane in self.lanes.values() for gap in lane.gaps_left_open(self._session_bounds_ms[1])]
 
     # --- flushing ---
 
     def flush(self) -> bool:
-        """Write the pending rows as one file; on failure keep them for the next attempt."""
+        """Write each channel's pending rows as one file; on failure keep them for the next attempt."""
         self._follow_early_close()
-        if not self._pending:
-            return True
-        table = pa.concat_tables(self._pending)
-        self._pending = [table]
+        ok = True
+        for lane in self.lanes.values():
+            if lane.pending:
+                ok = self._flush_lane(lane) and ok
+        return ok
+
+    def _flush_lane(self, lane: Lane) -> bool:
+        table = pa.concat_tables(lane.pending, promote_options="default")
+        lane.pending = [table]
         try:
-            self.sink.write(CHANNEL, self._day, table, self.clock.time_ns())
+            self.sink.write(lane.channel.name, self._day, table, self.clock.time_ns())
         except OSError as exc:
             self._flush_failed(exc, table.num_rows)
             return False
+        lane.pending = []
         self._flush_succeeded(table.num_rows)
         return True
 
@@ -258,7 +348,12 @@ class BatchWriter:
         self.stats.last_write_error = None
         self.stats.rows_written += rows
         self.stats.batches_written += 1
-        self.stats.rows_pending = 0
-        self.stats.pending_since = None
+        self.stats.rows_pending -= rows
+        if not any(lane.pending for lane in self.lanes.values()):
+            self.stats.rows_pending = 0
+            self.stats.pending_since = None
         self.stats.last_flush_at = self.clock.now()
-        self._pending = []
+
+
+def _ms(instant: datetime) -> int:
+    return int(instant.timestamp() * 1000)

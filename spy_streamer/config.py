@@ -54,6 +54,7 @@ class PolygonConfig:
     ws_secure: bool
     rest_base_url: str
     subscriptions: tuple[str, ...]
+    rest_max_requests_per_second: float = 20.0   # the gap backfill's cap (a wildcard may have thousands)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class MarketHoursConfig:
     start_time: time
     end_time: time
     holiday_rules: str = "XNYS"   # exchange_rules.RULE_SETS: "XNYS" (NYSE holidays, early closes) or "none"
+    extended_hours: bool = False  # also pre-market (from 04:00 New York) and after-hours (to 20:00)
 
 
 @dataclass(frozen=True)
@@ -182,12 +184,21 @@ def _weekdays(value: Any) -> frozenset[int]:
 
 
 def _subscriptions(value: Any) -> tuple[str, ...]:
+    from .channels import NAMES  # the registry is the one list of what can be recorded (no pyarrow import)
     if not isinstance(value, list) or not value:
         raise ValueError(f"expected a non-empty list like [\"A.SPY\"], got {_shown(value)}")
     for item in value:
-        if not isinstance(item, str) or not re.fullmatch(r"[A-Z]+\.[A-Za-z0-9.*:]+", item):
-            raise ValueError(f"expected channel.symbol like \"A.SPY\", got {_shown(item)}")
-    return tuple(value)
+        if not isinstance(item, str) or not re.fullmatch(r"[A-Z]+\.(\*|[A-Z0-9][A-Za-z0-9.:-]*)", item):
+            raise ValueError(f"expected channel.symbol like \"A.SPY\" or a wildcard \"A.*\", got {_shown(item)}")
+        if item.split(".", 1)[0] not in NAMES:
+            raise ValueError(f"channel of {_shown(item)} is not supported; supported: {', '.join(NAMES)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _requests_per_second(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= 1000:
+        raise ValueError(f"expected requests per second, 0.1-1000, got {_shown(value)}")
+    return float(value)
 
 
 def _base_url(value: Any) -> str:
@@ -263,6 +274,7 @@ SCHEMA: dict[str, Any] = {
         "ws_secure": (_boolean, True),
         "rest_base_url": (_base_url, "https://api.polygon.io"),
         "subscriptions": (_subscriptions, ["A.SPY"]),
+        "rest_max_requests_per_second": (_requests_per_second, 20),
     },
     "streaming": {
         "market_hours": {
@@ -271,6 +283,7 @@ SCHEMA: dict[str, Any] = {
             "start_time": (_clock_time, "09:30"),
             "end_time": (_clock_time, "16:00"),
             "holiday_rules": (lambda value: _one_of(value, ("XNYS", "none")), "XNYS"),
+            "extended_hours": (_boolean, False),
         },
         "monitoring": {
             "heartbeat_interval_seconds": (_seconds_between(*HEARTBEAT_INTERVAL_RANGE), 300),

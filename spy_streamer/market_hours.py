@@ -20,9 +20,10 @@ at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from types import MappingProxyType
 from typing import Mapping
+from zoneinfo import ZoneInfo
 
 from .config import MarketHoursConfig
 from .exchange_rules import RULE_SETS
@@ -33,11 +34,29 @@ __all__ = ["MarketCalendar", "Session", "SpecialDay"]
 LOOKAHEAD_DAYS = 30
 
 
+# Extended hours (opt-in): pre-market from 04:00 New York, after-hours until 4 h after the regular close
+# (20:00; 17:00 after a 13:00 early close), as Nasdaq and NYSE Arca run them.
+EXCHANGE_TZ = ZoneInfo("America/New_York")
+PRE_MARKET_OPENS = time(4, 0)
+AFTER_HOURS_SPAN = timedelta(hours=4)
+
+
 @dataclass(frozen=True)
 class Session:
     open: datetime
     close: datetime
     early_close: SpecialDay | None = None   # the special day that moved the close (or the open), if any
+    regular_open: datetime | None = None    # with extended hours: the regular session inside [open, close)
+    regular_close: datetime | None = None
+
+    @property
+    def extended(self) -> bool:
+        return self.regular_open is not None
+
+    @property
+    def regular(self) -> tuple[datetime, datetime]:
+        """(open, close) of the regular session (the whole session without extended hours)."""
+        return (self.regular_open or self.open, self.regular_close or self.close)
 
 
 class MarketCalendar:
@@ -61,6 +80,16 @@ class MarketCalendar:
         return learned if learned is not None else self._rules(day.year).get(day)
 
     def session_on(self, day: date) -> Session | None:
+        """The session of a local date (with extended hours when configured), or None when the market
+        does not open that day."""
+        session = self.regular_session_on(day)
+        if session is None or not self.hours.extended_hours:
+            return session
+        pre = datetime.combine(day, PRE_MARKET_OPENS, tzinfo=EXCHANGE_TZ).astimezone(timezone.utc)
+        return Session(min(pre, session.open), session.close + AFTER_HOURS_SPAN, session.early_close,
+                       regular_open=session.open, regular_close=session.close)
+
+    def regular_session_on(self, day: date) -> Session | None:
         """The regular session of a local date, or None when the market does not open that day."""
         if day.weekday() not in self.hours.active_days:
             return None

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .durable_files import fsync_directory
@@ -75,17 +74,15 @@ class ParquetSink:
                         extra={"event": "fsync_failed"})
         return final
 
-    def stored_bars(self, channel: str, day: date) -> pa.Table:
-        """`symbol` and `start` (ms) of every row already stored for the day, so a restart adds no duplicate."""
-        tables = [pa.table({"symbol": pa.array([], pa.string()), "start": pa.array([], pa.int64())})]
+    def stored_rows(self, channel: str, day: date, columns: pa.Schema) -> pa.Table:
+        """The `columns` of every row already stored for the channel's day (an unreadable file is set
+        aside), so a restart adds no duplicate. The caller names the columns: the sink knows no channel."""
+        tables = [columns.empty_table()]
         for path in visible_parquet_files(self.partition_dir(channel, day)):
             try:
-                table = pq.read_table(path, columns=["symbol", "start"])
+                tables.append(pq.read_table(path, columns=columns.names).cast(columns))
             except (pa.ArrowException, OSError) as exc:
                 self._set_aside(path, exc)
-                continue
-            tables.append(pa.table({"symbol": table.column("symbol"),
-                                    "start": pc.cast(table.column("start"), pa.int64())}))
         return pa.concat_tables(tables)
 
     @staticmethod

@@ -6,8 +6,8 @@ module fetches raw responses, sets the timeouts on the connection pool itself an
 from __future__ import annotations
 
 import json
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Callable, Iterator
+from urllib.parse import quote, urlsplit
 
 import urllib3
 from polygon import RESTClient
@@ -50,24 +50,22 @@ def fetch_upcoming_holidays(client: RESTClient) -> list[dict[str, Any]]:
 
 
 def fetch_aggs(client: RESTClient, symbol: str, timespan: str, from_ms: int, to_ms: int,
-               page_limit: int = AGGS_PAGE_LIMIT) -> list:
+               page_limit: int = AGGS_PAGE_LIMIT, pace: Callable[[], None] | None = None) -> list:
     """The raw `results` of GET /v2/aggs/ticker/{symbol}/range/1/{timespan}/{from}/{to}, all pages.
 
     The items are returned unchecked (the writer validates and counts each); an answer that is not a
     Polygon aggregates page raises RestAnswerError. Pages are fetched raw because the client's own
-    iterator ends silently on a body that is not JSON, which would look like "no bars".
+    iterator ends silently on a body that is not JSON, which would look like "no bars". `pace()` is
+    called before each request (the backfill's rate cap).
     """
-    results: list = []
-    page = _aggs_page(lambda: client.list_aggs(symbol, 1, timespan, from_ms, to_ms, adjusted=True,
-                                               sort="asc", limit=page_limit, raw=True))
-    for _ in range(MAX_AGGS_PAGES):
-        results.extend(page.get("results", []))
-        next_url = page.get("next_url")
-        if not next_url:
-            return results
-        path = next_page_path(client.BASE, next_url)
-        page = _aggs_page(lambda: client._get(path=path, raw=True))
-    raise RestAnswerError(f"aggregates for {symbol} ran past {MAX_AGGS_PAGES} pages")
+    return [row for page in iter_aggs_pages(client, symbol, timespan, from_ms, to_ms, page_limit, pace) for row in page]
+
+
+def iter_aggs_pages(client: RESTClient, symbol: str, timespan: str, from_ms: int, to_ms: int,
+                    page_limit: int = AGGS_PAGE_LIMIT, pace: Callable[[], None] | None = None) -> Iterator[list]:
+    """fetch_aggs one page of `results` at a time (a backfill holds one page, not a whole day)."""
+    return _pages(client, f"aggregates for {symbol}", pace, lambda: client.list_aggs(
+        symbol, 1, timespan, from_ms, to_ms, adjusted=True, sort="asc", limit=page_limit, raw=True))
 
 
 def fetch_second_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
@@ -80,6 +78,33 @@ def fetch_minute_aggs(client: RESTClient, symbol: str, from_ms: int, to_ms: int,
                       page_limit: int = AGGS_PAGE_LIMIT) -> list:
     """One-minute bars (the `AM` channel's REST source, and what `verify` checks second bars against)."""
     return fetch_aggs(client, symbol, "minute", from_ms, to_ms, page_limit)
+
+
+def iter_tick_pages(client: RESTClient, kind: str, symbol: str, from_ms: int, to_ms: int,
+                    page_limit: int = AGGS_PAGE_LIMIT, pace: Callable[[], None] | None = None) -> Iterator[list]:
+    """The raw `results` of GET /v3/{kind}/{symbol} (kind "trades" or "quotes") with SIP timestamps from
+    `from_ms` to `to_ms` inclusive (`timestamp.gte`/`timestamp.lt` in nanoseconds), oldest first, one
+    page (up to 50,000 rows) at a time."""
+    params = {"timestamp.gte": from_ms * 1_000_000, "timestamp.lt": (to_ms + 1) * 1_000_000,
+              "order": "asc", "sort": "timestamp", "limit": page_limit}
+    path = f"/v3/{kind}/{quote(symbol, safe='')}"
+    return _pages(client, f"{kind} for {symbol}", pace, lambda: client._get(path=path, params=params, raw=True))
+
+
+def _pages(client: RESTClient, what: str, pace: Callable[[], None] | None, first_request) -> Iterator[list]:
+    """Each page's `results`, following `next_url` on the configured origin only."""
+    pace = pace or (lambda: None)
+    pace()
+    page = _results_page(first_request)
+    for _ in range(MAX_AGGS_PAGES):
+        yield page.get("results", [])
+        next_url = page.get("next_url")
+        if not next_url:
+            return
+        path = next_page_path(client.BASE, next_url)
+        pace()
+        page = _results_page(lambda: client._get(path=path, raw=True))
+    raise RestAnswerError(f"{what} ran past {MAX_AGGS_PAGES} pages")
 
 
 def next_page_path(base_url: str, next_url: str) -> str:
@@ -112,14 +137,14 @@ def _origin_text(parts) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _aggs_page(request) -> dict[str, Any]:
+def _results_page(request) -> dict[str, Any]:
     try:
         page = json.loads(request().data)
     except Exception as exc:
         raise RestAnswerError(_describe(exc)) from None
     if not isinstance(page, dict) or not isinstance(page.get("results", []), list) \
             or not isinstance(page.get("next_url", ""), str):
-        raise RestAnswerError("aggregates answer is not a Polygon aggregates page")
+        raise RestAnswerError("answer is not a Polygon results page")
     return page
 
 

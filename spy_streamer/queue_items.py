@@ -16,10 +16,11 @@ GAP_POSSIBLE = "gap possible"
 
 @dataclass(frozen=True)
 class RestBars:
-    """Bars fetched by the gap backfill, as Polygon's REST `results`."""
+    """Rows fetched by the gap backfill, as Polygon's REST `results` of `channel` (bars, trades or quotes)."""
     symbol: str
     results: list
     received_ns: int
+    channel: str = "A"
 
 
 class FrameQueue(queue.Queue):

@@ -35,7 +35,8 @@ from .metrics import MetricsPublisher
 from .parquet_sink import ParquetSink
 from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
 from .polygon_client import AuthRejected, PolygonStream
-from .polygon_rest import fetch_second_aggs, make_rest_client
+from .channels import channel_for
+from .polygon_rest import make_rest_client
 from .queue_items import END_OF_STREAM, FrameQueue
 
 log = logging.getLogger(__name__)
@@ -407,8 +408,9 @@ class StreamingRunner:
     def _begin_session(self, market_session: Session) -> None:
         frames = FrameQueue(QUEUE_MAX_BYTES)
         backfiller = GapBackfiller(
-            lambda symbol, from_ms, to_ms: fetch_second_aggs(self.rest_client, symbol, from_ms, to_ms),
-            frames.put, self.backfill_stats, self.clock)
+            lambda gap, pace: channel_for(gap.channel).fetch(self.rest_client, gap.symbol, gap.from_ms, gap.to_ms, pace),
+            frames.put, self.backfill_stats, self.clock,
+            max_requests_per_second=self.config.polygon.rest_max_requests_per_second)
         writer = BatchWriter(frames, self.sink, self.calendar, self.writer_stats,
                              self.config.batching.write_interval_seconds, self.clock,
                              request_backfill=backfiller.request, subscriptions=self.config.polygon.subscriptions)
@@ -449,9 +451,7 @@ class StreamingRunner:
         """Fetch what is missing up to the close. The session's threads have stopped: its writer is used
         from this thread alone."""
         for gap in session.writer.gaps_left_open():
-            bars = session.backfiller.fill_now(gap)
-            if bars is not None:
-                session.writer.accept_items([bars])
+            session.backfiller.fill_now(gap, lambda rows: session.writer.accept_items([rows]))
         session.writer.flush()
 
     def _compact(self, session: Session) -> None:

@@ -1,4 +1,4 @@
-"""Only plausible bars of subscribed symbols are stored (aggregate_bars.BarRules), on every path, each
+"""Only plausible bars of subscribed symbols are stored (channels.rules.ChannelRules), on every path, each
 refusal counted under its reason; whatever is sent, the day reads back with pyarrow, DuckDB and pandas."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ny
 from fake_polygon import agg_event
-from spy_streamer.aggregate_bars import (REASONS, BarRules, rest_results_with_reasons, rows_with_reasons,
-                                         ws_bar, ws_frames_to_table)
+from channel_parsing import events_one_by_one, frames_to_table, rest_table, rules as channel_rules
+from spy_streamer.channels import REASONS
 from test_batch_writer import Rig, data_dir, frame, ms, parquet_files, rig, stored_keys  # noqa: F401 (fixtures data_dir, rig)
 
 START = ms(ny(2025, 6, 10, 9, 45))
@@ -175,9 +175,9 @@ def test_each_event_is_counted_once_under_its_first_broken_rule(rig):
 def test_the_fast_and_the_per_event_paths_agree():
     """The same events give the same rows and the same reasons by pyarrow's reader and by json.loads."""
     events = [event for _, event in implausible()] + good_bars() + [{"ev": "T"}, {"ev": "A"}, 7, None]
-    fast, fast_rejected = ws_frames_to_table([(0, frame(events))])
-    slow, slow_rejected = rows_with_reasons(json.loads(frame(events)), ws_bar, 0, "ws")
-    rules = BarRules(("A.SPY", "A.QQQ"))
+    fast, fast_rejected = frames_to_table([(0, frame(events))])
+    slow, slow_rejected = events_one_by_one(json.loads(frame(events)))
+    rules = channel_rules(("A.SPY", "A.QQQ"))
     fast = rules.apply(fast, fast_rejected)
     slow = rules.apply(slow, slow_rejected)
     assert fast_rejected == slow_rejected
@@ -188,9 +188,9 @@ def test_the_fast_and_the_per_event_paths_agree():
 
 def test_rest_parsing_alone_checks_only_types():
     """Parsing says whether a result is a bar; whether it is plausible is BarRules' job."""
-    table, rejected = rest_results_with_reasons("SPY", [{"t": START, "o": -1.0, "h": 1.0, "l": 1.0, "c": 1.0,
-                                                          "v": -1}], 0)
+    table, rejected = rest_table("SPY", [{"t": START, "o": -1.0, "h": 1.0, "l": 1.0, "c": 1.0,
+                                                          "v": -1}])
     assert table.num_rows == 1 and not rejected
-    assert BarRules(("A.SPY",)).apply(table, rejected).num_rows == 0
+    assert channel_rules(("A.SPY",)).apply(table, rejected).num_rows == 0
     assert rejected == Counter(bad_price=1)
     assert isinstance(table.column("start").type, pa.TimestampType)

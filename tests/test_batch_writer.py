@@ -17,7 +17,9 @@ from datetime import datetime, time as clock_time, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -33,7 +35,7 @@ from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.parquet_sink import ParquetSink
 from spy_streamer.pipeline_stats import WriterStats
 from spy_streamer.queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
-from spy_streamer.seen_bars import SeenBars
+from spy_streamer.seen_bars import SeenKeys, key_hashes
 
 NEW_YORK = ZoneInfo("America/New_York")
 HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
@@ -240,24 +242,35 @@ def test_same_start_of_another_symbol_is_not_a_duplicate(rig, data_dir):
     assert stored_keys(data_dir) == [("QQQ", start), ("SPY", start)]
 
 
-def test_the_repeat_check_costs_a_session_not_a_day_per_symbol(data_dir):
-    """Regression: each symbol took a 25-hour bitmap (90 KB), about 1 GB under "A.*" (~11,000 tickers)."""
+def test_the_repeat_check_costs_bytes_per_row_not_per_symbol(data_dir):
+    """Regression: each symbol took a session bitmap (23.4 KB), about 260 MB under "A.*" (~11,000 tickers)
+    before a single bar; the issue allows at most 4 KB per symbol-day on top of the rows."""
     rig = Rig(data_dir, subscriptions=("A.*",))
     symbols = [f"S{index:03d}" for index in range(50)]
     rig.send([agg_event(ms(ny(2025, 6, 10, 9, 30)), symbol) for symbol in symbols])
-    assert rig.writer._seen.memory_bytes() == len(symbols) * 23_400   # 09:30-16:00, one byte a second
+    lane = rig.writer.lanes["A"]
+    assert len(lane.seen) == len(symbols) and lane.seen.memory_bytes() == 8 * len(symbols)
     rig.send([agg_event(ms(ny(2025, 6, 10, 15, 59, 59)), symbol) for symbol in symbols[:2]]
              + [agg_event(ms(ny(2025, 6, 10, 9, 30)), symbols[0])])
     assert rig.stats.duplicates == 1 and rig.stats.rows_pending == len(symbols) + 2
 
 
-def test_repeats_off_the_whole_second_grid_are_still_recognised():
-    seen = SeenBars(1_000_000, 10)
-    symbols = pa.array(["SPY", "SPY", "SPY", "SPY"])
-    starts = pa.array([1_000_000, 1_000_500, 999_000, 1_010_000], pa.int64())   # on, off the grid, before, after
-    assert seen.add(symbols, starts).to_pylist() == [True] * 4
-    assert seen.add(symbols, starts).to_pylist() == [False] * 4
-    assert seen.latest_start("SPY") == 1_000_000 and seen.latest_start("QQQ") is None
+def test_repeats_are_recognised_within_a_batch_across_batches_and_after_merging():
+    seen = SeenKeys()
+    table = pa.table({"symbol": ["SPY", "SPY", "SPY", "SPY", "QQQ"],
+                      "start": pa.array([1_000_000, 1_000_500, 999_000, 1_000_000, 1_000_000], pa.int64())})
+    keys = key_hashes(table, ("symbol", "start"))
+    assert seen.add(keys).to_pylist() == [True, True, True, False, True]
+    assert seen.add(keys).to_pylist() == [False] * 5
+    many = np.arange(200_000, dtype=np.uint64) * np.uint64(7919)   # past the merge threshold
+    assert pc.all(seen.add(many)).as_py() and not pc.any(seen.add(many)).as_py()
+    assert seen.add(keys).to_pylist() == [False] * 5 and len(seen) == 200_004
+
+
+def test_null_key_parts_are_a_value_of_their_own():
+    table = pa.table({"symbol": ["SPY", "SPY", "SPY"], "trf_id": pa.array([None, 0, None], pa.int64())})
+    keys = key_hashes(table, ("symbol", "trf_id"))
+    assert keys[0] == keys[2] and keys[0] != keys[1]
 
 
 def test_a_restarted_writer_does_not_store_existing_keys_again(rig, data_dir):

@@ -20,7 +20,8 @@ from hypothesis import event, given, settings, strategies as st
 
 from conftest import FakeClock
 from fake_polygon import agg_event
-from spy_streamer.aggregate_bars import REASONS, BarRules, rows_with_reasons, ws_bar, ws_frames_to_table
+from channel_parsing import events_one_by_one, frames_to_table, rules as channel_rules
+from spy_streamer.channels import REASONS
 from spy_streamer.queue_items import RestBars
 from test_batch_writer import SESSION_NOW, Rig, ms, ny
 
@@ -171,7 +172,7 @@ def test_whatever_is_sent_the_writer_survives_and_stores_each_valid_bar_once(ses
 @settings(max_examples=300)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(lambda text: text.encode("utf-8", "surrogatepass")))
 def test_no_bytes_make_parsing_raise(data):
-    table, rejected = ws_frames_to_table([(0, data)])
+    table, rejected = frames_to_table([(0, data)])
     assert set(rejected) <= set(REASONS)
 
 
@@ -191,9 +192,9 @@ typed_events = typed_events | st.builds(lambda second: agg_event(OPEN_MS + secon
 def test_the_fast_and_the_per_event_paths_store_and_refuse_alike(events):
     """One definition of the rules: pyarrow's columnar reader and json.loads event by event agree."""
     text = json.dumps(events)
-    fast, fast_rejected = ws_frames_to_table([(0, text)])
-    slow, slow_rejected = rows_with_reasons(json.loads(text), ws_bar, 0, "ws")
-    rules = BarRules(("A.SPY", "A.QQQ", "A.B.B"))
+    fast, fast_rejected = frames_to_table([(0, text)])
+    slow, slow_rejected = events_one_by_one(json.loads(text))
+    rules = channel_rules(("A.SPY", "A.QQQ", "A.B.B"))
     assert rules.apply(fast, fast_rejected).equals(rules.apply(slow, slow_rejected))
     assert fast_rejected == slow_rejected
     assert sum(fast_rejected.values()) + rules.apply(fast, Counter()).num_rows == len(events)

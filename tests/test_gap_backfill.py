@@ -9,9 +9,9 @@ import pytest
 
 from conftest import FakeClock, TEST_API_KEY, ny
 from fake_polygon import FakePolygon, session_timeline
-from spy_streamer.gap_backfill import Gap, GapBackfiller
+from spy_streamer.gap_backfill import Gap, GapBackfiller, RequestPacer
 from spy_streamer.pipeline_stats import BackfillStats
-from spy_streamer.polygon_rest import RestAnswerError, fetch_second_aggs, make_rest_client
+from spy_streamer.polygon_rest import RestAnswerError, fetch_second_aggs, iter_aggs_pages, make_rest_client
 
 START_MS = int(ny(2026, 11, 24, 10, 0).timestamp() * 1000)
 AGGS = "/v2/aggs/ticker/SPY/range/1/second/"
@@ -52,11 +52,11 @@ class ScriptedFetch:
     def __init__(self, failures: int):
         self.failures, self.calls = failures, 0
 
-    def __call__(self, symbol, from_ms, to_ms):
+    def __call__(self, gap, pace):
         self.calls += 1
         if self.calls <= self.failures:
             raise RestAnswerError("HTTP 500")
-        return [{"t": from_ms}]
+        return [[{"t": gap.from_ms}]]   # one page
 
 
 def run_backfiller(fetch, attempts=3, retry_seconds=0.01):
@@ -104,3 +104,30 @@ def test_stop_interrupts_the_retry_wait():
     backfiller.stop()
     thread.join(2)
     assert not thread.is_alive() and time.monotonic() - started < 1
+
+
+def test_requests_are_paced_to_the_configured_rate():
+    """A wildcard can open thousands of gaps at once: REST requests are spaced 1/rate apart."""
+    clock = FakeClock(ny(2026, 11, 24, 10))
+    waits: list[float] = []
+    stop = threading.Event()
+    stop.wait = lambda seconds: waits.append(round(seconds, 6)) or False
+    pacer = RequestPacer(20, clock, stop)
+    for _ in range(3):
+        pacer()
+    assert waits == [0.05, 0.1]           # the first at once, then one every 50 ms
+    clock.advance(1)
+    waits.clear()
+    pacer()
+    assert waits == []                    # idle long enough: no wait
+
+
+def test_each_page_is_delivered_as_it_comes(fake):
+    delivered, stats = [], BackfillStats()
+    client = rest(fake)
+    backfiller = GapBackfiller(lambda gap, pace: iter_aggs_pages(client, gap.symbol, "second", gap.from_ms, gap.to_ms,
+                                                                 page_limit=100, pace=pace),
+                               delivered.append, stats, FakeClock(ny(2026, 11, 24, 10)))
+    assert backfiller.fill_now(Gap("SPY", START_MS, START_MS + 249_000), delivered.append)
+    assert [len(page.results) for page in delivered] == [100, 100, 50]
+    assert {page.channel for page in delivered} == {"A"} and stats.backfill_finished == 1

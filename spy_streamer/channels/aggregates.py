@@ -52,9 +52,9 @@ def aggregate_channel(name: str, title: str, bar_ms: int, timespan: str) -> Chan
     def complete(row: dict) -> None:  # REST results carry no end: they are the bars asked for
         row["end"] = row["start"] + bar_ms if row["start"] + bar_ms <= 2 ** 63 - 1 else row["start"]
 
-    def fetch(client, symbol: str, from_ms: int, to_ms: int) -> list:
-        from ..polygon_rest import fetch_aggs  # the REST client loads only where a backfill runs
-        return fetch_aggs(client, symbol, timespan, from_ms, to_ms)
+    def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):
+        from ..polygon_rest import iter_aggs_pages  # the REST client loads only where a backfill runs
+        return iter_aggs_pages(client, symbol, timespan, from_ms, to_ms, pace=pace)
 
     return Channel(
         name=name, title=title, schema=SCHEMA, dedup_key=("symbol", "start"), sort_key=("symbol", "start"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -65,7 +65,7 @@ class Channel:
     rest_required: Mapping[str, str]     # column <- REST result key
     rest_optional: Mapping[str, str]
     checks: Callable[[dict[str, pa.Array]], Checks]   # plausibility, beyond the ticker's (Arrow columns)
-    fetch: Callable[..., list]           # (rest_client, symbol, from_ms, to_ms) -> raw REST results
+    fetch: Callable[..., Iterable[list]]  # (rest_client, symbol, from_ms, to_ms, pace) -> pages of raw REST results
     rest_path: str                       # the REST source, for people and the README
     gap_step_ms: int                     # spacing of consecutive rows' times: a gap starts one step after the last
     ws_types: Mapping[str, pa.DataType] = field(default_factory=dict)  # JSON type when not the column's

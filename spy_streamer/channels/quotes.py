@@ -55,9 +55,9 @@ def _condition_column_as_lists(table: pa.Table) -> pa.Table:
     return table.set_column(table.column_names.index("conditions"), "conditions", lists)
 
 
-def fetch(client, symbol: str, from_ms: int, to_ms: int) -> list:
-    from ..polygon_rest import fetch_ticks  # the REST client loads only where a backfill runs
-    return fetch_ticks(client, "quotes", symbol, from_ms, to_ms)
+def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):
+    from ..polygon_rest import iter_tick_pages  # the REST client loads only where a backfill runs
+    return iter_tick_pages(client, "quotes", symbol, from_ms, to_ms, pace=pace)
 
 
 CHANNEL = Channel(

@@ -40,9 +40,9 @@ def trade_checks(col: dict[str, pa.Array]) -> Checks:
             ("bad_id", pc.greater(pc.utf8_length(col["trade_id"]), 0))]
 
 
-def fetch(client, symbol: str, from_ms: int, to_ms: int) -> list:
-    from ..polygon_rest import fetch_ticks  # the REST client loads only where a backfill runs
-    return fetch_ticks(client, "trades", symbol, from_ms, to_ms)
+def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):
+    from ..polygon_rest import iter_tick_pages  # the REST client loads only where a backfill runs
+    return iter_tick_pages(client, "trades", symbol, from_ms, to_ms, pace=pace)
 
 
 CHANNEL = Channel(
