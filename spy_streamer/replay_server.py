@@ -48,6 +48,7 @@ HANG_SECONDS = 30.0
 _AGGS_PATH = re.compile(
     r"^/v2/aggs/ticker/(?P<sym>[^/]+)/range/(?P<mult>\d+)/(?P<span>\w+)/(?P<frm>[^/]+)/(?P<to>[^/]+)$"
 )
+_TICKS_PATH = re.compile(r"^/v3/(?P<kind>trades|quotes)/(?P<sym>[^/]+)$")
 
 
 # --------------------------------------------------------------------------
@@ -117,6 +118,34 @@ class RandomWalk:
                 "vw": round(vwap, 4), "o": open_, "c": close, "h": round(high, 2), "l": round(low, 2),
                 "a": round(self.turnover / self.accumulated, 4), "z": max(1, volume // rng.randint(20, 120)),
                 "s": start_ms, "e": start_ms + 1000}
+
+
+def trade_event(time_ms: int, symbol: str = "SPY", trade_id: str = "1", price: float = 500.0, size: int = 100,
+                exchange: int = 4, sequence: int = 1) -> dict:
+    """One Polygon trade ("T") event as the WebSocket sends it (SIP time in ms)."""
+    return {"ev": "T", "sym": symbol, "x": exchange, "i": trade_id, "z": 2, "p": price, "s": size, "c": [12, 37],
+            "t": time_ms, "q": sequence}
+
+
+def trade_result(event: dict) -> dict:
+    """The same trade as /v3/trades answers it (nanoseconds, long names)."""
+    return {"sip_timestamp": event["t"] * 1_000_000 + 123, "participant_timestamp": event["t"] * 1_000_000 - 5000,
+            "exchange": event["x"], "id": event["i"], "tape": event["z"], "price": event["p"], "size": event["s"],
+            "conditions": event["c"], "sequence_number": event["q"]}
+
+
+def quote_event(time_ms: int, symbol: str = "SPY", sequence: int = 1, bid: float = 499.99, ask: float = 500.01) -> dict:
+    """One Polygon NBBO quote ("Q") event as the WebSocket sends it (one condition, SIP time in ms)."""
+    return {"ev": "Q", "sym": symbol, "bx": 11, "bp": bid, "bs": 2, "ax": 12, "ap": ask, "as": 3, "c": 1,
+            "i": [604], "t": time_ms, "q": sequence, "z": 2}
+
+
+def quote_result(event: dict) -> dict:
+    """The same quote as /v3/quotes answers it."""
+    return {"sip_timestamp": event["t"] * 1_000_000 + 77, "participant_timestamp": event["t"] * 1_000_000 - 900,
+            "bid_exchange": event["bx"], "bid_price": event["bp"], "bid_size": event["bs"],
+            "ask_exchange": event["ax"], "ask_price": event["ap"], "ask_size": event["as"],
+            "conditions": [event["c"]], "indicators": event["i"], "sequence_number": event["q"], "tape": event["z"]}
 
 
 def holiday_rows(date_str: str, name: str, status: str = "closed",
@@ -194,6 +223,7 @@ class FakePolygon:
         self.sent_events: list[dict] = []
         self.timeline: dict[tuple[str, int], dict] = {}
         self.minute_overrides: dict[tuple[str, int], dict] = {}   # (symbol, minute start ms) -> fields
+        self.ticks: dict[tuple[str, str], list[dict]] = {}         # ("trades" | "quotes", symbol) -> REST rows
         self.holidays: list[dict] = []
         self.rest_requests: list[tuple[str, dict]] = []
         self._lock = threading.RLock()
@@ -393,9 +423,18 @@ class FakePolygon:
             return self._changed.wait_for(lambda: len(self._subscribed()) >= n, timeout)
 
     def add_to_timeline(self, events: Iterable[dict]) -> None:
+        """Second bars (`A` events) pushed or replayed are what /v2/aggs answers; other events are not bars."""
         with self._lock:
             for event in events:
-                self.timeline[(event["sym"], event["s"])] = event
+                if event.get("ev", "A") == "A":
+                    self.timeline[(event["sym"], event["s"])] = event
+
+    def add_ticks(self, kind: str, symbol: str, results: Iterable[dict]) -> None:
+        """REST-shaped rows ("trades" or "quotes", with a nanosecond `sip_timestamp`) for /v3/{kind}/{symbol}."""
+        with self._lock:
+            rows = self.ticks.setdefault((kind, symbol), [])
+            rows.extend(results)
+            rows.sort(key=lambda row: row["sip_timestamp"])
 
     def push(self, events: Iterable[dict], frame_size: int = 200) -> int:
         """Send events to every subscribed connection; returns how many went out."""
@@ -571,6 +610,9 @@ class FakePolygon:
         match = _AGGS_PATH.match(path)
         if match:
             return self._aggs(path, query, **match.groupdict())
+        match = _TICKS_PATH.match(path)
+        if match:
+            return self._ticks(path, query, **match.groupdict())
         return 404, {"status": "NOT_FOUND", "request_id": "fake", "message": "Not found"}
 
     def _aggs(self, path: str, query: dict, sym: str, mult: str, span: str, frm: str, to: str):
@@ -605,6 +647,25 @@ class FakePolygon:
             body["next_url"] = f"{self.rest_base_url}{path}?{urlencode(next_query)}"
         return 200, body
 
+
+    def _ticks(self, path: str, query: dict, kind: str, sym: str):
+        """/v3/trades and /v3/quotes: `timestamp.gte`/`timestamp.lt` in ns, `limit` (max 50,000), oldest
+        first, and a `cursor` (the offset already returned) in `next_url`, as Polygon pages them."""
+        try:
+            lo = int(query.get("timestamp.gte", 0))
+            hi = int(query.get("timestamp.lt", 2 ** 63 - 1))
+            limit = min(max(int(query.get("limit", 1000)), 1), 50000)
+            offset = int(query.get("cursor", 0))
+        except ValueError as exc:
+            return 400, {"status": "ERROR", "error": str(exc)}
+        with self._lock:
+            rows = [row for row in self.ticks.get((kind, sym), []) if lo <= row["sip_timestamp"] < hi]
+        page = rows[offset:offset + limit]
+        body: dict[str, Any] = {"status": "OK", "request_id": "fake", "results": page}
+        if offset + limit < len(rows):
+            next_query = {**query, "cursor": offset + limit}
+            body["next_url"] = f"{self.rest_base_url}{path}?{urlencode(next_query)}"
+        return 200, body
 
     def _minute_bars(self, sym: str, seconds: list[dict]) -> list[dict]:
         """Minute bars as Polygon builds them from the same trades: the sum of the second bars' volumes,

@@ -198,3 +198,37 @@ def test_the_fast_and_the_per_event_paths_store_and_refuse_alike(events):
     assert rules.apply(fast, fast_rejected).equals(rules.apply(slow, slow_rejected))
     assert fast_rejected == slow_rejected
     assert sum(fast_rejected.values()) + rules.apply(fast, Counter()).num_rows == len(events)
+
+
+# Trades and quotes: well-typed events with any values go through both paths alike, and nothing raises.
+ints = st.integers(-2 ** 63, 2 ** 63 - 1)
+trade_events = st.fixed_dictionaries(
+    {"ev": st.sampled_from(["T", "T", "Q"]), "sym": st.sampled_from(["SPY", "IWM", "", "spy"]), "x": ints,
+     "i": st.text(max_size=3), "p": st.floats(), "s": st.integers(-10, 2 ** 40) | st.floats(), "t": ints},
+    optional={"c": st.lists(ints, max_size=3), "q": ints, "z": ints, "trfi": ints, "trft": ints})
+quote_events = st.fixed_dictionaries(
+    {"ev": st.sampled_from(["Q", "Q", "T"]), "sym": st.sampled_from(["SPY", "IWM", "", "spy"]), "t": ints, "q": ints},
+    optional={"bp": st.floats(), "ap": st.floats(), "bs": st.integers(-10, 10) | st.floats(), "as": st.floats(),
+              "bx": ints, "ax": ints, "c": ints, "i": st.lists(ints, max_size=3), "z": ints, "trft": ints})
+
+
+@settings(max_examples=150)
+@given(st.sampled_from(["T", "Q"]), st.data())
+def test_trades_and_quotes_take_both_paths_alike(channel, data):
+    events = data.draw(st.lists(trade_events if channel == "T" else quote_events, max_size=6))
+    text = json.dumps(events)
+    fast, fast_rejected = frames_to_table([(0, text)], channel)
+    slow, slow_rejected = events_one_by_one(json.loads(text), channel)
+    checked = channel_rules((f"{channel}.SPY",), channel)
+    assert checked.apply(fast, fast_rejected).equals(checked.apply(slow, slow_rejected))
+    assert fast_rejected == slow_rejected and set(fast_rejected) <= set(REASONS)
+
+
+@settings(max_examples=100)
+@given(st.lists(trade_events | quote_events | json_values, max_size=6))
+def test_a_writer_of_every_channel_survives_anything(events):
+    with tempfile.TemporaryDirectory() as folder:
+        rig = Rig(Path(folder), clock=FakeClock(SESSION_NOW), subscriptions=("A.*", "AM.SPY", "T.*", "Q.SPY"))
+        rig.writer.accept_frame(0, json.dumps(events))
+        assert rig.writer.flush()
+        assert set(rig.stats.rejected_reasons) <= set(REASONS)
