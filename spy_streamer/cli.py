@@ -140,16 +140,21 @@ def cmd_compact(config: Config, args: argparse.Namespace) -> int:
     return 1 if result.outcome is Outcome.NO_DATA else 0
 
 
+def _channel_names() -> tuple[str, ...]:
+    from .channels import NAMES  # names only: no pyarrow on the parser's path
+    return NAMES
+
+
 def cmd_report(config: Config, args: argparse.Namespace) -> int:
-    from .aggregate_bars import subscribed_symbols
     from .calendar_store import load_calendar
+    from .channels.subscriptions import symbols_of
     from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
     calendar = load_calendar(config)
     now = datetime.now(timezone.utc)
     day = args.date or calendar.trading_day(now)
     try:
         coverage = load_coverage(config.paths.data_dir, day, session_bounds(calendar, day, now), args.gap_seconds,
-                                 subscribed_symbols(config.polygon.subscriptions))
+                                 symbols_of(args.channel, config.polygon.subscriptions), args.channel)
     except CoverageError as exc:
         print(f"spy-streamer: {exc}", file=sys.stderr)
         return 1
@@ -237,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD", help="the trading day (default: today)")
     report.add_argument("--gap-seconds", type=_seconds, default=1.0, metavar="N",
                         help="list stretches without bars longer than N seconds (default: 1)")
+    report.add_argument("--channel", default="A", choices=_channel_names(),
+                        help="the channel to report on (default: A, second aggregates)")
     _add_lake_commands(commands)
     verify = _add_command(commands, "verify", "a day's stored second bars against Polygon's REST minute bars, "
                                               "minute by minute; --repair refetches the minutes that disagree")

@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from .aggregate_bars import CHANNEL, SCHEMA
+from .channels import Channel, channel_for
 from .market_hours import MarketCalendar, SpecialDay
 from .parquet_sink import ParquetSink, visible_parquet_files
 
-COLUMNS = ("symbol", "start", "end", "source")
+COLUMNS = ("symbol", "start", "end", "source")   # what day_coverage reads: every channel is brought to these
 LARGEST_GAPS_SHOWN = 5
 
 
@@ -64,18 +64,29 @@ class Coverage:
 def session_bounds(calendar: MarketCalendar, day: date, now: datetime) -> tuple[datetime, datetime] | None:
     """The part of the day's session that has happened by `now`; None when there is none (yet)."""
     session = calendar.session_on(day)
-    if session is None or now <= session.open:
+    if session is None:
         return None
-    return session.open, min(session.close, now)
+    opens, closes = session.regular   # pre-market and after-hours are sparse: gaps there say little
+    if now <= opens:
+        return None
+    return opens, min(closes, now)
 
 
-def read_day(files: list[Path]) -> pa.Table:
-    """The report's columns from `files`; a file without `source` (older layout) reads as nulls there."""
-    schema = pa.schema([SCHEMA.field(name) for name in COLUMNS])
+def read_day(files: list[Path], channel: Channel | None = None) -> pa.Table:
+    """COLUMNS of `files` plus the channel's dedup key: `start`/`end` (ms) are a bar's, or a trade's or
+    quote's own time twice; a file without `source` (older layout) reads as nulls there."""
+    channel = channel or channel_for("A")
+    names = dict.fromkeys(("symbol", channel.time_column, "end", "source", *channel.dedup_key))
+    schema = pa.schema([channel.schema.field(name) for name in names if name in channel.schema.names])
     try:
-        return ds.dataset([str(path) for path in files], schema=schema, format="parquet").to_table()
+        table = ds.dataset([str(path) for path in files], schema=schema, format="parquet").to_table()
     except (pa.ArrowException, OSError) as exc:
         raise CoverageError(f"cannot read the day's files: {exc}") from None
+    start = pc.cast(channel.time_ms(table), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    end = table.column("end") if "end" in table.column_names else start
+    keys = [name for name in channel.dedup_key if name not in COLUMNS]
+    return pa.table({"symbol": table.column("symbol"), "start": start, "end": end, "source": table.column("source"),
+                     **{name: table.column(name) for name in keys}})
 
 
 def find_gaps(bars: list[tuple[int, int]], open_ms: int, close_ms: int, longer_than_ms: float) -> list[tuple[int, int]]:
@@ -96,23 +107,26 @@ def find_gaps(bars: list[tuple[int, int]], open_ms: int, close_ms: int, longer_t
 
 
 def load_coverage(data_dir: Path, day: date, session: tuple[datetime, datetime] | None, gap_seconds: float,
-                  expected_symbols: tuple[str, ...] = (), channel: str = CHANNEL) -> Coverage:
+                  expected_symbols: tuple[str, ...] = (), channel: str = "A") -> Coverage:
     """Read the day's visible files of `channel` and describe them; CoverageError when they cannot be read."""
     folder = ParquetSink(data_dir).partition_dir(channel, day)
     files = visible_parquet_files(folder)
-    return day_coverage(day, folder, files, read_day(files), session, gap_seconds, expected_symbols)
+    chosen = channel_for(channel)
+    key = tuple("start" if name == chosen.time_column else name for name in chosen.dedup_key)  # as read_day names it
+    return day_coverage(day, folder, files, read_day(files, chosen), session, gap_seconds, expected_symbols, key)
 
 
 def day_coverage(day: date, folder: Path, files: list[Path], table: pa.Table,
                  session: tuple[datetime, datetime] | None, gap_seconds: float,
-                 expected_symbols: tuple[str, ...] = ()) -> Coverage:
-    """`table` holds COLUMNS of `files`; `expected_symbols` get a whole-session gap when they have no row."""
+                 expected_symbols: tuple[str, ...] = (), dedup_key: tuple[str, ...] = ("symbol", "start")) -> Coverage:
+    """`table` holds COLUMNS of `files` (and the dedup key's other columns); `expected_symbols` get a
+    whole-session gap when they have no row."""
     starts = pc.cast(table.column("start"), pa.int64())
     symbols = tuple(sorted(set(pc.unique(table.column("symbol")).to_pylist()) - {None}))
     return Coverage(
         day=day, folder=folder, files=len(files), total_bytes=sum(path.stat().st_size for path in files),
         rows=table.num_rows,
-        repeated_rows=table.num_rows - table.group_by(["symbol", "start"]).aggregate([]).num_rows,
+        repeated_rows=table.num_rows - table.group_by(list(dedup_key)).aggregate([]).num_rows,
         rest_rows=pc.sum(pc.equal(table.column("source"), "rest")).as_py() or 0,
         symbols=symbols,
         first_bar=_instant(pc.min(starts).as_py()), last_bar=_instant(pc.max(starts).as_py()),

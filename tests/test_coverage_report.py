@@ -165,3 +165,20 @@ def test_report_command_defaults_and_bad_arguments(tmp_path):
     assert today.stdout.split(" in ")[0] in {f"coverage of {day:%a %Y-%m-%d}" for day in days}
     assert "rows: 0 (no symbols)" in today.stdout
     assert bad.returncode == 2 and "--gap-seconds" in bad.stderr
+
+
+def test_report_reads_any_channel(tmp_path):
+    """Trades have no `end`: each covers its own instant; repeats are told by the channel's dedup key."""
+    from fake_polygon import trade_event
+    from channel_parsing import events_one_by_one
+    from spy_streamer.parquet_sink import ParquetSink
+    from spy_streamer.coverage_report import load_coverage
+    open_ms = int(ny(2025, 6, 10, 9, 30).timestamp() * 1000)
+    trades, _ = events_one_by_one([trade_event(open_ms + 1000, trade_id="1"), trade_event(open_ms + 9000, trade_id="2")], "T")
+    day = ny(2025, 6, 10, 12).date()
+    ParquetSink(tmp_path).write("T", day, trades, 1)
+    ParquetSink(tmp_path).write("T", day, trades.slice(0, 1), 2)          # one trade twice
+    session = (ny(2025, 6, 10, 9, 30), ny(2025, 6, 10, 9, 30, 20))
+    coverage = load_coverage(tmp_path, day, session, 5, ("SPY",), "T")
+    assert coverage.rows == 3 and coverage.repeated_rows == 1 and coverage.symbols == ("SPY",)
+    assert [round(gap.seconds) for gap in coverage.gaps] == [11, 8]   # largest first: 9:30:09-9:30:20, 9:30:01-9:30:09
