@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -62,7 +63,7 @@ SPILL_FOLDER = ".compaction-spill"  # hidden: pyarrow's dataset reader and `*/*.
 MEMORY_LIMIT = "256MB"    # DuckDB's buffers; the child's RSS is about twice that (libraries, batches)
 THREADS = 2
 BATCH_ROWS = 131_072      # rows streamed from DuckDB at a time
-ROW_GROUP_ROWS = 524_288  # rows per row group of the day file (about 60 MB of `A` bars in memory)
+ROW_GROUP_ROWS = 262_144  # rows per row group of the day file (about 30 MB of `A` bars in memory)
 WORKER_NICENESS = 10      # capture (the next session, another channel) wins the CPU
 
 
@@ -103,9 +104,10 @@ AGGREGATE_KEYS = CompactionKeys()
 
 
 def keys_for(channel: str) -> CompactionKeys:
-    """The channel's keys. Until the channel registry lands every channel has A's; then:
-    `spec = channels.channel_for(channel); return CompactionKeys(spec.dedup_key, spec.sort_key)`."""
-    return AGGREGATE_KEYS
+    """The channel's keys, from the channel registry."""
+    from .channels import channel_for  # (loads the channel's module)
+    spec = channel_for(channel)
+    return CompactionKeys(tuple(spec.dedup_key), tuple(spec.sort_key))
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def _row_count(path: Path) -> int:
 
 def _merge_in_child(inputs: list[Path], temp: Path, spill: Path, job: _Job) -> dict:
     """Run `merge_files` in `python -m spy_streamer.compaction`; its summary, or CompactionError."""
-    request = {"inputs": [str(path) for path in inputs], "temp": str(temp), "spill": str(spill),
+    request = {"parent": os.getpid(), "inputs": [str(path) for path in inputs], "temp": str(temp), "spill": str(spill),
                "keys": asdict(job.keys), "memory_limit": job.memory_limit, "threads": job.threads}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                     os.environ.get("PYTHONPATH")])))
@@ -343,8 +345,10 @@ def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, sp
                         f"SET temp_directory = '{spill}'", "SET enable_progress_bar = false"):
             connection.execute(setting)
         try:
-            reader = connection.sql(_query(schema, keys), params={"files": [str(path) for path in inputs]}) \
-                .to_arrow_reader(BATCH_ROWS)
+            relation = connection.sql(_query(schema, keys), params={"files": [str(path) for path in inputs]})
+            # duckdb >= 1.4 names it to_arrow_reader (fetch_arrow_reader, deprecated there, before)
+            reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+            reader = reader(BATCH_ROWS)
         except duckdb.Error as exc:
             raise CompactionError(f"cannot merge the day's files: {exc}") from None
         yield _cast(_read_or_fail(reader, duckdb.Error), schema)
@@ -381,13 +385,17 @@ def _first_of_each_key(batches: Iterable[pa.RecordBatch], keys: CompactionKeys) 
 
 def _same_key_as_previous(batch: pa.RecordBatch, previous: pa.RecordBatch | None,
                           columns: tuple[str, ...]) -> pa.Array:
-    """Per row: does the row before it (the previous batch's last for row 0) have the same key?"""
+    """Per row: does the row before it (the previous batch's last for row 0) have the same key? A part
+    missing in both (T's `trf_id` off a TRF) counts as equal."""
     same = None
     for column in columns:
         values = batch.column(column)
-        before = previous.column(column) if previous is not None else pa.nulls(1, values.type)
-        equal = pc.fill_null(pc.equal(values, pa.concat_arrays([before, values.slice(0, len(values) - 1)])), False)
+        both = values if previous is None else pa.concat_arrays([previous.column(column), values])
+        current, before = both.slice(1), both.slice(0, len(both) - 1)
+        equal = pc.fill_null(pc.equal(current, before), pc.and_(pc.is_null(current), pc.is_null(before)))
         same = equal if same is None else pc.and_(same, equal)
+    if previous is None:  # the day's first row
+        same = pa.concat_arrays([pa.array([False]), same])
     return same
 
 
@@ -416,12 +424,13 @@ def verify_compacted(path: Path, expected_rows: int, keys: CompactionKeys = AGGR
     rows, previous = 0, None
     try:
         with pq.ParquetFile(path) as parquet_file:
-            for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS):
-                if batch.num_rows == 0:
-                    continue
-                _check_order(batch, previous, keys, rows)
-                rows += batch.num_rows
-                previous = batch.slice(batch.num_rows - 1)
+            for index in range(parquet_file.num_row_groups):  # (iter_batches holds on to far more memory)
+                for batch in parquet_file.read_row_group(index, use_threads=False).to_batches():
+                    if batch.num_rows == 0:
+                        continue
+                    _check_order(batch, previous, keys, rows)
+                    rows += batch.num_rows
+                    previous = batch.slice(batch.num_rows - 1)
     except (pa.ArrowException, OSError) as exc:
         raise CompactionError(f"the new day file does not read back: {exc}") from None
     if rows != expected_rows:
@@ -461,15 +470,25 @@ def _peak_rss_bytes() -> int:
 
 def _exit_with_parent(parent: int) -> None:
     """A child whose parent died (SIGKILL, a crash) stops at once: its temporary is hidden and replaced
-    by the next run, and nobody would rename it."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(3)
+    by the next run, and nobody would rename it. On Linux the kernel kills it (PR_SET_PDEATHSIG, even
+    while a library holds the GIL); elsewhere a thread notices the new parent within half a second."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before that
+        os._exit(3)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _child_main() -> int:
     request = json.loads(sys.stdin.read())
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    _exit_with_parent(request["parent"])
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
     try:

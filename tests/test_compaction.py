@@ -9,11 +9,16 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from datetime import date, timedelta
 
 import duckdb
+import psutil
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -21,8 +26,9 @@ import pytest
 from conftest import REPO_ROOT, ny, settings, write_settings
 from fake_polygon import agg_event
 from spy_streamer.aggregate_bars import SCHEMA, rest_results_to_table, rows_to_table, ws_bar
-from spy_streamer.compaction import (CompactionError, Outcome, compact_day, compaction_refusal, day_file_name,
-                                     verify_compacted)
+from spy_streamer import compaction
+from spy_streamer.compaction import (SPILL_FOLDER, CompactionError, CompactionKeys, Outcome, compact_day,
+                                     compaction_refusal, day_file_name, merge_files, verify_compacted)
 from spy_streamer.config import load_config
 from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.parquet_sink import ParquetSink
@@ -268,6 +274,119 @@ def test_the_log_line_carries_files_rows_and_bytes(sink, data_dir, caplog):
 
 
 # --------------------------------------------------------------------------------------------------
+# bounded memory: the merge streams in batches, in a child process that can be stopped
+# --------------------------------------------------------------------------------------------------
+
+def test_repeats_across_streamed_batches_and_row_groups(sink, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(compaction, "BATCH_ROWS", 7)        # (in this process: merge_files called directly)
+    monkeypatch.setattr(compaction, "ROW_GROUP_ROWS", 10)
+    for copy in range(3):  # every bar three times; the middle copy was received first
+        ws_batch(sink, 0, 25, RECEIVED_NS + (1, 0, 2)[copy] * 10**9, price=500.0 + copy)
+    inputs = sorted(folder_of(data_dir).glob("*.parquet"))
+    temp = tmp_path / ".day.tmp"
+
+    summary = merge_files(inputs, temp, tmp_path / "spill")
+
+    assert summary == {"rows_read": 75, "rows": 25}
+    assert pq.ParquetFile(temp).num_row_groups >= 3 and not (tmp_path / "spill").exists()
+    table = pq.read_table(temp)
+    assert table.column("close").to_pylist() == [501.02] * 25
+    assert [int(t.timestamp()) for t in table.column("start").to_pylist()] == [OPEN_MS // 1000 + i for i in range(25)]
+    assert table.schema.remove_metadata() == SCHEMA
+
+
+def test_keys_whose_sort_does_not_group_them(sink, data_dir, tmp_path):
+    """A channel sorted by a column outside its key (a trade's time, say) still keeps one row per key."""
+    ws_batch(sink, 0, 5, RECEIVED_NS + 10**9, price=500.0)
+    ws_batch(sink, 0, 5, RECEIVED_NS, price=501.0)
+    keys = CompactionKeys(dedup_key=("symbol", "start"), sort_key=("symbol", "close"))
+    inputs = sorted(folder_of(data_dir).glob("*.parquet"))
+
+    summary = merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill", keys)
+
+    assert summary["rows"] == 5
+    assert pq.read_table(tmp_path / ".day.tmp").column("close").to_pylist() == [501.02] * 5
+
+
+def test_verify_compacted_refuses_a_file_out_of_key_order(sink, tmp_path):
+    unsorted = ws_batch(sink, 0, 3, RECEIVED_NS, symbol="SPY")
+    table = pq.read_table(unsorted)
+    pq.write_table(table.take([0, 2, 1]), tmp_path / "unsorted.parquet")
+    pq.write_table(table.take([0, 1, 1, 2]), tmp_path / "repeated.parquet")
+    with pytest.raises(CompactionError, match=r"not in \(symbol, start\) order with one row per key at row 2"):
+        verify_compacted(tmp_path / "unsorted.parquet", 3)
+    with pytest.raises(CompactionError, match="at row 2"):
+        verify_compacted(tmp_path / "repeated.parquet", 4)
+
+
+def blocking_input(data_dir):
+    """A FIFO named like a micro-batch: the merging child blocks opening it, as if the day were huge."""
+    path = folder_of(data_dir) / "part-9-9-000009.parquet"
+    os.mkfifo(path)
+    return path
+
+
+def merging_children(parent=None):
+    process = psutil.Process(parent) if parent else psutil.Process()
+    return [child for child in process.children(recursive=True)
+            if "spy_streamer.compaction" in " ".join(child.cmdline())]
+
+
+def assert_nothing_changed(data_dir, before):
+    assert names(data_dir) == before  # no temporary, no spill folder, every input
+
+
+def test_a_cancelled_compaction_stops_its_child_and_changes_nothing(sink, data_dir):
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    fifo = blocking_input(data_dir)
+    before = names(data_dir)
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+
+    with pytest.raises(CompactionError, match="stopped before the end; nothing changed"):
+        compact_day(data_dir, DAY, cancel=cancel)
+
+    assert_nothing_changed(data_dir, before)
+    assert not merging_children()
+    fifo.unlink()
+    assert compact_day(data_dir, DAY).rows == 10
+
+
+def test_the_child_of_a_killed_compaction_exits_and_the_next_run_merges_everything(sink, data_dir):
+    ws_batch(sink, 0, 10, RECEIVED_NS)
+    ws_batch(sink, 5, 10, RECEIVED_NS + 1)
+    fifo = blocking_input(data_dir)
+    before = names(data_dir)
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from datetime import date; from pathlib import Path; "
+                               "from spy_streamer.compaction import compact_day; "
+                               f"compact_day(Path({str(data_dir)!r}), date(2025, 6, 10))"], cwd=REPO_ROOT)
+    try:
+        children = wait_until(lambda: merging_children(parent.pid))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive
+    finally:
+        parent.kill()
+    assert_nothing_changed(data_dir, sorted(before + [SPILL_FOLDER]) if SPILL_FOLDER in names(data_dir) else before)
+    fifo.unlink()
+
+    result = compact_day(data_dir, DAY)
+
+    assert (result.files, result.rows) == (2, 15) and names(data_dir) == ["day-2025-06-10.parquet"]
+
+
+def wait_until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+# --------------------------------------------------------------------------------------------------
 # which days may be compacted
 # --------------------------------------------------------------------------------------------------
 
@@ -325,3 +444,32 @@ def test_compact_command_config_error_exits_78(tmp_path):
     bad = write_settings(tmp_path, settings(tmp_path, streaming={"batching": {"write_interval_seconds": 0}}))
     result = run_compact(bad, "2025-06-10")
     assert result.returncode == 78 and "write_interval_seconds" in result.stderr
+
+
+def test_trades_keep_nanoseconds_and_drop_repeats_by_their_own_key(data_dir):
+    """Keys and order come from the channel registry: T by (symbol, exchange, trf_id, trade_id), sorted by
+    (symbol, sip_timestamp, sequence_number); a trade off a TRF has no trf_id, and its repeat still goes."""
+    from spy_streamer.channels import channel_for
+    schema = channel_for("T").schema
+    ns = int(ny(2025, 6, 10, 9, 45).timestamp()) * 10**9 + 123_456_789
+
+    def trades(received_ns, ids, price):
+        rows = {"symbol": ["SPY"] * len(ids), "sip_timestamp": [ns + i for i in ids],
+                "participant_timestamp": [ns] * len(ids), "trf_timestamp": [None] * len(ids),
+                "exchange": [4] * len(ids), "trade_id": [str(i) for i in ids], "trf_id": [None] * len(ids),
+                "tape": [1] * len(ids), "price": [price] * len(ids), "size": [100.0] * len(ids),
+                "conditions": [[12, 37]] * len(ids), "correction": [None] * len(ids),
+                "sequence_number": ids, "received_at": [received_ns // 1000] * len(ids), "source": ["ws"] * len(ids)}
+        return pa.table({name: pa.array(rows[name], schema.field(name).type) for name in schema.names}, schema=schema)
+
+    sink = ParquetSink(data_dir)
+    sink.write("T", DAY, trades(RECEIVED_NS + 10**9, [3, 2, 1], 500.5), 1)
+    sink.write("T", DAY, trades(RECEIVED_NS, [2, 4], 500.0), 2)
+
+    result = compact_day(data_dir, DAY, channel="T")
+
+    table = pq.read_table(result.path)
+    assert (result.rows_read, result.rows) == (5, 4) and table.schema.remove_metadata() == schema
+    assert table.column("sip_timestamp").cast(pa.int64()).to_pylist() == [ns + 1, ns + 2, ns + 3, ns + 4]
+    assert table.column("price").to_pylist() == [500.5, 500.0, 500.5, 500.0]
+    assert table.column("conditions").to_pylist()[0] == [12, 37]

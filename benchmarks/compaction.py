@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Compaction benchmark: peak RSS and time to compact a synthetic multi-million-row day.
+
+Writes a day of `A` micro-batches with the real ParquetSink into a temporary folder (every tenth file
+repeats the rows of the one before, received later, so the merge drops repeats), then runs
+`compaction.compact_day` (its child process sorts with DuckDB under a memory limit) and, for comparison,
+the old in-memory merge (read every file, sort, keep the first of each key: what `compact_day` did
+before, which took 608 MB for 990k rows) in a child process of its own. Each figure is that process's
+own VmHWM. Figures on a shared machine are noisy; the RSS figures much less than the times.
+
+    .venv/bin/python benchmarks/compaction.py [--rows 5000000] [--symbols 11000] [--files 600]
+        [--in-memory-rows 1000000] [--memory-limit 256MB] [--dir DIR] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from spy_streamer.aggregate_bars import SCHEMA  # noqa: E402
+from spy_streamer.compaction import compact_day  # noqa: E402
+from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
+
+DAY = date(2025, 6, 10)
+OPEN_MS = 1_749_562_200_000  # 09:30 New York that day
+PRICE_COLUMNS = ("open", "high", "low", "close", "vwap", "day_vwap", "average_size", "official_open")
+
+
+def generate_day(data_dir: Path, rows: int, symbols: int, files: int) -> None:
+    """`files` micro-batches of rows // files bars, one bar per symbol per second in time order."""
+    sink, rng, per_file = ParquetSink(data_dir), np.random.default_rng(0), rows // files
+    names = np.array([f"S{i:05d}" for i in range(symbols)], dtype=object)
+    for index in range(files):
+        first = (index - 1 if index % 10 == 9 else index) * per_file  # every tenth: the file before again,
+        positions = np.arange(first, first + per_file)                 # received later (repeats to drop)
+        start = OPEN_MS + (positions // symbols) * 1000
+        sink.write("A", DAY, _bars(names[positions % symbols], start, rng, index), 10**18 + index)
+
+
+def _bars(symbol: np.ndarray, start: np.ndarray, rng: np.random.Generator, index: int) -> pa.Table:
+    price = 100 + rng.random(len(start))
+    ms = pa.timestamp("ms", "UTC")
+    columns = {"symbol": pa.array(symbol, pa.string()), "start": pa.array(start).cast(ms),
+               "end": pa.array(start + 1000).cast(ms), **{name: pa.array(price) for name in PRICE_COLUMNS},
+               "volume": pa.array(rng.integers(0, 1000, len(start))),
+               "accumulated_volume": pa.array(rng.integers(0, 10**6, len(start))),
+               "received_at": pa.array((start + 2000) * 1000 + index).cast(pa.timestamp("us", "UTC")),
+               "source": pa.array(np.full(len(start), "ws", dtype=object), pa.string())}
+    return pa.table(columns, schema=SCHEMA)
+
+
+IN_MEMORY = """
+import sys, time, pyarrow as pa, pyarrow.parquet as pq
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from spy_streamer.compaction import first_received_per_key
+started = time.monotonic()
+files = sorted(Path(sys.argv[1]).glob("*.parquet"))
+table = first_received_per_key(pa.concat_tables([pq.read_table(path) for path in files]))
+pq.write_table(table, Path(sys.argv[1]) / ".in-memory.parquet.tmp", compression="zstd")
+hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(table.num_rows, hwm, time.monotonic() - started)
+"""
+
+
+def in_memory_merge(folder: Path) -> dict:
+    """The old algorithm in a fresh process (its own VmHWM); its output is a hidden file, removed."""
+    out = subprocess.run([sys.executable, "-c", IN_MEMORY, str(folder), str(ROOT)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    (folder / ".in-memory.parquet.tmp").unlink()
+    return {"rows": int(out[0]), "peak_rss_bytes": int(out[1]), "seconds": float(out[2])}
+
+
+def own_peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(rows: int, symbols: int, files: int, in_memory_rows: int, memory_limit: str, workdir: Path) -> dict:
+    figures: dict = {"rows_generated": rows, "symbols": symbols, "files": files, "memory_limit": memory_limit}
+    if in_memory_rows:
+        small = workdir / "in-memory"
+        generate_day(small, in_memory_rows, symbols, files)
+        figures["in_memory"] = {"rows_generated": in_memory_rows,
+                                **in_memory_merge(ParquetSink(small).partition_dir("A", DAY))}
+    data_dir = workdir / "day"
+    started = time.monotonic()
+    generate_day(data_dir, rows, symbols, files)
+    figures["generate_seconds"] = time.monotonic() - started
+    folder = ParquetSink(data_dir).partition_dir("A", DAY)
+    figures["input_bytes"] = sum(path.stat().st_size for path in folder.glob("*.parquet"))
+    before = own_peak_rss()
+    result = compact_day(data_dir, DAY, memory_limit=memory_limit)
+    figures["bounded"] = {"rows_read": result.rows_read, "rows": result.rows, "bytes": result.bytes,
+                          "seconds": result.seconds, "peak_rss_bytes": result.worker_peak_rss_bytes,
+                          "caller_peak_rss_growth_bytes": own_peak_rss() - before}
+    return figures
+
+
+def mb(value: float) -> str:
+    return f"{value / 1e6:,.0f} MB"
+
+
+def print_figures(f: dict) -> None:
+    b = f["bounded"]
+    print(f"synthetic day: {f['rows_generated']:,} rows, {f['symbols']:,} symbols, {f['files']} micro-batches "
+          f"({mb(f['input_bytes'])} on disk)")
+    print(f"{'':36}{'rows out':>12}{'seconds':>9}{'peak RSS':>10}{'RSS/M rows':>12}")
+    if "in_memory" in f:
+        m = f["in_memory"]
+        print(f"{'old in-memory merge (' + format(m['rows_generated'], ',') + ' rows)':36}{m['rows']:>12,}"
+              f"{m['seconds']:>9.1f}{mb(m['peak_rss_bytes']):>10}"
+              f"{mb(m['peak_rss_bytes'] / m['rows_generated'] * 1e6):>12}")
+    print(f"{'compact_day (DuckDB ' + f['memory_limit'] + ', child)':36}{b['rows']:>12,}{b['seconds']:>9.1f}"
+          f"{mb(b['peak_rss_bytes']):>10}{mb(b['peak_rss_bytes'] / f['rows_generated'] * 1e6):>12}")
+    print(f"repeats dropped {b['rows_read'] - b['rows']:,}; day file {mb(b['bytes'])}; the calling process's "
+          f"peak RSS grew {mb(b['caller_peak_rss_growth_bytes'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--symbols", type=int, default=11_000)
+    parser.add_argument("--files", type=int, default=600)
+    parser.add_argument("--in-memory-rows", type=int, default=1_000_000,
+                        help="rows for the old in-memory merge (0: skip it)")
+    parser.add_argument("--memory-limit", default="256MB")
+    parser.add_argument("--dir", type=Path, help="where to write the day (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as temp:
+        figures = run(args.rows, args.symbols, args.files, args.in_memory_rows, args.memory_limit, Path(temp))
+    print_figures(figures)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
