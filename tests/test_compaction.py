@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import date, timedelta
 
 import duckdb
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO_ROOT, ny, settings, write_settings
+from daemon_harness import wait_for
 from fake_polygon import agg_event
 from spy_streamer.aggregate_bars import SCHEMA, rest_results_to_table, rows_to_table, ws_bar
 from spy_streamer import compaction
@@ -361,7 +361,7 @@ def test_the_child_of_a_killed_compaction_exits_and_the_next_run_merges_everythi
                                "from spy_streamer.compaction import compact_day; "
                                f"compact_day(Path({str(data_dir)!r}), date(2025, 6, 10))"], cwd=REPO_ROOT)
     try:
-        children = wait_until(lambda: merging_children(parent.pid))
+        children = wait_for(lambda: merging_children(parent.pid), timeout=20, what="the merging child")
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         gone, alive = psutil.wait_procs(children, timeout=10)
@@ -374,16 +374,6 @@ def test_the_child_of_a_killed_compaction_exits_and_the_next_run_merges_everythi
     result = compact_day(data_dir, DAY)
 
     assert (result.files, result.rows) == (2, 15) and names(data_dir) == ["day-2025-06-10.parquet"]
-
-
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 # --------------------------------------------------------------------------------------------------
