@@ -2,13 +2,15 @@
 """Throughput and resource benchmark: the bare polygon-api-client against the whole daemon, side by side.
 
 Against the loopback fake Polygon (tests/fake_polygon.py) sending frames of 200 "A" events as fast as it
-can, in one run:
+can, in interleaved rounds (each round runs the three in a rotated order, so drift on a shared machine
+falls on each alike):
   (a) the bare WebSocketClient with a no-op handler (parsed models, as a user gets by default, and raw),
   (b) the whole daemon (scripts/run_streamer.sh), from the first frame to the last row durable in Parquet.
-Both are separate processes timed from the moment the fake starts sending. Then: CPU while the market is
-closed, and RSS across a replayed full session (23,400 bars) and ten times that.
+Each is a separate process timed from the moment the fake starts sending; each peak RSS is that process's
+own VmHWM. Reported: min/median/max over the rounds of each rate and each ratio, and the daemon's drops.
+Then: CPU while the market is closed, and RSS across a replayed full session (23,400 bars) and ten times that.
 
-    .venv/bin/python benchmarks/throughput.py [--events 300000] [--runs 3] [--json out.json]
+    .venv/bin/python benchmarks/throughput.py [--events 300000] [--rounds 5] [--json out.json]
 """
 from __future__ import annotations
 
@@ -34,13 +36,21 @@ from daemon_harness import Daemon, events_named, midday_zone, wait_for, window_s
 from fake_polygon import FakePolygon  # noqa: E402
 
 FRAME_EVENTS = 200
-SYMBOLS = tuple(f"S{i:03d}" for i in range(100))   # many symbols, so 300k one-second bars fit in a session
 BENCH_WRITE_INTERVAL = 0.25                         # so "durable" is not dominated by the 30 s timer
 SESSION_BARS = 23_400
+BARS_BEHIND_SECONDS = 6 * 3600  # the blast's bars cover the last six hours, inside the all-day session below
+ALL_DAY = {"start_time": "00:01", "end_time": "23:59"}  # local to midday_zone: now is midday
+
+
+def symbols_for(events: int) -> tuple[str, ...]:
+    """Enough symbols that every bar (one per symbol per second, from six hours ago) lies in the past and
+    in the session: --events 1000000 once sent 10,000 s per symbol, mostly outside the window."""
+    count = max(100, -(-events // (BARS_BEHIND_SECONDS - 600)))
+    return tuple(f"S{i:05d}" for i in range(count))
 
 
 def blast_start_ms() -> int:
-    return (int(time.time()) - 300) * 1000
+    return (int(time.time()) - BARS_BEHIND_SECONDS) * 1000
 
 
 class RowCounter:
@@ -82,7 +92,7 @@ def bare_client(fake: FakePolygon, events: int, raw: bool) -> dict:
             "--key", TEST_API_KEY, "--events", str(events)] + (["--raw"] if raw else [])
     child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     assert fake.wait_for_subscribers(1, timeout=30), "bare client did not subscribe"
-    fake.blast(events, FRAME_EVENTS, blast_start_ms(), SYMBOLS)
+    fake.blast(events, FRAME_EVENTS, blast_start_ms(), symbols_for(events))
     result = json.loads(child.stdout.readline())
     child.wait(timeout=30)
     seconds = result["done_monotonic"] - fake.last_blast_started
@@ -100,24 +110,27 @@ def start_daemon(workdir: Path, fake: FakePolygon, **sections) -> tuple[Daemon, 
 def whole_daemon(fake: FakePolygon, events: int, workdir: Path) -> dict:
     daemon, document = start_daemon(
         workdir, fake, polygon={"subscriptions": ["A.*"]},
-        streaming={"batching": {"write_interval_seconds": BENCH_WRITE_INTERVAL},
+        streaming={"market_hours": ALL_DAY, "batching": {"write_interval_seconds": BENCH_WRITE_INTERVAL},
                    "monitoring": {"heartbeat_interval_seconds": 300}})
     try:
         assert fake.wait_for_subscribers(1, timeout=30), "daemon did not subscribe"
         process = psutil.Process(daemon.process.pid)
         counter = RowCounter(Path(document["paths"]["data_dir"]))
         cpu_before = cpu_seconds(process)
-        fake.blast(events, FRAME_EVENTS, blast_start_ms(), SYMBOLS)
-        while counter.poll() < events:
+        fake.blast(events, FRAME_EVENTS, blast_start_ms(), symbols_for(events))
+        deadline = time.monotonic() + 120 + events / 5_000
+        while counter.poll() < events and time.monotonic() < deadline:
             time.sleep(0.002)
         seconds = time.monotonic() - fake.last_blast_started
         cpu = cpu_seconds(process) - cpu_before
         rss = peak_rss(process.pid)
         assert daemon.stop()[0] == 0
         log_bytes = Path(document["paths"]["log_file"]).stat().st_size
+        beat = json.loads((Path(document["paths"]["heartbeat_dir"]) / "polygon.json").read_text())
     finally:
         daemon.kill()
-    return {"seconds": seconds, "events_per_second": events / seconds, "rows": counter.rows,
+    return {"seconds": seconds, "events_per_second": counter.rows / seconds, "rows": counter.rows,
+            "missing_rows": events - counter.rows, "dropped_frames": beat.get("dropped_queue_full", 0),
             "cpu_seconds_per_100k": cpu / events * 100_000, "peak_rss_bytes": rss, "log_bytes": log_bytes}
 
 
@@ -160,27 +173,36 @@ def replayed_day_rss(fake: FakePolygon, workdir: Path, sessions: int = 11) -> di
     return {"rss_after_each_session_bytes": rss_after, "rows": counter.rows}
 
 
-def one_run(events: int) -> dict:
+MEASURES = ("bare_parsed", "bare_raw", "daemon")
+
+
+def one_round(events: int, index: int) -> dict:
+    """The three measures once, in an order rotated by round."""
+    order = MEASURES[index % 3:] + MEASURES[:index % 3]
+    figures = {}
     with tempfile.TemporaryDirectory() as temp:
-        with FakePolygon(api_key=TEST_API_KEY) as fake:
-            parsed = bare_client(fake, events, raw=False)
-        with FakePolygon(api_key=TEST_API_KEY) as fake:
-            raw = bare_client(fake, events, raw=True)
-        with FakePolygon(api_key=TEST_API_KEY) as fake:
-            daemon = whole_daemon(fake, events, Path(temp))
-    return {"bare_parsed": parsed, "bare_raw": raw, "daemon": daemon,
-            "ratio_vs_parsed": daemon["events_per_second"] / parsed["events_per_second"],
-            "ratio_vs_raw": daemon["events_per_second"] / raw["events_per_second"]}
+        for measure in order:
+            with FakePolygon(api_key=TEST_API_KEY) as fake:
+                figures[measure] = whole_daemon(fake, events, Path(temp)) if measure == "daemon" \
+                    else bare_client(fake, events, raw=measure == "bare_raw")
+    return {**figures, "order": list(order),
+            "ratio_vs_parsed": figures["daemon"]["events_per_second"] / figures["bare_parsed"]["events_per_second"],
+            "ratio_vs_raw": figures["daemon"]["events_per_second"] / figures["bare_raw"]["events_per_second"]}
 
 
-def median_of(runs: list[dict], *keys: str) -> float:
+def spread(runs: list[dict], *keys: str) -> dict:
+    """min, median and max of one figure over the rounds."""
     values = []
     for run in runs:
         value = run
         for key in keys:
             value = value[key]
         values.append(value)
-    return statistics.median(values)
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def median_of(runs: list[dict], *keys: str) -> float:
+    return spread(runs, *keys)["median"]
 
 
 def mb(value: float) -> str:
@@ -190,65 +212,69 @@ def mb(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rounds", "--runs", type=int, default=5, help="interleaved rounds (at least 3)")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--skip-idle-and-day", action="store_true", help="only the interleaved rounds")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3: one round on a shared machine says little")
     os.environ.setdefault("PYTHONHASHSEED", "0")
 
     runs = []
-    for index in range(args.runs):
-        run = one_run(args.events)
+    for index in range(args.rounds):
+        run = one_round(args.events, index)
         runs.append(run)
-        print(f"run {index + 1}: bare(parsed) {run['bare_parsed']['events_per_second']:,.0f} ev/s, "
-              f"bare(raw) {run['bare_raw']['events_per_second']:,.0f} ev/s, "
-              f"daemon {run['daemon']['events_per_second']:,.0f} ev/s, ratio {run['ratio_vs_parsed']:.2f}",
-              flush=True)
-    with tempfile.TemporaryDirectory() as temp, FakePolygon(api_key=TEST_API_KEY) as fake:
-        idle = closed_market_cpu(fake, Path(temp), args.idle_seconds)
-    with tempfile.TemporaryDirectory() as temp, FakePolygon(api_key=TEST_API_KEY) as fake:
-        day = replayed_day_rss(fake, Path(temp))
-
+        print(f"round {index + 1} ({', '.join(run['order'])}): bare(parsed) "
+              f"{run['bare_parsed']['events_per_second']:,.0f} ev/s, bare(raw) {run['bare_raw']['events_per_second']:,.0f}"
+              f" ev/s, daemon {run['daemon']['events_per_second']:,.0f} ev/s (missing {run['daemon']['missing_rows']:,},"
+              f" dropped frames {run['daemon']['dropped_frames']}), ratio/parsed {run['ratio_vs_parsed']:.2f}, "
+              f"ratio/raw {run['ratio_vs_raw']:.2f}", flush=True)
     summary = {
-        "events": args.events, "runs": args.runs, "frame_events": FRAME_EVENTS,
-        "bench_write_interval_seconds": BENCH_WRITE_INTERVAL,
-        "bare_parsed_events_per_second": median_of(runs, "bare_parsed", "events_per_second"),
-        "bare_raw_events_per_second": median_of(runs, "bare_raw", "events_per_second"),
-        "daemon_events_per_second": median_of(runs, "daemon", "events_per_second"),
-        "ratio_vs_parsed": median_of(runs, "ratio_vs_parsed"),
-        "ratio_vs_raw": median_of(runs, "ratio_vs_raw"),
-        "bare_parsed_cpu_seconds_per_100k": median_of(runs, "bare_parsed", "cpu_seconds_per_100k"),
-        "daemon_cpu_seconds_per_100k": median_of(runs, "daemon", "cpu_seconds_per_100k"),
-        "bare_parsed_peak_rss_bytes": median_of(runs, "bare_parsed", "peak_rss_bytes"),
-        "daemon_peak_rss_bytes": median_of(runs, "daemon", "peak_rss_bytes"),
+        "events": args.events, "rounds": args.rounds, "frame_events": FRAME_EVENTS,
+        "symbols": len(symbols_for(args.events)), "bench_write_interval_seconds": BENCH_WRITE_INTERVAL,
+        **{f"{measure}_{figure}": spread(runs, measure, figure) for measure in MEASURES
+           for figure in ("events_per_second", "cpu_seconds_per_100k", "peak_rss_bytes")},
+        "ratio_vs_parsed": spread(runs, "ratio_vs_parsed"), "ratio_vs_raw": spread(runs, "ratio_vs_raw"),
+        "daemon_missing_rows": spread(runs, "daemon", "missing_rows"),
+        "daemon_dropped_frames": spread(runs, "daemon", "dropped_frames"),
         "daemon_log_bytes": median_of(runs, "daemon", "log_bytes"),
-        "closed_cpu_seconds_per_minute": idle["cpu_seconds_per_minute"],
-        "closed_connections": idle["connections"],
-        "closed_log_lines": idle["log_lines"],
-        "rss_after_each_session_bytes": day["rss_after_each_session_bytes"],
         "runs_detail": runs,
     }
+    if not args.skip_idle_and_day:
+        with tempfile.TemporaryDirectory() as temp, FakePolygon(api_key=TEST_API_KEY) as fake:
+            idle = closed_market_cpu(fake, Path(temp), args.idle_seconds)
+        with tempfile.TemporaryDirectory() as temp, FakePolygon(api_key=TEST_API_KEY) as fake:
+            day = replayed_day_rss(fake, Path(temp))
+        summary.update({"closed_cpu_seconds_per_minute": idle["cpu_seconds_per_minute"],
+                        "closed_connections": idle["connections"], "closed_log_lines": idle["log_lines"],
+                        "rss_after_each_session_bytes": day["rss_after_each_session_bytes"]})
     print_table(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
 
 
 def print_table(s: dict) -> None:
-    print(f"\n{s['events']:,} events in frames of {s['frame_events']}, median of {s['runs']} runs "
-          f"(daemon write interval {s['bench_write_interval_seconds']} s for the timing)")
-    print(f"{'':34}{'events/s':>12}{'CPU s/100k':>12}{'peak RSS':>11}")
-    print(f"{'bare client, no-op (parsed)':34}{s['bare_parsed_events_per_second']:>12,.0f}"
-          f"{s['bare_parsed_cpu_seconds_per_100k']:>12.2f}{mb(s['bare_parsed_peak_rss_bytes']):>11}")
-    print(f"{'bare client, no-op (raw)':34}{s['bare_raw_events_per_second']:>12,.0f}")
-    print(f"{'whole daemon, to durable Parquet':34}{s['daemon_events_per_second']:>12,.0f}"
-          f"{s['daemon_cpu_seconds_per_100k']:>12.2f}{mb(s['daemon_peak_rss_bytes']):>11}")
-    print(f"ratio daemon / bare (parsed): {s['ratio_vs_parsed']:.2f}   daemon / bare (raw): {s['ratio_vs_raw']:.2f}")
-    print(f"log bytes for the run: {s['daemon_log_bytes']:,.0f}")
-    print(f"closed market: {s['closed_cpu_seconds_per_minute']:.4f} CPU s/min, "
-          f"{s['closed_connections']} connections, {s['closed_log_lines']} log lines")
-    rss = s["rss_after_each_session_bytes"]
-    print(f"RSS after each replayed session of 23,400 bars: {', '.join(f'{v / 1e6:.0f}' for v in rss)} MB "
-          f"(1x {mb(rss[0])}, 11x {mb(rss[-1])}, 2x..11x growth {mb(rss[-1] - rss[1])})")
+    print(f"\n{s['events']:,} events in frames of {s['frame_events']} over {s['symbols']:,} symbols, "
+          f"{s['rounds']} interleaved rounds, min / median / max (daemon write interval "
+          f"{s['bench_write_interval_seconds']} s; a shared machine: noisy)")
+    print(f"{'':34}{'events/s':>30}{'CPU s/100k':>12}{'peak RSS':>11}")
+    for label, key in (("bare client, no-op (parsed)", "bare_parsed"), ("bare client, no-op (raw)", "bare_raw"),
+                       ("whole daemon, to durable Parquet", "daemon")):
+        rate = s[f"{key}_events_per_second"]
+        print(f"{label:34}{rate['min']:>10,.0f}{rate['median']:>10,.0f}{rate['max']:>10,.0f}"
+              f"{s[f'{key}_cpu_seconds_per_100k']['median']:>12.2f}{mb(s[f'{key}_peak_rss_bytes']['median']):>11}")
+    for label, key in (("ratio daemon / bare (parsed)", "ratio_vs_parsed"), ("ratio daemon / bare (raw)", "ratio_vs_raw")):
+        ratio = s[key]
+        print(f"{label:34}{ratio['min']:>10.2f}{ratio['median']:>10.2f}{ratio['max']:>10.2f}")
+    print(f"daemon rows missing (max over rounds): {s['daemon_missing_rows']['max']:,}; frames dropped: "
+          f"{s['daemon_dropped_frames']['max']:,}; log bytes for a run: {s['daemon_log_bytes']:,.0f}")
+    if "closed_cpu_seconds_per_minute" in s:
+        print(f"closed market: {s['closed_cpu_seconds_per_minute']:.4f} CPU s/min, "
+              f"{s['closed_connections']} connections, {s['closed_log_lines']} log lines")
+        rss = s["rss_after_each_session_bytes"]
+        print(f"RSS after each replayed session of 23,400 bars: {', '.join(f'{v / 1e6:.0f}' for v in rss)} MB "
+              f"(1x {mb(rss[0])}, 11x {mb(rss[-1])}, 2x..11x growth {mb(rss[-1] - rss[1])})")
 
 
 if __name__ == "__main__":
