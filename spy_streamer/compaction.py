@@ -499,6 +499,10 @@ def _child_main() -> int:
     except CompactionError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 1
+    except Exception as exc:  # e.g. DuckDB out of memory or disk: one line for the log, not the traceback's last
+        text = (str(exc).strip().splitlines() or [""])[0]
+        print(json.dumps({"error": f"the merge failed: {type(exc).__name__}: {text}"}), flush=True)
+        return 1
     print(json.dumps({**summary, "peak_rss_bytes": _peak_rss_bytes()}), flush=True)
     return 0
 
