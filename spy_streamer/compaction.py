@@ -5,8 +5,9 @@ Bounded memory, whatever the day's size (docs/ARCHITECTURE.md, *Storage layout a
 runs in a child process (`python -m spy_streamer.compaction`, niced) where DuckDB sorts the day with a
 memory limit, spilling to a hidden folder beside the files, and streams the sorted rows back in batches;
 the first received row of each key is kept batch by batch and written with pyarrow (the day file keeps
-the micro-batches' Arrow schema). The child's peak RSS is about 0.5 GB at the default 256 MB limit, for
-3 million rows or 50 million (benchmarks/compaction.py). The capture process only waits for the child.
+the micro-batches' Arrow schema). The day is sorted a range of symbols (BUCKET_ROWS rows) at a time, so
+the child's memory does not grow with the day (benchmarks/compaction.py measures it). The capture process
+only waits for the child.
 
 Order of work, chosen so that no crash can lose a row:
   1. (child) read every visible file of the partition (an earlier day file included), keep the first
@@ -65,6 +66,7 @@ THREADS = 2
 BATCH_ROWS = 131_072      # rows streamed from DuckDB at a time
 ROW_GROUP_ROWS = 262_144  # rows per row group of the day file (about 30 MB of `A` bars in memory)
 WORKER_NICENESS = 10      # capture (the next session, another channel) wins the CPU
+BUCKET_ROWS = 5_000_000   # rows sorted at a time: contiguous ranges of symbols, so memory does not grow with the day
 
 
 class CompactionError(Exception):
@@ -317,19 +319,43 @@ def _quoted(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-def _query(schema: pa.Schema, keys: CompactionKeys) -> str:
+_SOURCE = "read_parquet($files, union_by_name = true, filename = true, file_row_number = true)"
+
+
+def _query(schema: pa.Schema, keys: CompactionKeys, where: str) -> str:
     """Sorted by key, each key's rows in arrival order (then by file name and position in the file)."""
     columns = ", ".join(_quoted(name) for name in schema.names)
-    source = "read_parquet($files, union_by_name = true, filename = true, file_row_number = true)"
     arrival = f"{_quoted(keys.arrival)} NULLS LAST, filename, file_row_number"
     if keys.sorted_by_key:
         order = ", ".join(_quoted(column) for column in keys.order)
-        return f"SELECT {columns} FROM {source} ORDER BY {order}, {arrival}"
+        return f"SELECT {columns} FROM {_SOURCE} WHERE {where} ORDER BY {order}, {arrival}"
     # The sort does not bring a key's rows together: a window picks each key's first (slower, also spills).
     partition = ", ".join(_quoted(column) for column in keys.dedup_key)
     order = ", ".join(_quoted(column) for column in keys.sort_key)
-    return (f"SELECT {columns} FROM {source} QUALIFY row_number() OVER (PARTITION BY {partition} "
+    return (f"SELECT {columns} FROM {_SOURCE} WHERE {where} QUALIFY row_number() OVER (PARTITION BY {partition} "
             f"ORDER BY {arrival}) = 1 ORDER BY {order}")
+
+
+def _buckets(connection, files: list[str], keys: CompactionKeys) -> list[tuple[str, dict]]:
+    """WHERE clauses cutting the day into contiguous ranges of the first sort column (the symbol) of at
+    most BUCKET_ROWS rows (one symbol may exceed it), in order; sorted one after another they are the day
+    sorted. Only when that column is part of the key (a key's rows then share a range)."""
+    column = keys.sort_key[0]
+    if column not in keys.dedup_key:
+        return [("true", {})]
+    quoted = _quoted(column)
+    counts = connection.sql(f"SELECT {quoted}, count(*) FROM {_SOURCE} WHERE {quoted} IS NOT NULL "
+                            f"GROUP BY ALL ORDER BY 1", params={"files": files}).fetchall()
+    buckets, low, high, rows = [], None, None, 0
+    for value, count in counts:
+        if rows and rows + count > BUCKET_ROWS:
+            buckets.append((f"{quoted} BETWEEN $low AND $high", {"low": low, "high": high}))
+            low, rows = None, 0
+        low = value if low is None else low
+        high, rows = value, rows + count
+    if rows:
+        buckets.append((f"{quoted} BETWEEN $low AND $high", {"low": low, "high": high}))
+    return buckets + [(f"{quoted} IS NULL", {})]
 
 
 @contextlib.contextmanager
@@ -344,17 +370,27 @@ def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, sp
         for setting in (f"SET memory_limit = '{memory_limit}'", f"SET threads = {int(threads)}",
                         f"SET temp_directory = '{spill}'", "SET enable_progress_bar = false"):
             connection.execute(setting)
+        files = [str(path) for path in inputs]
         try:
-            relation = connection.sql(_query(schema, keys), params={"files": [str(path) for path in inputs]})
-            # duckdb >= 1.4 names it to_arrow_reader (fetch_arrow_reader, deprecated there, before)
-            reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
-            reader = reader(BATCH_ROWS)
+            buckets = _buckets(connection, files, keys)
         except duckdb.Error as exc:
             raise CompactionError(f"cannot merge the day's files: {exc}") from None
-        yield _cast(_read_or_fail(reader, duckdb.Error), schema)
+        yield _cast(_each_bucket(connection, files, schema, keys, buckets, duckdb.Error), schema)
     finally:
         connection.close()
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _each_bucket(connection, files: list[str], schema: pa.Schema, keys: CompactionKeys,
+                 buckets: list[tuple[str, dict]], engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
+    for where, params in buckets:
+        try:
+            relation = connection.sql(_query(schema, keys, where), params={"files": files, **params})
+            # duckdb >= 1.4 names it to_arrow_reader (fetch_arrow_reader, deprecated there, before)
+            reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(BATCH_ROWS)
+        except engine_error as exc:
+            raise CompactionError(f"cannot merge the day's files: {exc}") from None
+        yield from _read_or_fail(reader, engine_error)
 
 
 def _read_or_fail(reader: pa.RecordBatchReader, engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:

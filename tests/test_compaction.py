@@ -463,3 +463,17 @@ def test_trades_keep_nanoseconds_and_drop_repeats_by_their_own_key(data_dir):
     assert table.column("sip_timestamp").cast(pa.int64()).to_pylist() == [ns + 1, ns + 2, ns + 3, ns + 4]
     assert table.column("price").to_pylist() == [500.5, 500.0, 500.5, 500.0]
     assert table.column("conditions").to_pylist()[0] == [12, 37]
+
+
+def test_the_day_is_sorted_a_range_of_symbols_at_a_time(sink, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(compaction, "BUCKET_ROWS", 8)  # (in this process: merge_files called directly)
+    for symbol in ("SPY", "AAPL", "QQQ", "IWM"):
+        ws_batch(sink, 0, 6, RECEIVED_NS + 1, price=500.0, symbol=symbol)
+        ws_batch(sink, 3, 6, RECEIVED_NS, price=501.0, symbol=symbol)
+    inputs = sorted(folder_of(data_dir).glob("*.parquet"))
+
+    assert merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill") == {"rows_read": 48, "rows": 36}
+
+    table = pq.read_table(tmp_path / ".day.tmp")
+    assert table.column("symbol").to_pylist() == [s for s in ("AAPL", "IWM", "QQQ", "SPY") for _ in range(9)]
+    assert table.column("close").to_pylist()[:9] == [500.02] * 3 + [501.02] * 6
