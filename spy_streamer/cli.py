@@ -130,14 +130,19 @@ def cmd_compact(config: Config, args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"spy-streamer: not compacting: {refusal}", file=sys.stderr)
         return 1
+    from .channels.subscriptions import channel_names
     configure_logging(config.paths.log_file)  # it deletes files: the daemon's log keeps the record
-    try:
-        result = compact_day(config.paths.data_dir, args.date)
-    except CompactionError as exc:
-        print(f"spy-streamer: compaction of {args.date} failed: {exc}", file=sys.stderr)
-        return 1
-    print(describe(result))
-    return 1 if result.outcome is Outcome.NO_DATA else 0
+    failed, outcomes = False, []
+    for channel in [args.channel] if args.channel else channel_names(config.polygon.subscriptions):
+        try:
+            result = compact_day(config.paths.data_dir, args.date, channel)
+        except CompactionError as exc:
+            print(f"spy-streamer: compaction of {channel} {args.date} failed: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"{channel} {describe(result)}")
+        outcomes.append(result.outcome)
+    return 1 if failed or all(outcome is Outcome.NO_DATA for outcome in outcomes) else 0
 
 
 def _channel_names() -> tuple[str, ...]:
@@ -238,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     compact = _add_command(commands, "compact", "merge a finished day's micro-batch files into one Parquet file")
     compact.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD",
                          help="the trading day (an earlier day, or today once the session is over)")
+    compact.add_argument("--channel", choices=_channel_names(),
+                         help="one channel (default: every subscribed channel)")
     report = _add_command(commands, "report", "a day's coverage: rows, first and last bar, gaps, files")
     report.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD", help="the trading day (default: today)")
     report.add_argument("--gap-seconds", type=_seconds, default=1.0, metavar="N",

@@ -22,6 +22,7 @@ import schedule
 from .batch_writer import BatchWriter
 from .calendar_refresh import REFRESH_INTERVAL_SECONDS, RETRY_INTERVAL_SECONDS
 from .clock import SystemClock
+from .channels.subscriptions import channel_names
 from .compaction import CompactionError, compact_day
 from .config import Config
 from .exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
@@ -145,6 +146,7 @@ class StreamingRunner:
         self._calendar_refresh: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
         self._heartbeat_stop = threading.Event()
+        self._stopping = threading.Event()        # set at shutdown: cancels an end-of-day compaction
         self._lake_stop = threading.Event()
         self._lake_thread: threading.Thread | None = None
 
@@ -271,6 +273,7 @@ class StreamingRunner:
 
     def _shutdown(self, heartbeat_thread: threading.Thread) -> None:
         deadline = self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS
+        self._stopping.set()
         if self._session is not None:
             self._end_session("shutdown", deadline)
         self._join_after_close(deadline)
@@ -456,13 +459,15 @@ class StreamingRunner:
 
     def _compact(self, session: Session) -> None:
         """The day is over: one sorted file per channel and day instead of hundreds of micro-batches (with
-        the lake: a rewrite of the day's partitions, as the staged files move into the table)."""
+        the lake: a rewrite of the day's partitions, as the staged files move into the table). A stop
+        cancels it (the merge runs in a child process; nothing changes until its result is verified)."""
         day = self.calendar.trading_day(session.open)
         try:
             if self.lake is not None:
                 self.lake.compact_session(session.open, session.close)
-            else:
-                compact_day(self.config.paths.data_dir, day)
+                return
+            for channel in channel_names(self.config.polygon.subscriptions):
+                compact_day(self.config.paths.data_dir, day, channel, cancel=self._stopping)
         except CompactionError:
             pass  # logged by compact_day; the micro-batches stay, `spy-streamer compact` can retry
         except Exception:  # compaction is atomic: a bug in it must not stop the next day's capture

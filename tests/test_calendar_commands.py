@@ -60,3 +60,22 @@ def test_report_uses_polygons_saved_list(tmp_path):
     day = date(2024, 3, 12)   # an ordinary Tuesday by the rules
     save_known_days(tmp_path / "heartbeat" / "calendar.json", KnownDays({day: SpecialDay(day, "Closed for weather")}))
     assert run_report(tmp_path, day.isoformat()).stdout.splitlines()[-1] == "session: closed (Closed for weather)"
+
+
+def test_compact_covers_every_subscribed_channel(tmp_path):
+    """With A and T subscribed, `compact` merges each channel's day (a channel without files is only said)."""
+    import pyarrow.parquet as pq
+    from fake_polygon import session_timeline
+    from spy_streamer import cli
+    from spy_streamer.aggregate_bars import SCHEMA, rows_to_table, ws_bar
+    from spy_streamer.parquet_sink import ParquetSink
+    path = write_settings(tmp_path, settings(tmp_path, polygon={"subscriptions": ["A.SPY", "T.SPY"]}))
+    bars = session_timeline(int(ny(2026, 11, 24, 10, 0).timestamp() * 1000), 20)
+    table, _ = rows_to_table(bars, ws_bar, 0, "ws")
+    sink = ParquetSink(tmp_path / "data")
+    for part in (table.slice(0, 10), table.slice(10)):
+        sink.write("A", date(2026, 11, 24), part.cast(SCHEMA), 1)
+    assert cli.main(["compact", "--date", "2026-11-24", "--config", str(path)]) == 0
+    (day_file,) = (tmp_path / "data" / "A" / "date=2026-11-24").glob("*.parquet")
+    assert day_file.name == "day-2026-11-24.parquet" and pq.read_metadata(day_file).num_rows == 20
+    assert cli.main(["compact", "--date", "2026-11-24", "--channel", "T", "--config", str(path)]) == 1
