@@ -140,7 +140,7 @@ def cmd_compact(config: Config, args: argparse.Namespace) -> int:
             print(f"spy-streamer: compaction of {channel} {args.date} failed: {exc}", file=sys.stderr)
             failed = True
             continue
-        print(f"{channel} {describe(result)}")
+        print(describe(result))  # the path it names shows the channel
         outcomes.append(result.outcome)
     return 1 if failed or all(outcome is Outcome.NO_DATA for outcome in outcomes) else 0
 
