@@ -120,7 +120,8 @@ class StreamingRunner:
         self.api_key = api_key
         self.clock = clock or SystemClock()
         self.close_grace = timedelta(seconds=close_grace_seconds)
-        self.sink = ParquetSink(config.paths.data_dir)
+        self.sink = ParquetSink(config.paths.data_dir) if config.storage.kind != "iceberg" \
+            else _lake_backed_sink(config, calendar)
         self.reader_stats = ReaderStats()
         self.writer_stats = WriterStats()
         self.backfill_stats = BackfillStats()
@@ -496,3 +497,14 @@ def _lake_committer(config: Config, clock):
     location = location_of(config)
     return IcebergCommitter(lambda: open_catalog(location, config.paths.data_dir), config.paths.data_dir,
                             location.namespace, clock=clock)
+
+
+def _lake_backed_sink(config: Config, calendar: MarketCalendar):
+    """The local sink, whose rows-already-stored also include what the committer moved into the table."""
+    from .channels import CHANNELS
+    from .storage.lake_catalog import location_of, open_catalog
+    from .storage.lake_keys import LakeBackedSink
+    location = location_of(config)
+    return LakeBackedSink(config.paths.data_dir, lambda: open_catalog(location, config.paths.data_dir),
+                          location.namespace, calendar.tz,
+                          {name: channel.time_column for name, channel in CHANNELS.items()})

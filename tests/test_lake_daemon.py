@@ -30,3 +30,28 @@ def test_the_daemon_commits_its_batches_to_the_lake(start, fake, tmp_path):
     assert heartbeat["upload_backlog"] == 0
     assert not list(run.data_dir.glob("A/date=*/part-*.parquet"))      # staged files went up and were removed
     assert run.daemon.stop(timeout=30)[0] == 0
+
+
+def test_a_restart_knows_what_the_lake_already_holds(start, fake, tmp_path):
+    """The committer deletes staged files once they are in the table: a writer restarted in mid-session
+    must still know those rows, or the start-up backfill from the open would store them all again."""
+    import signal
+    run = start(storage={"kind": "iceberg", "warehouse": str(tmp_path / "lake")})
+    config = load_config(run.config_path)
+    assert fake.wait_for_subscribers(1, timeout=15)
+    bars = session_timeline(recent_start_ms(300), 60)
+    fake.add_to_timeline(bars[:40])
+    fake.push(bars[:40], frame_size=10)
+    wait_for(lambda: lake_rows(config) == 40 and not list(run.data_dir.glob("A/date=*/part-*.parquet")),
+             timeout=30, what="40 rows committed and no staged file left")
+    run.daemon.process.send_signal(signal.SIGKILL)
+    run.daemon.process.wait(timeout=5)
+    fake.add_to_timeline(bars[40:])                 # missed while it was down
+    run.restart()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    fake.push(session_timeline(bars[-1]["s"] + 1000, 1), frame_size=1)   # the next live bar ends the gap
+    wait_for(lambda: lake_rows(config) >= 61, timeout=30, what="the gap and the live bar committed")
+    table = open_table(open_catalog(location_of(config), config.paths.data_dir), "spy_streamer", "A")
+    starts = table.scan(selected_fields=("start",)).to_arrow().column("start").to_pylist()
+    assert len(starts) == len(set(starts)) == 61
+    assert run.daemon.stop(timeout=30)[0] == 0
