@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 MAX_FRAMES_PER_PARSE = 2000      # frames parsed together: amortizes the parser's set-up per call...
 MAX_BYTES_PER_PARSE = 1_000_000  # ...but about a MB at most: a batch is held three times (text, NDJSON, Arrow)
 MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat under heavy load
+# A parse costs about 0.3 ms whatever its size (the JSON reader's set-up, tens of compute calls): a writer
+# that kept up would pay it per frame (550 frames/s of `A.*` saturated a core). So a batch waits up to this
+# long for more frames (never past the flush timer, never once END_OF_STREAM is in): a few parses a second.
+LINGER_SECONDS = 0.05
 
 
 class Lane:
@@ -144,7 +148,7 @@ class BatchWriter:
         self.start_day()
         next_flush = self.clock.monotonic() + self.interval_seconds
         while True:
-            items = self._next_items(timeout=max(0.0, next_flush - self.clock.monotonic()))
+            items = self._next_items(max(0.0, next_flush - self.clock.monotonic()), next_flush)
             ended = END_OF_STREAM in items
             self.accept_items([item for item in items if item is not END_OF_STREAM])
             if ended:
@@ -154,16 +158,19 @@ class BatchWriter:
                 next_flush = self.clock.monotonic() + self.interval_seconds
         self.flush()
 
-    def _next_items(self, timeout: float) -> list:
-        """Wait up to `timeout` for one item, then take whatever else is already queued (bounded)."""
+    def _next_items(self, timeout: float, flush_at: float = 0.0) -> list:
+        """Wait up to `timeout` for one item, then gather more until the batch is full or LINGER_SECONDS
+        (at most until `flush_at`, monotonic) have passed."""
         try:
             items = [self.frames.get(timeout=timeout)]
         except queue.Empty:
             return []
+        linger_until = min(self.clock.monotonic() + LINGER_SECONDS, flush_at)
         size = 0
         while len(items) < MAX_FRAMES_PER_PARSE and size < MAX_BYTES_PER_PARSE and items[-1] is not END_OF_STREAM:
+            wait = linger_until - self.clock.monotonic()
             try:
-                item = self.frames.get_nowait()
+                item = self.frames.get(timeout=wait) if wait > 0 else self.frames.get_nowait()
             except queue.Empty:
                 break
             items.append(item)
@@ -231,9 +238,9 @@ class BatchWriter:
     def _in_session(self, lane: Lane, table: pa.Table) -> pa.Table:
         """Count and drop rows of an earlier day (late) and rows outside the session."""
         times = lane.channel.time_ms(table)
-        opens, closes = self._session_bounds_ms
+        opens, closes = (pa.scalar(bound, pa.int64()) for bound in self._session_bounds_ms)
         in_session = pc.and_(pc.greater_equal(times, opens), pc.less(times, closes))
-        late_count = pc.sum(pc.less(times, self._day_start_ms)).as_py() or 0
+        late_count = pc.sum(pc.less(times, pa.scalar(self._day_start_ms, pa.int64()))).as_py() or 0
         self.stats.rejected_late += late_count
         kept = pc.sum(in_session).as_py() or 0
         self.stats.outside_session += table.num_rows - late_count - kept

@@ -94,11 +94,15 @@ class Channel:
 # --- shared checks (vectorized; a check is (reason, ok per row) or True when every row passes) ---
 
 EPOCH_MS = pa.scalar(0, MS_UTC)
+# Compute calls take Arrow scalars: given a Python value, pyarrow converts it anew on every call (and may
+# probe sys.path for an optional dateutil each time), a fixed cost paid by every batch on every check.
+TRUE, FALSE = pa.scalar(True), pa.scalar(False)
+ZERO_INT, ZERO_FLOAT, INFINITY = pa.scalar(0, pa.int64()), pa.scalar(0.0), pa.scalar(math.inf)
 
 
 def present_or(check: pa.Array) -> pa.Array:
     """A check on an optional column: a missing value (null) passes."""
-    return pc.fill_null(check, True) if check.null_count else check
+    return pc.fill_null(check, TRUE) if check.null_count else check
 
 
 def all_of(checks: list) -> pa.Array | bool:
@@ -115,32 +119,33 @@ def all_of(checks: list) -> pa.Array | bool:
 def positive_prices(columns: list[pa.Array], optional: bool = True) -> pa.Array | bool:
     """Every price > 0 (refuses NaN and -inf) and the row's largest finite (refuses +inf)."""
     wrap = present_or if optional else (lambda check: check)
-    return all_of([wrap(pc.greater(price, 0.0)) for price in columns]
-                  + [pc.less(pc.max_element_wise(*columns), math.inf)])
+    return all_of([wrap(pc.greater(price, ZERO_FLOAT)) for price in columns]
+                  + [pc.less(pc.max_element_wise(*columns), INFINITY)])
 
 
 def sizes_at_least_zero(columns: list[pa.Array]) -> pa.Array | bool:
     """Volumes and sizes >= 0 and finite (floats) where present."""
-    checks = [present_or(pc.greater_equal(size, 0)) for size in columns]
-    checks += [present_or(pc.less(size, math.inf)) for size in columns if pa.types.is_floating(size.type)]
+    checks = [present_or(pc.greater_equal(size, ZERO_FLOAT if pa.types.is_floating(size.type) else ZERO_INT))
+              for size in columns]
+    checks += [present_or(pc.less(size, INFINITY)) for size in columns if pa.types.is_floating(size.type)]
     return all_of(checks)
 
 
 def after_epoch(column: pa.Array) -> pa.Array:
-    return pc.greater_equal(pc.cast(column, pa.int64()), 0)
+    return pc.greater_equal(pc.cast(column, pa.int64()), ZERO_INT)
 
 
 def keep_passing(table: pa.Table, checks: Checks, rejected: Counter) -> pa.Table:
     """The rows of `table` passing every (reason, ok) check (a null `ok` fails); each other row counted in
     `rejected` once, under the reason of its first failed check."""
     passing = all_of([ok for _, ok in checks])
-    if passing is True or pc.all(pc.fill_null(passing, False)).as_py():  # the usual case: nothing to tell apart
+    if passing is True or pc.all(pc.fill_null(passing, FALSE)).as_py():  # the usual case: nothing to tell apart
         return table
     passing, left = True, len(passing)
     for reason, ok in checks:
         if ok is True:
             continue
-        ok = pc.fill_null(ok, False)
+        ok = pc.fill_null(ok, FALSE)
         passing = ok if passing is True else pc.and_(passing, ok)
         still = pc.sum(passing).as_py() or 0
         if still < left:

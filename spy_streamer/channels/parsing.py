@@ -21,7 +21,9 @@ import pyarrow.json as pa_json
 
 from .base import Channel, InvalidEvent, all_of, empty_table, keep_passing, map_event
 
-_MIN_BLOCK_BYTES = 1 << 20
+# The JSON reader parses blocks in parallel on its own threads (off the GIL): a batch of several blocks
+# uses every core. A block must hold whole lines (frames), so it is at least twice the longest.
+_BLOCK_BYTES = 256 << 10
 # What the fast path raises for input it cannot take (the slower paths then decide, event by event).
 _FAST_PATH_REFUSALS = (ValueError, pa.ArrowException)
 
@@ -107,9 +109,9 @@ def _parse_fast(channel: Channel, frames: Frames) -> tuple[pa.Table, Counter]:
     if any("\n" in text or "\r" in text for text in texts):
         raise ValueError("a frame spans lines; NDJSON needs one line per frame")
     lines = "\n".join(['{"f":' + text + "}" for text in texts]).encode("utf-8")
-    block = max(_MIN_BLOCK_BYTES, 2 * max(map(len, texts)) + 16)  # a line may not straddle two blocks
-    parsed = pa_json.read_json(pa.py_buffer(lines), read_options=pa_json.ReadOptions(block_size=block),
-                               parse_options=_parse_options(channel))
+    block = max(_BLOCK_BYTES, 2 * max(map(len, texts)) + 16)  # a line may not straddle two blocks
+    read_options = pa_json.ReadOptions(block_size=block, use_threads=len(lines) > block)
+    parsed = pa_json.read_json(pa.py_buffer(lines), read_options=read_options, parse_options=_parse_options(channel))
     if parsed.num_rows != len(texts):
         raise ValueError("frame count changed in parsing")
     lists = parsed.column("f").combine_chunks()
@@ -124,7 +126,7 @@ def _parse_fast(channel: Channel, frames: Frames) -> tuple[pa.Table, Counter]:
 
 def _events_to_table(channel: Channel, events: pa.StructArray, received_us: pa.Array, rejected: Counter) -> pa.Table:
     fields = dict(zip([field.name for field in events.type], events.flatten()))  # parent nulls included
-    checks = [("bad_shape", events.is_valid()), ("wrong_event", pc.equal(fields["ev"], channel.name)),
+    checks = [("bad_shape", events.is_valid()), ("wrong_event", pc.equal(fields["ev"], pa.scalar(channel.name))),
               ("missing_field", all_of([fields[key].is_valid() for key in channel.ws_required.values()]))]
     columns = {**channel.ws_required, **channel.ws_optional}
     table = pa.Table.from_arrays([fields[key] for key in columns.values()] + [received_us],
