@@ -33,6 +33,10 @@ CLOSE_TIMEOUT_SECONDS = 2.0
 # timeout (websockets pings every 20 s), so a burst slows the sender instead of costing data.
 FULL_QUEUE_PATIENCE_SECONDS = 2.0
 FULL_QUEUE_POLL_SECONDS = 0.002
+# Polygon's control messages are short arrays of status objects that name themselves first
+# (`[{"ev":"status","status":"auth_success",...}]`), so only a frame's head is searched for the word:
+# searching all of every data frame (tens of KB under a wildcard) cost 7% of the GIL.
+STATUS_HEAD_CHARS = 64
 
 
 class AuthRejected(Exception):
@@ -202,9 +206,10 @@ class PolygonStream:
     # --- hot path: runs in the event loop for every frame ---
 
     async def _on_frame(self, frame: str) -> None:
-        # Data frames never contain the word "status"; only Polygon's control messages do. Those are
-        # not market data, so they neither count as messages nor end a stall.
-        if "status" in frame and self._handle_status(frame):
+        # Data frames never start with the word "status"; Polygon's control messages do. Those are not
+        # market data, so they neither count as messages nor end a stall.
+        head = frame[:STATUS_HEAD_CHARS]
+        if ("status" if type(head) is str else b"status") in head and self._handle_status(frame):
             return
         self.monitor.record_message()
         if not self.stats.connected:

@@ -201,6 +201,19 @@ def test_connects_subscribes_and_queues_raw_frames(make_rig, fake, caplog):
     assert rig.error is None
 
 
+def test_only_a_frames_head_is_searched_for_status(make_rig):
+    """Status frames name themselves first; a data frame mentioning "status" deep inside is data, and
+    binary frames are looked at the same way."""
+    import asyncio
+    rig = make_rig()
+    data = json.dumps(session_timeline(BAR_START_MS, 3) + [{"ev": "A", "note": "status"}])
+    for frame in ('[{"ev":"status","status":"success","message":"subscribed to: A.SPY"}]',
+                  '[{"ev": "status", "status": "auth_success", "message": "authenticated"}]', data, data.encode()):
+        asyncio.run(rig.stream._on_frame(frame))
+    assert [raw for _, raw in rig.drain()] == [data, data.encode()]
+    assert rig.stats.connected is True
+
+
 def test_request_stop_ends_the_stream_within_a_second(make_rig, fake, caplog):
     rig = make_rig().start()
     rig.streaming()
