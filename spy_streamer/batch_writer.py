@@ -140,6 +140,10 @@ class BatchWriter:
         self._regular_bounds_ms: tuple[int, int] | None = None   # set when the session has extended hours
         self._flush_failing = False
         self._skew = ClockSkewDetector()
+        # REST pages (RestBars) accepted, and how many of them the last successful flush made durable: the
+        # gap ledger records a gap as filled only once its pages are on disk (the backfill counts them alike).
+        self.rest_pages_accepted = 0
+        self.rest_pages_durable = 0
 
     # --- thread body ---
 
@@ -192,6 +196,7 @@ class BatchWriter:
             if item is GAP_POSSIBLE:
                 self.open_gaps()
             elif isinstance(item, RestBars):
+                self.rest_pages_accepted += 1
                 self.accept_rest_results(item.symbol, item.results, item.received_ns, item.channel)
         self._accept_frames(run)
 
@@ -322,10 +327,13 @@ class BatchWriter:
     def flush(self) -> bool:
         """Write each channel's pending rows as one file; on failure keep them for the next attempt."""
         self._follow_early_close()
+        rest_pages = self.rest_pages_accepted   # every row they brought is pending or already written
         ok = True
         for lane in self.lanes.values():
             if lane.pending:
                 ok = self._flush_lane(lane) and ok
+        if ok:
+            self.rest_pages_durable = rest_pages
         return ok
 
     def _flush_lane(self, lane: Lane) -> bool:

@@ -2,42 +2,44 @@
 aggregates on a thread of their own, so the live stream is never delayed.
 
 The writer decides which range is missing and calls `request()`; the bars go back to the writer through
-the same queue as the live frames, where the one-row-per-(symbol, start) rule drops any overlap.
+the same queue as the live frames, where the one-row-per-(symbol, start) rule drops any overlap. The
+thread keeps every request in the day's gap ledger (gap_ledger.py), which is also its work list: a
+restart resumes what was not filled, and what could not be filled stays listed for `report`.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterable
+import time
+from typing import Callable, Iterable, Iterator
 
+from .gap_ledger import Gap, GapEntry, GapLedger
 from .polygon_rest import RestAnswerError
 from .queue_items import RestBars
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Gap", "GapBackfiller", "RequestPacer"]
+
 DEFAULT_ATTEMPTS = 5
 DEFAULT_RETRY_SECONDS = 2.0
 DEFAULT_REQUESTS_PER_SECOND = 20.0
-
-
-@dataclass(frozen=True)
-class Gap:
-    symbol: str
-    from_ms: int   # first missing row time (a bar's start), inclusive
-    to_ms: int     # last missing row time, inclusive
-    channel: str = "A"
+# The ledger is written at most this often while gaps are being filled (and as soon as the thread has
+# nothing to do). A request newer than that is lost by a kill, but the live row that closed its gap is
+# then almost surely not flushed either (flushes are 30 s apart), so the restart asks for it anyway.
+LEDGER_SAVE_SECONDS = 2.0
 
 
 class RequestPacer:
     """At most `per_second` REST requests a second across the backfill (Polygon throttles a key that asks
-    faster, and a wildcard can open thousands of gaps at once). A wait ends early when `stop` is set."""
+    faster, and a wildcard can open thousands of gaps at once). `wait(seconds)` does the waiting (the
+    backfill's ends early at stop and takes new requests meanwhile)."""
 
-    def __init__(self, per_second: float, clock, stop: threading.Event):
+    def __init__(self, per_second: float, clock, wait: Callable[[float], object]):
         self.interval = 1.0 / per_second
         self.clock = clock
-        self.stop = stop
+        self.wait = wait
         self._next = 0.0
 
     def __call__(self) -> None:
@@ -45,74 +47,173 @@ class RequestPacer:
         wait = self._next - now
         self._next = max(now, self._next) + self.interval
         if wait > 0:
-            self.stop.wait(wait)
+            self.wait(wait)
 
 
 class GapBackfiller:
     def __init__(self, fetch: Callable[[Gap, Callable[[], None]], Iterable[list]], deliver: Callable[[RestBars], None],
                  stats, clock, attempts: int = DEFAULT_ATTEMPTS, retry_seconds: float = DEFAULT_RETRY_SECONDS,
-                 max_requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND):
+                 max_requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND, ledger: GapLedger | None = None,
+                 durable_pages: Callable[[], int] | None = None):
+        """`durable_pages()`: how many of the pages delivered so far the writer has made durable (the
+        writer counts them in the same order); without it a delivered page counts as durable."""
         self.fetch = fetch          # (gap, pace) -> pages of its channel's REST results; raises RestAnswerError
         self.deliver = deliver
         self.stats = stats
         self.clock = clock
         self.attempts = attempts
         self.retry_seconds = retry_seconds
-        self._gaps: queue.SimpleQueue = queue.SimpleQueue()
+        self.ledger = ledger or GapLedger(None, None)
+        self.durable_pages = durable_pages or (lambda: self._pages_delivered)
+        self._pages_delivered = 0
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()   # from the writer to this thread
         self._stop = threading.Event()
-        self.pace = RequestPacer(max_requests_per_second, clock, self._stop)
+        self._next_save = 0.0
+        self.pace = RequestPacer(max_requests_per_second, clock, self._pause)
 
     def request(self, gap: Gap) -> None:
-        """Thread-safe and non-blocking: queue a gap for the backfill thread."""
-        self.stats.backfill_requests += 1
-        self._gaps.put(gap)
+        """Thread-safe and non-blocking: hand a gap to the backfill thread (which counts it)."""
+        self._requests.put(gap)
 
     def stop(self) -> None:
         self._stop.set()
-        self._gaps.put(None)
+        self._requests.put(None)
 
     def run(self) -> None:
-        while not self._stop.is_set():
-            gap = self._gaps.get()
+        """Resume the day's unfinished gaps, then fill gaps as they come until stop(); what a stop cuts
+        short stays pending in the ledger for the next start."""
+        self._resume()
+        while self._take_requests(wait=not self.ledger.has_pending()):
+            entry = self.ledger.next_pending()
+            if entry is not None:
+                self._fill(entry, self.deliver, retry=True)
+            self._save(when_due=True)
+        self._save()
+
+    def fill_remaining(self, gaps_left_open: list[Gap], deliver: Callable[[RestBars], None]) -> None:
+        """At the close, on the caller's thread once the backfill thread has stopped: the gaps no live row
+        ended, then every gap still pending, one try each and without waits (stop() cut them short). What
+        fails stays in the ledger as failed; call save_ledger() once the writer has flushed."""
+        self._resume()
+        for gap in [*self._handed_over(wait=False), *gaps_left_open]:
+            if gap is not None:
+                self._record(gap)
+        while (entry := self.ledger.next_pending()) is not None:
+            self._fill(entry, deliver, retry=False)
+
+    def save_ledger(self) -> None:
+        self._save()
+
+    # --- the ledger ---
+
+    def _resume(self) -> None:
+        """Once per session: the unfinished gaps an earlier process left count as requests again."""
+        if self.ledger.loaded:
+            return
+        resumed = self.ledger.load()
+        self.stats.backfill_requests += len(resumed)
+        if resumed:
+            log.info("resuming %d unfinished gap(s) from the gap ledger", len(resumed),
+                     extra={"event": "backfill_resumed", "gaps": len(resumed)})
+
+    def _take_requests(self, wait: bool) -> bool:
+        """Move the writer's requests into the ledger, first waiting for one when there is nothing else to
+        do (the ledger saved before that wait); False once stop() was called."""
+        if wait:
+            self._save()
+        for gap in self._handed_over(wait):
             if gap is None:
-                return
-            self._fill(gap, self.deliver)
+                return False
+            self._record(gap)
+        return not self._stop.is_set()
 
-    def fill_now(self, gap: Gap, deliver: Callable[[RestBars], None]) -> bool:
-        """On the caller's thread, once the backfill thread has stopped (the gaps left at the close): the
-        rows go to `deliver`; False after a warning. Without waits, as stop() cut them short."""
-        self.stats.backfill_requests += 1
-        return self._fill(gap, deliver)
-
-    def _fill(self, gap: Gap, deliver: Callable[[RestBars], None]) -> bool:
+    def _handed_over(self, wait: bool) -> Iterator[Gap | None]:
+        """The requests waiting; with `wait`, the first is waited for (None is stop()'s marker)."""
         try:
-            return self._fill_with_retries(gap, deliver)
-        finally:
-            self.stats.backfill_finished += 1
+            yield self._requests.get(block=wait, timeout=self._idle_timeout() if wait else None)
+            while True:
+                yield self._requests.get_nowait()
+        except queue.Empty:
+            return
 
-    def _fill_with_retries(self, gap: Gap, deliver: Callable[[RestBars], None]) -> bool:
-        for attempt in range(1, self.attempts + 1):
+    def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` (a back-off, the pacer's spacing) taking the writer's requests meanwhile, so the
+        ledger and the heartbeat show them at once; True when stop() ended the wait. Real time, like
+        Event.wait: the injected clock only places instants."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0 and not self._stop.is_set():
             try:
-                rows = self._deliver_pages(gap, deliver)
-            except RestAnswerError as exc:
-                if attempt == self.attempts or self._stop.wait(self.retry_seconds * attempt):
-                    self._give_up(gap, str(exc))
-                    return False
-                continue
-            log.debug("backfilled %s %s gap %d..%d from REST (%d rows)", gap.channel, gap.symbol, gap.from_ms,
-                      gap.to_ms, rows, extra={"event": "backfill_done", "symbol": gap.symbol, "rows": rows})
-            return True
+                gap = self._requests.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if gap is not None:
+                self._record(gap)
+                self._save(when_due=True)
+        return self._stop.is_set()
+
+    def _idle_timeout(self) -> float | None:
+        """Idle, but filled rows still wait for the writer's flush: wake to record them as filled."""
+        return LEDGER_SAVE_SECONDS if self.ledger.dirty else None
+
+    def _record(self, gap: Gap) -> None:
+        self.stats.backfill_requests += 1
+        # A request merged into one already waiting is carried by it: requests - finished stays the
+        # number of gaps waiting, which is what `check` reports.
+        self.stats.backfill_finished += self.ledger.add(gap)
+
+    def _save(self, when_due: bool = False) -> None:
+        if not self.ledger.dirty or (when_due and self.clock.monotonic() < self._next_save):
+            return
+        self.ledger.save(self.durable_pages())
+        self._next_save = self.clock.monotonic() + LEDGER_SAVE_SECONDS
+
+    # --- filling one gap ---
+
+    def _fill(self, entry: GapEntry, deliver: Callable[[RestBars], None], retry: bool) -> bool:
+        """True when filled. Given up (marked failed, one warning) after the attempts, or after the one try
+        without `retry`; cut short by stop(): False, left pending for the next start."""
+        for attempt in range(1, self.attempts + 1):
+            error = self._try(entry, deliver)
+            if error is None:
+                self.ledger.filled(entry, self._pages_delivered)
+                self.stats.backfill_finished += 1
+                return True
+            if not retry or attempt == self.attempts:
+                break
+            if self._pause(self.retry_seconds * attempt):
+                self.ledger.interrupted(entry)
+                return False
+        self._give_up(entry)
         return False
+
+    def _try(self, entry: GapEntry, deliver: Callable[[RestBars], None]) -> str | None:
+        """One attempt; None when every page was delivered, else the error."""
+        gap = entry.gap
+        try:
+            rows = self._deliver_pages(gap, deliver)
+        except RestAnswerError as exc:
+            self.ledger.attempted(entry, str(exc))
+            return str(exc)
+        self.ledger.attempted(entry)
+        log.debug("backfilled %s %s gap %d..%d from REST (%d rows)", gap.channel, gap.symbol, gap.from_ms,
+                  gap.to_ms, rows, extra={"event": "backfill_done", "symbol": gap.symbol, "rows": rows})
+        return None
 
     def _deliver_pages(self, gap: Gap, deliver: Callable[[RestBars], None]) -> int:
         """Each page goes to the writer as it comes (a retry's repeats are dropped there by key)."""
         rows = 0
         for results in self.fetch(gap, self.pace):
             deliver(RestBars(gap.symbol, results, self.clock.time_ns(), gap.channel))
+            self._pages_delivered += 1
             rows += len(results) if type(results) is list else 0
+            self._take_requests(wait=False)   # a long fetch must not hold back the record of new gaps
+            self._save(when_due=True)
         return rows
 
-    def _give_up(self, gap: Gap, reason: str) -> None:
+    def _give_up(self, entry: GapEntry) -> None:
+        self.ledger.failed(entry)
         self.stats.backfill_failures += 1
-        log.warning("could not backfill %s %s rows %d..%d from REST: %s", gap.channel, gap.symbol, gap.from_ms,
-                    gap.to_ms, reason, extra={"event": "backfill_failed", "symbol": gap.symbol})
+        self.stats.backfill_finished += 1
+        log.warning("could not backfill %s %s rows %d..%d from REST after %d attempt(s): %s", entry.channel,
+                    entry.symbol, entry.from_ms, entry.to_ms, entry.attempts, entry.reason,
+                    extra={"event": "backfill_failed", "symbol": entry.symbol})

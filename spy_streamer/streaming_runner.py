@@ -31,6 +31,7 @@ from .heartbeat_monitor import HeartbeatMonitor
 from .instance_lock import InstanceLock, InstanceLocked
 from .log_setup import reopen_log_files
 from .gap_backfill import GapBackfiller
+from .gap_ledger import GapLedger
 from .market_hours import MarketCalendar, Session
 from .metrics import MetricsPublisher
 from .parquet_sink import ParquetSink
@@ -411,10 +412,13 @@ class StreamingRunner:
 
     def _begin_session(self, market_session: Session) -> None:
         frames = FrameQueue(QUEUE_MAX_BYTES)
+        ledger = GapLedger(self.config.paths.data_dir, self.calendar.trading_day(market_session.open),
+                           channel_names(self.config.polygon.subscriptions))
         backfiller = GapBackfiller(
             lambda gap, pace: channel_for(gap.channel).fetch(self.rest_client, gap.symbol, gap.from_ms, gap.to_ms, pace),
             frames.put, self.backfill_stats, self.clock,
-            max_requests_per_second=self.config.polygon.rest_max_requests_per_second)
+            max_requests_per_second=self.config.polygon.rest_max_requests_per_second,
+            ledger=ledger, durable_pages=lambda: writer.rest_pages_durable)
         writer = BatchWriter(frames, self.sink, self.calendar, self.writer_stats,
                              self.config.batching.write_interval_seconds, self.clock,
                              request_backfill=backfiller.request, subscriptions=self.config.polygon.subscriptions)
@@ -452,11 +456,13 @@ class StreamingRunner:
 
     @staticmethod
     def _fill_gaps_left_at_close(session: CaptureSession) -> None:
-        """Fetch what is missing up to the close. The session's threads have stopped: its writer is used
-        from this thread alone."""
-        for gap in session.writer.gaps_left_open():
-            session.backfiller.fill_now(gap, lambda rows: session.writer.accept_items([rows]))
-        session.writer.flush()
+        """Fetch what is missing up to the close: the gaps no live row ended and those the backfill had not
+        reached. The session's threads have stopped: its writer and ledger are used from this thread alone.
+        What could not be filled stays in the ledger, marked so, for `report`."""
+        writer = session.writer
+        session.backfiller.fill_remaining(writer.gaps_left_open(), lambda rows: writer.accept_items([rows]))
+        writer.flush()
+        session.backfiller.save_ledger()   # after the flush: the filled gaps' rows are on disk
 
     def _compact(self, session: Session) -> None:
         """The day is over: one sorted file per channel and day instead of hundreds of micro-batches (with

@@ -110,9 +110,7 @@ def test_requests_are_paced_to_the_configured_rate():
     """A wildcard can open thousands of gaps at once: REST requests are spaced 1/rate apart."""
     clock = FakeClock(ny(2026, 11, 24, 10))
     waits: list[float] = []
-    stop = threading.Event()
-    stop.wait = lambda seconds: waits.append(round(seconds, 6)) or False
-    pacer = RequestPacer(20, clock, stop)
+    pacer = RequestPacer(20, clock, lambda seconds: waits.append(round(seconds, 6)))
     for _ in range(3):
         pacer()
     assert waits == [0.05, 0.1]           # the first at once, then one every 50 ms
@@ -128,6 +126,6 @@ def test_each_page_is_delivered_as_it_comes(fake):
     backfiller = GapBackfiller(lambda gap, pace: iter_aggs_pages(client, gap.symbol, "second", gap.from_ms, gap.to_ms,
                                                                  page_limit=100, pace=pace),
                                delivered.append, stats, FakeClock(ny(2026, 11, 24, 10)))
-    assert backfiller.fill_now(Gap("SPY", START_MS, START_MS + 249_000), delivered.append)
+    backfiller.fill_remaining([Gap("SPY", START_MS, START_MS + 249_000)], delivered.append)
     assert [len(page.results) for page in delivered] == [100, 100, 50]
     assert {page.channel for page in delivered} == {"A"} and stats.backfill_finished == 1
