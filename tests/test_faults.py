@@ -208,3 +208,53 @@ def test_a_gap_still_open_at_the_close_is_filled_from_rest(start, fake):
     assert_complete(run, timeline)
     assert run.daemon.stop()[0] == 0
     assert run.heartbeat()["rows_backfilled"] == 100
+
+
+def ledger_gaps(run) -> list[tuple]:
+    """The gap ledger of today's A partition, as (symbol, from_ms, to_ms, state)."""
+    from spy_streamer.gap_ledger import read_entries
+    return [(entry.symbol, entry.from_ms, entry.to_ms, entry.state)
+            for path in run.data_dir.glob("A/date=*/.gaps.json") for entry in read_entries(path)]
+
+
+def test_a_restart_resumes_a_gap_the_backfill_could_not_fill(start, fake):
+    """Regression: a restart forgot the gaps requested but not yet filled. REST is down when the gap is
+    asked for, the daemon is stopped (a deploy, a SIGTERM); the next start, with REST up, fills it once."""
+    run = start()
+    timeline = Timeline()
+    fake.set_rest_failure(AGGS, "500")
+    live_then_fault_then_live(run, fake, timeline, lambda: fake.drop_connections(1000))
+    gap = ("SPY", timeline.during[0]["s"], timeline.during[-1]["s"])
+    wait_for(lambda: (*gap, "pending") in ledger_gaps(run), timeout=15, what="the gap pending in the ledger")
+    assert run.daemon.stop()[0] == 0
+    assert (*gap, "pending") in ledger_gaps(run)             # not failed: the stop cut its retries short
+    gap_path = f"{AGGS}{gap[1]}/"
+    asked_before = fake.request_count(gap_path)
+
+    fake.set_rest_failure(AGGS, None)
+    run.restart()
+    assert_complete(run, timeline)
+    wait_for(lambda: (*gap, "filled") in ledger_gaps(run), timeout=15, what="the gap filled in the ledger")
+    assert fake.request_count(gap_path) - asked_before == 1  # asked once after the restart
+    assert run.events("backfill_resumed")
+    heartbeat = wait_for(lambda: (run.heartbeat() or {}).get("backfill_finished") == 2 and run.heartbeat(),
+                         what="both resumed gaps finished")
+    assert heartbeat["backfill_requests"] == 2 and heartbeat["backfill_failures"] == 0
+    assert run.daemon.stop()[0] == 0
+
+
+def test_a_damaged_gap_ledger_is_set_aside_and_capture_goes_on(start, fake, tmp_path):
+    now = datetime.now(timezone.utc)
+    partition = tmp_path / "data" / "A" / f"date={now.astimezone(midday_zone(now)).date().isoformat()}"
+    partition.mkdir(parents=True)
+    (partition / ".gaps.json").write_bytes(b'{"version": 1, "gaps": [["SPY", 1')   # cut off mid-write by hand
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    timeline = Timeline(during=0)
+    fake.push(timeline.all, frame_size=1)
+    assert_complete(run, timeline)
+    (warning,) = run.events("gap_ledger_set_aside")
+    assert warning["level"] == "WARNING"
+    assert (partition / ".gaps.json.corrupt").read_bytes().startswith(b'{"version": 1')
+    wait_for(lambda: ledger_gaps(run), what="a fresh ledger")   # the start-up gap, recorded anew
+    assert run.daemon.stop()[0] == 0
