@@ -5,7 +5,7 @@ trade_id) for trades, (symbol, sequence_number) for quotes) is reduced to a 64-b
 hashes are kept in sorted numpy arrays: 8 bytes a stored row, nothing per symbol, however many symbols a
 wildcard brings (the bitmap this replaces cost 23.4 KB per symbol for `A`, and could not hold trades or
 quotes at all). A batch is checked with binary searches (`searchsorted`), never a Python loop per row
-(string key columns are hashed once per distinct value: the symbols of a batch are few).
+(string key columns are hashed once per distinct value, all at once).
 
 New keys go to a small sorted "recent" array that is merged into the main one when it reaches a quarter
 of its size (a merge of two sorted runs), so adding costs O(batch log) amortized.
@@ -17,7 +17,6 @@ be stable across processes (only across a run).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 
 import numpy as np
@@ -78,7 +77,7 @@ def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
 def _column_hash(column: pa.Array) -> np.ndarray:
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         encoded = pc.dictionary_encode(column)
-        distinct = np.array([_text_hash(text) for text in encoded.dictionary.to_pylist()], np.uint64)
+        distinct = _strings_hash(encoded.dictionary)
         values = distinct[pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)] if len(distinct) \
             else np.zeros(len(column), np.uint64)
     else:
@@ -88,7 +87,40 @@ def _column_hash(column: pa.Array) -> np.ndarray:
     return values
 
 
-@functools.lru_cache(maxsize=65_536)   # symbols repeat in every batch; trade ids do not, and pass through
+_MAX_VECTOR_WIDTH = 64   # longer strings (no ticker; a fuzzed trade id) are hashed one by one
+_SEED = np.uint64(0x2545F4914F6CDD1D)
+
+
+def _strings_hash(strings: pa.Array) -> np.ndarray:
+    """One hash per string of `strings` (a dictionary: no nulls), vectorized: a string's UTF-8 bytes,
+    zero-padded to whole 8-byte words, mixed word by word into its length. A Python call per distinct
+    string cost 0.3 us an event under `A.*`, whose batches hold thousands of symbols. Which way a string
+    is hashed depends on its length alone, so a key hashes alike in every batch."""
+    strings = strings.cast(pa.large_string())
+    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset:strings.offset + len(strings) + 1]
+    data = strings.buffers()[2]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
+    lengths = np.diff(offsets)
+    hashes = np.empty(len(strings), np.uint64)
+    short = lengths <= _MAX_VECTOR_WIDTH
+    hashes[short] = _short_strings_hash(data, offsets[:-1][short], lengths[short])
+    for index in np.flatnonzero(~short):
+        hashes[index] = _text_hash(strings[int(index)].as_py())
+    return hashes
+
+
+def _short_strings_hash(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    words = max(1, -(-int(lengths.max(initial=0)) // 8))
+    padded = np.zeros((len(lengths), words * 8), np.uint8)
+    ends = np.cumsum(lengths)
+    position = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lengths, lengths)
+    padded[np.repeat(np.arange(len(lengths)), lengths), position] = data[np.repeat(starts, lengths) + position]
+    hashes = _mix(lengths.astype(np.uint64) ^ _SEED)
+    for index, word in enumerate(padded.view(np.uint64).T):   # only a string's own words: not the batch's width
+        hashes = np.where(lengths > 8 * index, _mix(hashes ^ word), hashes) if index else _mix(hashes ^ word)
+    return hashes
+
+
 def _text_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 

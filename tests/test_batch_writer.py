@@ -273,6 +273,14 @@ def test_null_key_parts_are_a_value_of_their_own():
     assert keys[0] == keys[2] and keys[0] != keys[1]
 
 
+def test_a_string_key_hashes_alike_whatever_else_is_in_its_batch():
+    ids = ["1", "", "x" * 64, "y" * 65, "z" * 500, "Ä", "1\x00"]
+    alone = [key_hashes(pa.table({"trade_id": [text]}), ("trade_id",))[0] for text in ids]
+    together = key_hashes(pa.table({"trade_id": pa.array(ids).slice(0)}), ("trade_id",))
+    assert list(together) == alone and len(set(alone)) == len(ids)
+    assert list(key_hashes(pa.table({"trade_id": pa.array(ids, pa.large_string())}), ("trade_id",))) == alone
+
+
 def test_a_restarted_writer_does_not_store_existing_keys_again(rig, data_dir):
     bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 6)
     rig.send(bars[:4])
