@@ -154,12 +154,14 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
     from .calendar_store import load_calendar
     from .channels.subscriptions import symbols_of
     from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
+    from .report_progress import file_progress  # rich: only here, never on the daemon's path
     calendar = load_calendar(config)
     now = datetime.now(timezone.utc)
     day = args.date or calendar.trading_day(now)
     try:
         coverage = load_coverage(config.paths.data_dir, day, session_bounds(calendar, day, now), args.gap_seconds,
-                                 symbols_of(args.channel, config.polygon.subscriptions), args.channel)
+                                 symbols_of(args.channel, config.polygon.subscriptions), args.channel,
+                                 progress=file_progress)
     except CoverageError as exc:
         print(f"spy-streamer: {exc}", file=sys.stderr)
         return 1

@@ -8,21 +8,28 @@ threshold is "longer than N seconds".
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timezone, tzinfo
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .channels import Channel, channel_for
+from .gap_ledger import FAILED, FILLED, GapEntry, LedgerUnreadable, ledger_path, read_entries
 from .market_hours import MarketCalendar, SpecialDay
 from .parquet_sink import ParquetSink, visible_parquet_files
 
 COLUMNS = ("symbol", "start", "end", "source")   # what day_coverage reads: every channel is brought to these
 LARGEST_GAPS_SHOWN = 5
+UNFILLED_SHOWN = 20          # a wildcard may leave thousands: the count says how many, the ledger lists all
+FILES_PER_READ = 16          # a chunk of files per scan: pyarrow reads a chunk's files in parallel,
+                             # and the progress bar moves between chunks
 
 
 class CoverageError(Exception):
@@ -55,6 +62,8 @@ class Coverage:
     session: tuple[datetime, datetime] | None
     gap_seconds: float                     # gaps longer than this are listed
     gaps: tuple[CoverageGap, ...]                  # largest first
+    unfilled: tuple[GapEntry, ...] = ()            # the gap ledger's gaps REST has not (yet) filled
+    ledger_problem: str | None = None              # the ledger could not be read
 
     @property
     def missing_seconds(self) -> float:
@@ -72,16 +81,23 @@ def session_bounds(calendar: MarketCalendar, day: date, now: datetime) -> tuple[
     return opens, min(closes, now)
 
 
-def read_day(files: list[Path], channel: Channel | None = None) -> pa.Table:
+def read_day(files: list[Path], channel: Channel | None = None,
+             advance: Callable[[int], None] = lambda files_read: None) -> pa.Table:
     """COLUMNS of `files` plus the channel's dedup key: `start`/`end` (ms) are a bar's, or a trade's or
-    quote's own time twice; a file without `source` (older layout) reads as nulls there."""
+    quote's own time twice; a file without `source` (older layout) reads as nulls there. `advance(n)` is
+    told each time n more files have been read."""
     channel = channel or channel_for("A")
     names = dict.fromkeys(("symbol", channel.time_column, "end", "source", *channel.dedup_key))
     schema = pa.schema([channel.schema.field(name) for name in names if name in channel.schema.names])
+    tables = [schema.empty_table()]
     try:
-        table = ds.dataset([str(path) for path in files], schema=schema, format="parquet").to_table()
+        for first in range(0, len(files), FILES_PER_READ):
+            chunk = [str(path) for path in files[first:first + FILES_PER_READ]]
+            tables.append(ds.dataset(chunk, schema=schema, format="parquet").to_table())
+            advance(len(chunk))
     except (pa.ArrowException, OSError) as exc:
         raise CoverageError(f"cannot read the day's files: {exc}") from None
+    table = pa.concat_tables(tables)
     start = pc.cast(channel.time_ms(table), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
     end = table.column("end") if "end" in table.column_names else start
     keys = [name for name in channel.dedup_key if name not in COLUMNS]
@@ -106,14 +122,32 @@ def find_gaps(bars: list[tuple[int, int]], open_ms: int, close_ms: int, longer_t
     return gaps
 
 
+Progress = Callable[[int], AbstractContextManager[Callable[[int], None]]]
+
+
 def load_coverage(data_dir: Path, day: date, session: tuple[datetime, datetime] | None, gap_seconds: float,
-                  expected_symbols: tuple[str, ...] = (), channel: str = "A") -> Coverage:
-    """Read the day's visible files of `channel` and describe them; CoverageError when they cannot be read."""
+                  expected_symbols: tuple[str, ...] = (), channel: str = "A", progress: Progress | None = None) -> Coverage:
+    """Read the day's visible files of `channel` and its gap ledger, and describe them; CoverageError when
+    the files cannot be read. `progress(total_files)` gives a context yielding `advance(files_read)`."""
     folder = ParquetSink(data_dir).partition_dir(channel, day)
     files = visible_parquet_files(folder)
     chosen = channel_for(channel)
     key = tuple("start" if name == chosen.time_column else name for name in chosen.dedup_key)  # as read_day names it
-    return day_coverage(day, folder, files, read_day(files, chosen), session, gap_seconds, expected_symbols, key)
+    with (progress or (lambda total: nullcontext(lambda files_read: None)))(len(files)) as advance:
+        table = read_day(files, chosen, advance)
+    coverage = day_coverage(day, folder, files, table, session, gap_seconds, expected_symbols, key)
+    unfilled, problem = _unfilled_gaps(ledger_path(data_dir, channel, day))
+    return dataclasses.replace(coverage, unfilled=unfilled, ledger_problem=problem)
+
+
+def _unfilled_gaps(path: Path) -> tuple[tuple[GapEntry, ...], str | None]:
+    """The ledger's unfinished gaps by time, and what was wrong if it could not be read."""
+    try:
+        entries = read_entries(path)
+    except LedgerUnreadable as exc:
+        return (), str(exc)
+    unfilled = [entry for entry in entries if entry.state != FILLED]
+    return tuple(sorted(unfilled, key=lambda entry: (entry.from_ms, entry.symbol))), None
 
 
 def day_coverage(day: date, folder: Path, files: list[Path], table: pa.Table,
@@ -171,8 +205,31 @@ def format_coverage(coverage: Coverage, tz: tzinfo, special: SpecialDay | None =
              _rows_line(coverage)]
     if coverage.rows:
         lines.append(f"first bar: {_clock(coverage.first_bar, tz)}, last bar: {_clock(coverage.last_bar, tz)}")
+    lines += _unfilled_lines(coverage, tz)
     lines += _gap_lines(coverage, tz, special)
     return "\n".join(lines)
+
+
+def _unfilled_lines(coverage: Coverage, tz: tzinfo) -> list[str]:
+    """What the backfill was asked for and has not filled: channel, symbol, the missing rows' first and
+    last times (exchange zone and UTC) and why."""
+    if coverage.ledger_problem:
+        return [f"unfilled gaps: unknown, the gap ledger is unreadable ({coverage.ledger_problem})"]
+    lines = [f"unfilled gaps (gap ledger): {len(coverage.unfilled)}"]
+    for entry in coverage.unfilled[:UNFILLED_SHOWN]:
+        first, last = _instant(entry.from_ms), _instant(entry.to_ms)
+        lines.append(f"  {entry.channel} {entry.symbol} {_clock(first, tz)} - {_clock(last, tz)} "
+                     f"({first:%H:%M:%S} - {last:%H:%M:%S} UTC)  {_why_unfilled(entry)}")
+    if len(coverage.unfilled) > UNFILLED_SHOWN:
+        lines.append(f"  ... and {len(coverage.unfilled) - UNFILLED_SHOWN} more")
+    return lines
+
+
+def _why_unfilled(entry: GapEntry) -> str:
+    if entry.state == FAILED:
+        return f"failed after {entry.attempts} attempt(s): {entry.reason}"
+    tried = f", {entry.attempts} attempt(s) so far: {entry.reason}" if entry.attempts else ""
+    return f"waiting for REST backfill{tried}"
 
 
 def _rows_line(coverage: Coverage) -> str:

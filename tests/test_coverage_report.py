@@ -110,6 +110,7 @@ def test_the_text_for_a_person(data_dir):
         f"files: 4, {sum(p.stat().st_size for p in (data_dir / 'A' / 'date=2025-06-10').iterdir()):,} bytes",
         "rows: 522 (SPY), 15 from REST backfill",
         "first bar: 09:30:12 EDT, last bar: 09:39:39 EDT",
+        "unfilled gaps (gap ledger): 0",
         "session: 09:30:00 EDT - 09:40:00 EDT",
         "gaps longer than 1 s: 3, 1 min 17 s missing in all",
         "  SPY 09:35:00 EDT - 09:35:45 EDT  45 s",
@@ -182,3 +183,97 @@ def test_report_reads_any_channel(tmp_path):
     coverage = load_coverage(tmp_path, day, session, 5, ("SPY",), "T")
     assert coverage.rows == 3 and coverage.repeated_rows == 1 and coverage.symbols == ("SPY",)
     assert [round(gap.seconds) for gap in coverage.gaps] == [11, 8]   # largest first: 9:30:09-9:30:20, 9:30:01-9:30:09
+
+
+# --------------------------------------------------------------------------------------------------
+# unfilled gaps from the gap ledger; the progress bar
+# --------------------------------------------------------------------------------------------------
+
+def write_ledger(data_dir, outcomes):
+    """A gap ledger for DAY with (symbol, first second, last second, outcome) entries."""
+    from spy_streamer.gap_ledger import Gap, GapLedger
+    book = GapLedger(data_dir, DAY, ("A",), step_of=lambda channel: 1000)
+    for symbol, first, last, outcome in sorted(outcomes, key=lambda outcome: outcome[3] == "pending"):
+        book.add(Gap(symbol, OPEN_MS + first * 1000, OPEN_MS + last * 1000))
+        if outcome == "pending":   # last: asked for, not tried yet
+            continue
+        entry = book.next_pending()
+        if outcome == "filled":
+            book.filled(entry, 0)
+        else:
+            for _ in range(5):
+                book.attempted(entry, outcome)
+            book.failed(entry)
+    assert book.save(durable=0)
+
+
+def test_the_unfilled_gaps_are_listed_with_both_clocks_and_why(data_dir):
+    write_ledger(data_dir, [("SPY", 300, 344, "HTTP 500"), ("QQQ", 0, 11, "pending"), ("SPY", 0, 11, "filled")])
+    text = format_coverage(load_coverage(data_dir, DAY, SESSION, 1.0), NY).splitlines()
+    start = text.index("unfilled gaps (gap ledger): 2")
+    assert text[start + 1:start + 3] == [
+        "  A QQQ 09:30:00 EDT - 09:30:11 EDT (13:30:00 - 13:30:11 UTC)  waiting for REST backfill",
+        "  A SPY 09:35:00 EDT - 09:35:44 EDT (13:35:00 - 13:35:44 UTC)  failed after 5 attempt(s): HTTP 500"]
+
+
+def test_a_wildcards_many_unfilled_gaps_are_counted_and_the_first_listed(data_dir):
+    from spy_streamer.coverage_report import UNFILLED_SHOWN
+    write_ledger(data_dir, [(f"S{i:03d}", 300, 344, "HTTP 429") for i in range(UNFILLED_SHOWN + 7)])
+    text = format_coverage(load_coverage(data_dir, DAY, SESSION, 1.0), NY)
+    assert f"unfilled gaps (gap ledger): {UNFILLED_SHOWN + 7}" in text and "  ... and 7 more" in text
+
+
+def test_an_unreadable_ledger_is_said_not_fatal(data_dir):
+    (data_dir / "A" / "date=2025-06-10" / ".gaps.json").write_text("{not json")
+    text = format_coverage(load_coverage(data_dir, DAY, SESSION, 1.0), NY)
+    assert "unfilled gaps: unknown, the gap ledger is unreadable" in text and "rows: 522 (SPY)" in text
+
+
+def many_files(data_dir, count=60):
+    """`count` more one-bar files (a day of micro-batches): enough for the progress bar."""
+    sink = ParquetSink(data_dir)
+    for second in range(count):
+        sink.write("A", DAY, ws_table([580 + second % 20], symbol=f"X{second:02d}"), 10 + second)
+
+
+def test_report_command_lists_unfilled_gaps_and_draws_no_bar_on_a_pipe(data_dir, tmp_path):
+    write_ledger(data_dir, [("SPY", 300, 344, "HTTP 500")])
+    many_files(data_dir)
+    result = run_report(tmp_path, "--date", "2025-06-10")
+    assert result.returncode == 0, result.stderr
+    assert "unfilled gaps (gap ledger): 1" in result.stdout and "files: 64," in result.stdout
+    assert "  A SPY 09:35:00 EDT - 09:35:44 EDT (13:35:00 - 13:35:44 UTC)  failed after 5 attempt(s): HTTP 500" \
+        in result.stdout
+    assert result.stderr == "" and "\x1b" not in result.stdout      # plain text: no bar, no escape codes
+
+
+def test_report_draws_a_progress_bar_on_a_terminal(data_dir, tmp_path):
+    import pty
+    many_files(data_dir)
+    config_path = write_settings(tmp_path, settings(tmp_path, streaming={"market_hours": {"end_time": "09:40"}}))
+    env = {k: v for k, v in os.environ.items() if k not in ("POLYGON_API_KEY", "SPY_STREAMER_CONFIG")}
+    primary, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "spy_streamer", "report", "--date", "2025-06-10",
+                                "--config", str(config_path)], stdout=subprocess.PIPE, stderr=terminal,
+                               env=dict(env, TERM="xterm", COLUMNS="100"), cwd=REPO_ROOT)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:   # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(primary)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert b"reading the day's files" in drawn and b"64/64" in drawn
+    assert b"reading" not in stdout                                   # the bar never reaches stdout
+
+
+def test_the_daemon_never_imports_rich():
+    """rich is for `report` at a terminal: the daemon's import path stays without it."""
+    code = "import spy_streamer.streaming_runner, spy_streamer.cli, sys; assert 'rich' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)
