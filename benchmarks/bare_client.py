@@ -28,13 +28,15 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--raw", action="store_true", help="raw frames instead of parsed model objects")
+    parser.add_argument("--channel", default="A", help="subscribe to CHANNEL.* (A, T, Q...)")
     args = parser.parse_args()
     received = 0
+    marker = f'"ev":"{args.channel}"'
 
     async def no_op_handler(messages) -> None:
         nonlocal received
-        # Parsed mode hands a list of EquityAgg; raw mode the frame text (200 events a frame here).
-        received += messages.count('"ev":"A"') if args.raw else len(messages)
+        # Parsed mode hands a list of models (EquityAgg, EquityTrade); raw mode the frame text.
+        received += messages.count(marker) if args.raw else len(messages)
         if received >= args.events:
             done = time.monotonic()
             usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -43,7 +45,7 @@ def main() -> None:
             os._exit(0)  # measured; no need for a graceful close
 
     client = WebSocketClient(api_key=args.key, feed=args.feed, secure=False, raw=args.raw,
-                             subscriptions=["A.*"], max_reconnects=0)
+                             subscriptions=[f"{args.channel}.*"], max_reconnects=0)
     asyncio.run(client.connect(no_op_handler))
 
 

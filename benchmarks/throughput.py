@@ -56,13 +56,14 @@ def blast_start_ms() -> int:
 class RowCounter:
     """Counts rows in the daemon's Parquet files from their footers, each file once."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, channel: str = "A"):
         self.data_dir = data_dir
+        self.channel = channel
         self.seen: set[Path] = set()
         self.rows = 0
 
     def poll(self) -> int:
-        for path in self.data_dir.glob("A/date=*/*.parquet"):
+        for path in self.data_dir.glob(f"{self.channel}/date=*/*.parquet"):
             if path not in self.seen:
                 self.seen.add(path)
                 self.rows += pq.read_metadata(path).num_rows
