@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Callable
 
@@ -140,6 +141,7 @@ class BatchWriter:
         self._regular_bounds_ms: tuple[int, int] | None = None   # set when the session has extended hours
         self._flush_failing = False
         self._skew = ClockSkewDetector()
+        self._parsed_runs: deque | None = None   # run() parsed these runs of frames ahead, in order
         # REST pages (RestBars) accepted, and how many of them the last successful flush made durable: the
         # gap ledger records a gap as filled only once its pages are on disk (the backfill counts them alike).
         self.rest_pages_accepted = 0
@@ -148,18 +150,31 @@ class BatchWriter:
     # --- thread body ---
 
     def run(self) -> None:
-        """Until END_OF_STREAM: accept items, flush whenever the interval elapses (even if idle)."""
+        """Until END_OF_STREAM: accept items, flush whenever the interval elapses (even if idle).
+
+        A batch's frames are parsed on a `frame-parser` thread while this one applies the rules, dedup and
+        flushes to the batch before it (pyarrow's JSON reader runs off the GIL, so the two overlap). Batches
+        are still accepted one after another in queue order: the first received row of a key is kept."""
         self.start_day()
         next_flush = self.clock.monotonic() + self.interval_seconds
-        while True:
-            items = self._next_items(max(0.0, next_flush - self.clock.monotonic()), next_flush)
-            ended = END_OF_STREAM in items
-            self.accept_items([item for item in items if item is not END_OF_STREAM])
-            if ended:
-                break
-            if self.clock.monotonic() >= next_flush or self.stats.rows_pending >= MAX_PENDING_ROWS:
-                self.flush()
-                next_flush = self.clock.monotonic() + self.interval_seconds
+        with ThreadPoolExecutor(1, thread_name_prefix="frame-parser") as parser:
+            ahead = None   # (items, future of their parsed runs): the batch being parsed
+            while True:
+                wait = max(0.0, next_flush - self.clock.monotonic())
+                items = self._next_items(wait if ahead is None else min(wait, LINGER_SECONDS), next_flush)
+                ended = END_OF_STREAM in items
+                items = [item for item in items if item is not END_OF_STREAM]
+                parsing = (items, parser.submit(self._parse_runs, items)) if items else None
+                if ahead is not None:
+                    self._accept_parsed(*ahead)
+                ahead = parsing
+                if ended:
+                    break
+                if self.clock.monotonic() >= next_flush or self.stats.rows_pending >= MAX_PENDING_ROWS:
+                    self.flush()
+                    next_flush = self.clock.monotonic() + self.interval_seconds
+            if ahead is not None:
+                self._accept_parsed(*ahead)
         self.flush()
 
     def _next_items(self, timeout: float, flush_at: float = 0.0) -> list:
@@ -184,6 +199,25 @@ class BatchWriter:
 
     # --- accepting rows ---
 
+    def _parse_runs(self, items: list) -> list:
+        """parse_frames of each run of live frames in `items`, in the order accept_items meets them (on the
+        parser thread: it reads only the channels)."""
+        runs, run = [], []
+        for item in items:
+            if type(item) is tuple:
+                run.append(item)
+            elif run:
+                runs.append(run)
+                run = []
+        return [parse_frames(self.channels, run) for run in runs + ([run] if run else [])]
+
+    def _accept_parsed(self, items: list, parsed: Future) -> None:
+        self._parsed_runs = deque(parsed.result())
+        try:
+            self.accept_items(items)
+        finally:
+            self._parsed_runs = None
+
     def accept_items(self, items: list) -> None:
         """Queue items in order: runs of live frames are parsed together; control items between them."""
         run: list = []
@@ -206,7 +240,7 @@ class BatchWriter:
     def _accept_frames(self, frames: list) -> None:
         if not frames:
             return
-        tables, rejected = parse_frames(self.channels, frames)
+        tables, rejected = self._parsed_runs.popleft() if self._parsed_runs else parse_frames(self.channels, frames)
         if rejected:
             self._count_rejected(rejected)
         for name, parts in tables.items():

@@ -549,6 +549,24 @@ def test_end_of_stream_ends_run_after_a_final_flush(data_dir):
     assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
 
 
+def test_run_parses_ahead_yet_keeps_queue_order_and_the_first_received_row(data_dir, monkeypatch):
+    """Batches of two frames, each parsed while the one before is accepted: a repeat in a later batch is
+    dropped, the first received kept; a REST page and a gap marker between frames keep their place."""
+    monkeypatch.setattr("spy_streamer.batch_writer.MAX_FRAMES_PER_PARSE", 2)
+    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=60)
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 9)
+    changed = dict(bars[0], v=bars[0]["v"] + 1)
+    for index, bar in enumerate(bars):
+        rig.frames.put((time.time_ns(), frame([bar])))
+        if index == 3:
+            rig.frames.put(GAP_POSSIBLE)
+            rig.frames.put((time.time_ns(), frame([changed])))
+    rig.frames.put(END_OF_STREAM)
+    start_writer(rig).join(2)
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
+    assert [row["volume"] for row in stored(data_dir)][0] == bars[0]["v"] and rig.stats.duplicates == 1
+
+
 def test_an_idle_writer_writes_no_empty_files(data_dir):
     rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=0.05)
     thread = start_writer(rig)
