@@ -35,7 +35,8 @@ from spy_streamer.market_hours import MarketCalendar
 from spy_streamer.parquet_sink import ParquetSink
 from spy_streamer.pipeline_stats import WriterStats
 from spy_streamer.queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
-from spy_streamer.seen_bars import SeenKeys, key_hashes
+from spy_streamer.channels import channel_for
+from spy_streamer.seen_bars import SeenKeys, SeenSlots, key_hashes
 
 NEW_YORK = ZoneInfo("America/New_York")
 HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
@@ -249,10 +250,15 @@ def test_the_repeat_check_costs_bytes_per_row_not_per_symbol(data_dir):
     symbols = [f"S{index:03d}" for index in range(50)]
     rig.send([agg_event(ms(ny(2025, 6, 10, 9, 30)), symbol) for symbol in symbols])
     lane = rig.writer.lanes["A"]
-    assert len(lane.seen) == len(symbols) and lane.seen.memory_bytes() == 8 * len(symbols)
+    assert len(lane.seen) == len(symbols) and lane.seen.memory_bytes() == 16 * len(symbols)   # a word each
     rig.send([agg_event(ms(ny(2025, 6, 10, 15, 59, 59)), symbol) for symbol in symbols[:2]]
              + [agg_event(ms(ny(2025, 6, 10, 9, 30)), symbols[0])])
     assert rig.stats.duplicates == 1 and rig.stats.rows_pending == len(symbols) + 2
+    # The next 63 seconds of each symbol share its word: no more memory for 63 more bars a symbol.
+    before = lane.seen.memory_bytes()
+    opens = ms(ny(2025, 6, 10, 9, 30))
+    rig.send([agg_event(opens + second * 1000, symbol) for second in range(1, 64) for symbol in symbols])
+    assert len(lane.seen) == 64 * len(symbols) + 2 and lane.seen.memory_bytes() <= before + 16 * len(symbols)
 
 
 def test_repeats_are_recognised_within_a_batch_across_batches_and_after_merging():
@@ -265,6 +271,18 @@ def test_repeats_are_recognised_within_a_batch_across_batches_and_after_merging(
     many = np.arange(200_000, dtype=np.uint64) * np.uint64(7919)   # past the merge threshold
     assert pc.all(seen.add(many)).as_py() and not pc.any(seen.add(many)).as_py()
     assert seen.add(keys).to_pylist() == [False] * 5 and len(seen) == 200_004
+
+
+def test_bar_keys_as_bits_agree_with_hashed_keys_off_the_grid_and_null_times_included():
+    rng = np.random.default_rng(7)
+    slots, hashed = SeenSlots(channel_for("A")), SeenKeys(("symbol", "start"))
+    for _ in range(12):
+        rows = int(rng.integers(0, 2000))
+        starts = 1_767_000_000_000 + rng.integers(0, 3000, rows) * 1000 + rng.choice([0] * 18 + [1, 500], rows)
+        table = pa.table({"symbol": pa.array([f"S{i}" for i in rng.integers(0, 200, rows)], pa.string()),
+                          "start": pa.array(starts, pa.timestamp("ms", tz="UTC"), mask=rng.random(rows) < 0.05)})
+        assert slots.add_table(table).to_pylist() == hashed.add_table(table).to_pylist()
+    assert len(slots) == len(hashed)
 
 
 def test_null_key_parts_are_a_value_of_their_own():
