@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,7 @@ def whole_daemon(fake: FakePolygon, load: Load, seconds: float, workdir: Path, w
         counter = RowCounter(Path(document["paths"]["data_dir"]), load.channel)
         cpu_before = cpu_seconds(process)
         sender = PacedSender(fake, load, seconds)
+        sampler = RssSampler(process)
         sender.run()
         deadline = time.monotonic() + 60 + write_interval
         while counter.poll() < sender.sent_events and time.monotonic() < deadline:
@@ -143,6 +145,7 @@ def whole_daemon(fake: FakePolygon, load: Load, seconds: float, workdir: Path, w
         taken = time.monotonic() - sender.started
         cpu = cpu_seconds(process) - cpu_before
         rss = peak_rss(process.pid)
+        sampler.stop()
         assert daemon.stop()[0] == 0
         beat = json.loads((Path(document["paths"]["heartbeat_dir"]) / "polygon.json").read_text())
     finally:
@@ -150,7 +153,26 @@ def whole_daemon(fake: FakePolygon, load: Load, seconds: float, workdir: Path, w
     return {"events": sender.sent_events, "seconds": taken, "events_per_second": counter.rows / taken,
             "rows": counter.rows, "missing_rows": sender.sent_events - counter.rows,
             "dropped_frames": beat.get("dropped_queue_full", 0), "cpu_seconds_per_100k": cpu / sender.sent_events * 100_000,
-            "peak_rss_bytes": rss, "sender_late_seconds": sender.late_seconds}
+            "peak_rss_bytes": rss, "sender_late_seconds": sender.late_seconds, "rss_samples": sampler.samples}
+
+
+class RssSampler(threading.Thread):
+    """The daemon's RSS every `every` seconds while the load runs: flat, or growing with the rows?"""
+
+    def __init__(self, process: psutil.Process, every: float = 10.0):
+        super().__init__(daemon=True)
+        self.process, self.every, self.samples = process, every, []
+        self._done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self._done.wait(self.every):
+            self.samples.append((round(time.monotonic() - started), self.process.memory_info().rss))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
 
 
 def _expected_events(load: Load, seconds: float) -> int:
@@ -191,9 +213,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--write-interval", type=float, default=1.0, help="the daemon's write_interval_seconds")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--daemon-only", action="store_true", help="one daemon run, its RSS every 10 s (long runs)")
     args = parser.parse_args()
     load = SCENARIOS[args.scenario]
     seconds = args.minutes * 60 if args.minutes else args.seconds or (10 if args.scenario == "burst" else 20)
+    if args.daemon_only:
+        daemon_only(load, seconds, args.write_interval)
+        return
 
     runs = []
     for index in range(args.rounds):
@@ -219,6 +245,15 @@ def main() -> None:
           f"{max(run['daemon']['peak_rss_bytes'] for run in runs) / 1e6:.1f} MB")
     if args.json:
         args.json.write_text(json.dumps({"scenario": args.scenario, "seconds": seconds, "runs": runs}, indent=1))
+
+
+def daemon_only(load: Load, seconds: float, write_interval: float) -> None:
+    with tempfile.TemporaryDirectory() as temp, FakePolygon(api_key=TEST_API_KEY) as fake:
+        run = whole_daemon(fake, load, seconds, Path(temp), write_interval)
+    print(f"{load.channel}.* at {load.rate:,} events/s for {seconds:.0f} s, daemon only: {run['events_per_second']:,.0f}"
+          f" ev/s, {run['cpu_seconds_per_100k']:.3f} CPU s/100k, peak RSS {run['peak_rss_bytes'] / 1e6:.1f} MB, "
+          f"missing {run['missing_rows']:,}, dropped frames {run['dropped_frames']}, sender late {run['sender_late_seconds']:.2f} s")
+    print("RSS (s: MB): " + ", ".join(f"{at}: {rss / 1e6:.0f}" for at, rss in run["rss_samples"]))
 
 
 if __name__ == "__main__":
