@@ -40,7 +40,7 @@ from .seen_bars import seen_rows_for
 log = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_PARSE = 2000      # frames parsed together: amortizes the parser's set-up per call...
-MAX_BYTES_PER_PARSE = 1_000_000  # ...but about a MB at most: a batch is held three times (text, NDJSON, Arrow)
+MAX_BYTES_PER_PARSE = 2_000_000  # ...but about 2 MB at most: a batch is held three times (text, NDJSON, Arrow)
 MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat under heavy load
 # A parse costs about 0.3 ms whatever its size (the JSON reader's set-up, tens of compute calls): a writer
 # that kept up would pay it per frame (550 frames/s of `A.*` saturated a core). So a batch waits up to this
