@@ -381,7 +381,13 @@ class BatchWriter:
             return False
         lane.pending = []
         self._flush_succeeded(table.num_rows)
+        self._count_channel_rows(lane.channel.name, table.num_rows)
         return True
+
+    def _count_channel_rows(self, channel: str, rows: int) -> None:
+        # A new dict rather than an update: the heartbeat thread may be serializing the old one.
+        counts = self.stats.rows_written_by_channel
+        self.stats.rows_written_by_channel = {**counts, channel: counts.get(channel, 0) + rows}
 
     def _flush_failed(self, exc: OSError, rows: int) -> None:
         self.stats.write_errors += 1

@@ -79,6 +79,11 @@ class HeartbeatCollector:
 def _counters(heartbeat: dict[str, Any]) -> Iterator[Metric]:
     for name, key, help_text in COUNTERS:
         yield CounterMetricFamily(PREFIX + name, help_text, value=heartbeat.get(key) or 0)
+    by_channel = CounterMetricFamily(PREFIX + "channel_rows_written", "Rows made durable, by channel",
+                                     labels=["channel"])
+    for channel, rows in sorted((heartbeat.get("rows_written_by_channel") or {}).items()):
+        by_channel.add_metric([channel], rows)
+    yield by_channel
     rejected = CounterMetricFamily(PREFIX + "rejected_events", "Events not stored, by reason", labels=["reason"])
     for reason, key in REJECTIONS:
         rejected.add_metric([reason], heartbeat.get(key) or 0)

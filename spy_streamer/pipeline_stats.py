@@ -23,6 +23,7 @@ class WriterStats:
     events_received: int = 0
     rows_backfilled: int = 0                 # rows stored from REST gap backfill (source "rest")
     rows_written: int = 0
+    rows_written_by_channel: dict[str, int] = field(default_factory=dict)   # replaced, never updated in place
     batches_written: int = 0
     rows_pending: int = 0
     pending_since: datetime | None = None    # when the oldest row not yet written was accepted

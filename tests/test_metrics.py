@@ -22,11 +22,14 @@ def test_textfile_carries_the_heartbeat_figures(config):
     rig.monitor.session_started()
     rig.reader.state, rig.reader.connected, rig.reader.reconnects = "streaming", True, 3
     rig.writer.rows_written, rig.writer.rows_pending, rig.writer.rejected_late = 1200, 40, 2
+    rig.writer.rows_written_by_channel = {"A": 1000, "T": 200}
     rig.monitor.record_message()
     rig.monitor.send_heartbeat()
     path = config.paths.heartbeat_dir / "spy_streamer.prom"
     values = samples(path.read_text())
     assert values[("spy_streamer_rows_written_total", ())] == 1200
+    assert values[("spy_streamer_channel_rows_written_total", (("channel", "A"),))] == 1000
+    assert values[("spy_streamer_channel_rows_written_total", (("channel", "T"),))] == 200
     assert values[("spy_streamer_reconnects_total", ())] == 3
     assert values[("spy_streamer_messages_total", ())] == 1
     assert values[("spy_streamer_rows_pending", ())] == 40

@@ -51,3 +51,10 @@ def test_an_early_close_learned_mid_session_ends_storing_at_that_close(data_dir)
     rig.writer.flush()
     assert [start for _, start in stored_keys(data_dir)] == [bar["s"] for bar in before]
     assert rig.stats.outside_session == 2
+
+
+def test_rows_written_are_counted_per_channel(data_dir):
+    rig = Rig(data_dir)
+    rig.send(session_timeline(ms(ny(2025, 6, 10, 9, 59)), 3))
+    assert rig.writer.flush()
+    assert rig.stats.rows_written_by_channel == {"A": 3}
