@@ -142,7 +142,7 @@ def plural(count: int, noun: str) -> str:
 
 def run_benchmark(workdir: Path, runs: int, events: int) -> dict:
     output = workdir / "benchmark.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--runs", str(runs),
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--rounds", str(runs),
                     "--events", str(events), "--json", str(output)], cwd=ROOT, check=True)
     return json.loads(output.read_text())
 
@@ -177,20 +177,27 @@ def render(outcomes, figures, totals, bench) -> str:
 
 def render_benchmark(b: dict) -> str:
     rss = b["rss_after_each_session_bytes"]
+
+    def spread(figure: dict, scale: float = 1.0, form: str = ",.0f") -> str:
+        return " / ".join(f"{figure[key] * scale:{form}}" for key in ("min", "median", "max"))
+
     rows = [
-        f"`benchmarks/throughput.py --runs {b['runs']} --events {b['events']}`: the fake Polygon on loopback "
-        f"sends frames of {b['frame_events']} `A` events as fast as it can; each figure is the median of "
-        f"{b['runs']} runs (daemon write interval {b['bench_write_interval_seconds']} s for the timing).", "",
+        f"`benchmarks/throughput.py --rounds {b['rounds']} --events {b['events']}`: the fake Polygon on loopback "
+        f"sends frames of {b['frame_events']} `A` events over {b['symbols']:,} symbols as fast as it can; "
+        f"{b['rounds']} interleaved rounds, each figure min / median / max (daemon write interval "
+        f"{b['bench_write_interval_seconds']} s for the timing).", "",
         "| measured | bare client, no-op (parsed) | bare client, no-op (raw) | whole daemon, to durable Parquet |",
         "|---|---|---|---|",
-        f"| events/s | {b['bare_parsed_events_per_second']:,.0f} | {b['bare_raw_events_per_second']:,.0f} | "
-        f"{b['daemon_events_per_second']:,.0f} |",
-        f"| CPU s per 100k events | {b['bare_parsed_cpu_seconds_per_100k']:.2f} | - | "
-        f"{b['daemon_cpu_seconds_per_100k']:.2f} |",
-        f"| peak RSS | {b['bare_parsed_peak_rss_bytes'] / 1e6:.1f} MB | - | {b['daemon_peak_rss_bytes'] / 1e6:.1f} MB |",
+        "| events/s | " + " | ".join(spread(b[f"{m}_events_per_second"]) for m in ("bare_parsed", "bare_raw", "daemon")) + " |",
+        "| CPU s per 100k events | " + " | ".join(spread(b[f"{m}_cpu_seconds_per_100k"], form=".2f")
+                                               for m in ("bare_parsed", "bare_raw", "daemon")) + " |",
+        "| peak RSS (MB, own VmHWM) | " + " | ".join(spread(b[f"{m}_peak_rss_bytes"], 1e-6, ".1f")
+                                                  for m in ("bare_parsed", "bare_raw", "daemon")) + " |",
         "", "| figure | value |", "|---|---|",
-        f"| ratio daemon / bare client (parsed) | {b['ratio_vs_parsed']:.2f} |",
-        f"| ratio daemon / bare client (raw frames) | {b['ratio_vs_raw']:.2f} |",
+        f"| ratio daemon / bare client (parsed) | {spread(b['ratio_vs_parsed'], form='.2f')} |",
+        f"| ratio daemon / bare client (raw frames) | {spread(b['ratio_vs_raw'], form='.2f')} |",
+        f"| daemon rows missing, frames dropped (max over rounds) | {b['daemon_missing_rows']['max']}, "
+        f"{b['daemon_dropped_frames']['max']} |",
         f"| log bytes for {b['events']:,} events | {b['daemon_log_bytes']:,.0f} |",
         f"| CPU s per minute, market closed | {b['closed_cpu_seconds_per_minute']:.4f} |",
         f"| connections opened, market closed | {b['closed_connections']} |",
