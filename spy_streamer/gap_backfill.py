@@ -90,10 +90,13 @@ class GapBackfiller:
             self._save(when_due=True)
         self._save()
 
-    def fill_remaining(self, gaps_left_open: list[Gap], deliver: Callable[[RestBars], None]) -> None:
+    def fill_remaining(self, gaps_left_open: list[Gap], deliver: Callable[[RestBars], None],
+                       cancel: threading.Event | None = None) -> None:
         """At the close, on the caller's thread once the backfill thread has stopped: the gaps no live row
-        ended, then every gap still pending, one try each and without waits (stop() cut them short). What
-        fails stays in the ledger as failed; call save_ledger() once the writer has flushed."""
+        ended, then every gap still pending, one try each, still paced to the request rate (a wildcard may
+        leave thousands) until `cancel` is set (the daemon stopping). What fails stays in the ledger as
+        failed; call save_ledger() once the writer has flushed."""
+        self._stop = cancel if cancel is not None else threading.Event()   # stop() ended the thread's waits
         self._resume()
         for gap in [*self._handed_over(wait=False), *gaps_left_open]:
             if gap is not None:

@@ -454,13 +454,13 @@ class StreamingRunner:
         self._after_close_holds_rows = False
         self._compact(session.market_session)
 
-    @staticmethod
-    def _fill_gaps_left_at_close(session: CaptureSession) -> None:
+    def _fill_gaps_left_at_close(self, session: CaptureSession) -> None:
         """Fetch what is missing up to the close: the gaps no live row ended and those the backfill had not
         reached. The session's threads have stopped: its writer and ledger are used from this thread alone.
         What could not be filled stays in the ledger, marked so, for `report`."""
         writer = session.writer
-        session.backfiller.fill_remaining(writer.gaps_left_open(), lambda rows: writer.accept_items([rows]))
+        session.backfiller.fill_remaining(writer.gaps_left_open(), lambda rows: writer.accept_items([rows]),
+                                          cancel=self._stopping)
         writer.flush()
         session.backfiller.save_ledger()   # after the flush: the filled gaps' rows are on disk
 

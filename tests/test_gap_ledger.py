@@ -286,3 +286,21 @@ def test_the_writer_counts_rest_pages_durable_only_after_a_flush_succeeds(tmp_pa
     assert not writer.flush() and writer.rest_pages_durable == 0
     del writer.sink.write
     assert writer.flush() and writer.rest_pages_durable == 2
+
+
+def test_the_close_still_paces_its_requests_until_the_daemon_stops(tmp_path):
+    """Regression: at the close the backfill's stop event cut the pacer's waits short, so thousands of
+    wildcard gaps went to REST as fast as the loop could ask."""
+    rest = Rest()
+    filler = backfiller(tmp_path, rest, max_requests_per_second=10)
+    filler.stop()
+    gaps = [Gap(symbol, T0, T0 + 9000) for symbol in ("SPY", "QQQ", "IWM", "DIA")]
+    started = time.monotonic()
+    filler.fill_remaining(gaps, [].append)
+    assert time.monotonic() - started >= 0.25                       # 4 requests at 10/s: 3 waits of 0.1 s
+    stopping = threading.Event()
+    stopping.set()
+    more = [Gap(symbol, T0 + 20_000, T0 + 29_000) for symbol in ("SPY", "QQQ", "IWM", "DIA")]
+    started = time.monotonic()
+    filler.fill_remaining(more, [].append, cancel=stopping)           # the daemon is stopping: no waits
+    assert time.monotonic() - started < 0.2
