@@ -83,7 +83,7 @@ class Outcome(enum.StrEnum):
 class CompactionKeys:
     """What a channel's rows are deduplicated and sorted by: of rows sharing `dedup_key`, the first by
     `arrival` (then the first file by name, then the first row in it) stays; the day file is in `sort_key`
-    order. `spy_streamer.channels` will supply these per channel (see `keys_for`)."""
+    order. Each channel's come from `spy_streamer.channels` (see `keys_for`)."""
     dedup_key: tuple[str, ...] = ("symbol", "start")
     sort_key: tuple[str, ...] = ("symbol", "start")
     arrival: str = "received_at"

@@ -34,7 +34,7 @@ from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.storage import iceberg_committer  # noqa: E402
 from spy_streamer.storage.iceberg_committer import BATCHES_PROPERTY, IcebergCommitter, import_local  # noqa: E402
 from spy_streamer.storage.iceberg_maintenance import (  # noqa: E402
-    LakeMaintenanceError, LakeOutcome, compact_partition, expire_snapshots, open_table)
+    LakeMaintenanceError, Outcome, compact_partition, expire_snapshots, open_table)
 from spy_streamer.storage.lake_catalog import CATALOG_NAME, LakeLocation, catalog_properties, open_catalog  # noqa: E402
 
 DAY = date(2026, 11, 30)
@@ -263,7 +263,7 @@ def test_compaction_rewrites_the_day_as_one_snapshot_one_row_per_key(lake, s3):
     result = compact_partition(table, DAY)
 
     assert (result.outcome, result.files_before, result.files_after, result.rows_read, result.rows) == (
-        LakeOutcome.COMPACTED, 3, 1, 25, 20)
+        Outcome.COMPACTED, 3, 1, 25, 20)
     assert len(table.metadata.snapshots) == snapshots_before + 1  # one snapshot
     rows = table.scan().to_arrow()
     assert_each_once(rows, 20)
@@ -272,8 +272,8 @@ def test_compaction_rewrites_the_day_as_one_snapshot_one_row_per_key(lake, s3):
     only_file = table.inspect.files()["file_path"].to_pylist()
     assert len(only_file) == 1
     starts = pc.cast(rows["start"], pa.int64()).to_pylist()
-    assert compact_partition(table, DAY).outcome is LakeOutcome.ALREADY_COMPACTED
-    assert compact_partition(table, date(2026, 12, 1)).outcome is LakeOutcome.NO_DATA
+    assert compact_partition(table, DAY).outcome is Outcome.ALREADY_COMPACTED
+    assert compact_partition(table, date(2026, 12, 1)).outcome is Outcome.NO_DATA
 
     # Expiry: the micro-batch files only old snapshots used are deleted; the table reads the same.
     import boto3

@@ -12,13 +12,12 @@
 """
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from ..compaction import first_received_per_key
+from ..compaction import Outcome, first_received_per_key
 from . import lake_tables
 
 log = logging.getLogger(__name__)
@@ -32,17 +31,11 @@ class LakeMaintenanceError(Exception):
     """The maintenance step stopped; the table is as it was (Iceberg commits are all or nothing)."""
 
 
-class LakeOutcome(enum.StrEnum):
-    COMPACTED = "compacted"
-    ALREADY_COMPACTED = "already compacted"
-    NO_DATA = "no data"
-
-
 @dataclass(frozen=True)
 class LakeCompaction:
     table: str
     day: date
-    outcome: LakeOutcome
+    outcome: Outcome
     files_before: int = 0
     files_after: int = 0
     rows_read: int = 0
@@ -51,7 +44,7 @@ class LakeCompaction:
     seconds: float = 0.0
 
     def describe(self) -> str:
-        if self.outcome is not LakeOutcome.COMPACTED:
+        if self.outcome is not Outcome.COMPACTED:
             return f"{self.table} {self.day}: {self.outcome} ({self.files_before} file(s), {self.rows:,} rows)"
         return (f"{self.table} {self.day}: compacted {self.files_before} files into {self.files_after} "
                 f"({self.rows:,} rows, {self.rows_read - self.rows:,} repeats dropped, {self.bytes:,} bytes, "
@@ -97,11 +90,11 @@ def _compact_once(table, day: date) -> LakeCompaction:
     scan = table.scan(row_filter=And(GreaterThanOrEqual(source, low.isoformat()), LessThan(source, high.isoformat())))
     tasks = list(scan.plan_files())
     if not tasks:
-        return LakeCompaction(name, day, LakeOutcome.NO_DATA)
+        return LakeCompaction(name, day, Outcome.NO_DATA)
     _check_rewritable(table, tasks, day)
     if len(tasks) == 1 and _was_compacted(table, tasks[0].file.file_path):
         rows = tasks[0].file.record_count
-        return LakeCompaction(name, day, LakeOutcome.ALREADY_COMPACTED, 1, 1, rows, rows, tasks[0].file.file_size_in_bytes)
+        return LakeCompaction(name, day, Outcome.ALREADY_COMPACTED, 1, 1, rows, rows, tasks[0].file.file_size_in_bytes)
     merged = scan.to_arrow()
     if merged.num_rows != sum(task.file.record_count for task in tasks):
         raise LakeMaintenanceError(f"{name} {day}: the day's files hold rows of other days; nothing changed")
@@ -114,7 +107,7 @@ def _compact_once(table, day: date) -> LakeCompaction:
                                                       io=table.io, write_uuid=rewrite.commit_uuid))
             for data_file in new_files:
                 rewrite.append_data_file(data_file)
-    result = LakeCompaction(name, day, LakeOutcome.COMPACTED, len(tasks), len(new_files), merged.num_rows,
+    result = LakeCompaction(name, day, Outcome.COMPACTED, len(tasks), len(new_files), merged.num_rows,
                             rows.num_rows, sum(f.file_size_in_bytes for f in new_files),
                             round(time.monotonic() - started, 3))
     log.info("lake compaction: %s", result.describe(),
