@@ -1,3 +1,3 @@
-"""spy-streamer: capture Polygon.io per-second SPY aggregates into Parquet during US market hours."""
+"""spy-streamer: record Polygon.io's real-time stock feed (aggregates, trades, quotes) into Parquet during US market hours."""
 
 __version__ = "0.1.0"

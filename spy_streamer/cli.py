@@ -229,7 +229,7 @@ def _positive_seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spy-streamer",
-        description="Capture Polygon.io A.SPY per-second aggregates into Parquet during US market hours.")
+        description="Record Polygon.io's real-time stock feed (A.SPY by default) into Parquet during US market hours.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_command(commands, "run", "the daemon: stream during market hours, sleep (no connection) outside them")
