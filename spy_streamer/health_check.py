@@ -59,6 +59,16 @@ def load_heartbeat(path: Path) -> dict[str, Any] | None:
     return heartbeat
 
 
+def is_stale(heartbeat: dict[str, Any], age_seconds: float) -> bool:
+    """Older than twice its interval from a daemon that never said it stopped: hung or dead. The one rule
+    `check` and `status` share."""
+    interval = heartbeat.get("heartbeat_interval_seconds")
+    if heartbeat.get("status") in ("stopped", "failed") or isinstance(interval, bool) \
+            or not isinstance(interval, (int, float)):
+        return False
+    return age_seconds > STALE_AFTER_INTERVALS * interval + 1
+
+
 def heartbeat_age_seconds(heartbeat: dict[str, Any], now: datetime) -> float:
     """Seconds since the heartbeat was written; ValueError when it carries no valid `updated_at`."""
     try:
@@ -102,7 +112,7 @@ def _judge(facts: "_Facts", market_open_now) -> tuple[int, str | None]:
     market_open = facts.market_open(market_open_now)
     if hb["status"] == "stopped":
         return (CRITICAL, "daemon stopped while the market is open") if market_open else (OK, None)
-    if facts.age > STALE_AFTER_INTERVALS * facts.interval + 1:
+    if is_stale(hb, facts.age):
         return CRITICAL, f"heartbeat is {facts.age:.0f} s old (daemon hung or dead)"
     if hb["status"] == "stalled":
         return CRITICAL, "no market data while the market is open (stream stalled)"

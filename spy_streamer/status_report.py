@@ -6,7 +6,7 @@ from typing import Any
 
 import psutil
 
-from .health_check import heartbeat_age_seconds
+from .health_check import heartbeat_age_seconds, is_stale
 from .market_hours import MarketCalendar
 
 
@@ -57,9 +57,8 @@ def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime, tz=timezone
     age = heartbeat_age_seconds(heartbeat, now)
     pid = heartbeat.get("pid")
     lines = [f"heartbeat: pid {pid}, written {format_duration(abs(age))} {'ago' if age >= 0 else 'in the FUTURE'}"]
-    interval = heartbeat.get("heartbeat_interval_seconds")
-    stopped = heartbeat.get("status") in ("stopped", "failed")
-    if not stopped and isinstance(interval, (int, float)) and age > 2 * interval + 1:
+    if is_stale(heartbeat, age):
+        interval = heartbeat["heartbeat_interval_seconds"]
         alive = isinstance(pid, int) and psutil.pid_exists(pid)
         lines.append(f"  STALE: expected every {format_duration(interval)}; the daemon is probably "
                      f"{'hung' if alive else 'not running'} (pid {pid} {'exists' if alive else 'not found'}). "
@@ -100,9 +99,6 @@ def status_document(calendar: MarketCalendar, now: datetime, calendar_source: st
             age = heartbeat_age_seconds(heartbeat, now)
         except ValueError:
             age = None
-        interval = heartbeat.get("heartbeat_interval_seconds")
         document["heartbeat_age_seconds"] = age
-        document["heartbeat_stale"] = bool(age is not None and isinstance(interval, (int, float))
-                                           and heartbeat.get("status") not in ("stopped", "failed")
-                                           and age > 2 * interval + 1)
+        document["heartbeat_stale"] = age is not None and is_stale(heartbeat, age)
     return document
