@@ -13,13 +13,7 @@ import time
 
 from polygon import WebSocketClient
 
-
-def own_peak_rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+from spy_streamer.peak_memory import peak_rss_bytes
 
 
 def main() -> None:
@@ -41,7 +35,7 @@ def main() -> None:
             done = time.monotonic()
             usage = resource.getrusage(resource.RUSAGE_SELF)
             print(json.dumps({"done_monotonic": done, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                              "peak_rss_bytes": own_peak_rss()}), flush=True)
+                              "peak_rss_bytes": peak_rss_bytes()}), flush=True)
             os._exit(0)  # measured; no need for a graceful close
 
     client = WebSocketClient(api_key=args.key, feed=args.feed, secure=False, raw=args.raw,

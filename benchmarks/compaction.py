@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from spy_streamer.aggregate_bars import SCHEMA  # noqa: E402
 from spy_streamer.compaction import compact_day  # noqa: E402
 from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
+from spy_streamer.peak_memory import peak_rss_bytes  # noqa: E402
 
 DAY = date(2025, 6, 10)
 OPEN_MS = 1_749_562_200_000  # 09:30 New York that day
@@ -65,12 +66,12 @@ import sys, time, pyarrow as pa, pyarrow.parquet as pq
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from spy_streamer.compaction import first_received_per_key
+from spy_streamer.peak_memory import peak_rss_bytes
 started = time.monotonic()
 files = sorted(Path(sys.argv[1]).glob("*.parquet"))
 table = first_received_per_key(pa.concat_tables([pq.read_table(path) for path in files]))
 pq.write_table(table, Path(sys.argv[1]) / ".in-memory.parquet.tmp", compression="zstd")
-hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
-print(table.num_rows, hwm, time.monotonic() - started)
+print(table.num_rows, peak_rss_bytes(), time.monotonic() - started)
 """
 
 
@@ -80,13 +81,6 @@ def in_memory_merge(folder: Path) -> dict:
                          text=True, check=True).stdout.split()
     (folder / ".in-memory.parquet.tmp").unlink()
     return {"rows": int(out[0]), "peak_rss_bytes": int(out[1]), "seconds": float(out[2])}
-
-
-def own_peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def run(rows: int, symbols: int, files: int, in_memory_rows: int, memory_limit: str, workdir: Path) -> dict:
@@ -102,11 +96,11 @@ def run(rows: int, symbols: int, files: int, in_memory_rows: int, memory_limit: 
     figures["generate_seconds"] = time.monotonic() - started
     folder = ParquetSink(data_dir).partition_dir("A", DAY)
     figures["input_bytes"] = sum(path.stat().st_size for path in folder.glob("*.parquet"))
-    before = own_peak_rss()
+    before = peak_rss_bytes()
     result = compact_day(data_dir, DAY, memory_limit=memory_limit)
     figures["bounded"] = {"rows_read": result.rows_read, "rows": result.rows, "bytes": result.bytes,
                           "seconds": result.seconds, "peak_rss_bytes": result.worker_peak_rss_bytes,
-                          "caller_peak_rss_growth_bytes": own_peak_rss() - before}
+                          "caller_peak_rss_growth_bytes": peak_rss_bytes() - before}
     return figures
 
 

@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from conftest import TEST_API_KEY  # noqa: E402
+from spy_streamer.peak_memory import peak_rss_bytes  # noqa: E402
 from fake_polygon import FakePolygon  # noqa: E402
-from throughput import (ALL_DAY, BARS_BEHIND_SECONDS, MEASURES, RowCounter, cpu_seconds, peak_rss,  # noqa: E402
+from throughput import (ALL_DAY, BARS_BEHIND_SECONDS, MEASURES, RowCounter, cpu_seconds,  # noqa: E402
                         start_daemon)
 
 TICK_SECONDS = 0.01   # the sender spreads each second's frames over 100 ticks
@@ -144,7 +145,7 @@ def whole_daemon(fake: FakePolygon, load: Load, seconds: float, workdir: Path, w
             time.sleep(0.01)
         taken = time.monotonic() - sender.started
         cpu = cpu_seconds(process) - cpu_before
-        rss = peak_rss(process.pid)
+        rss = peak_rss_bytes(process.pid)
         sampler.stop()
         assert daemon.stop()[0] == 0
         beat = json.loads((Path(document["paths"]["heartbeat_dir"]) / "polygon.json").read_text())

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import TEST_API_KEY, write_settings  # noqa: E402
 from daemon_harness import Daemon, events_named, midday_zone, wait_for, window_settings  # noqa: E402
+from spy_streamer.peak_memory import peak_rss_bytes  # noqa: E402
 from fake_polygon import FakePolygon  # noqa: E402
 
 FRAME_EVENTS = 200
@@ -68,13 +69,6 @@ class RowCounter:
                 self.seen.add(path)
                 self.rows += pq.read_metadata(path).num_rows
         return self.rows
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -124,7 +118,7 @@ def whole_daemon(fake: FakePolygon, events: int, workdir: Path) -> dict:
             time.sleep(0.002)
         seconds = time.monotonic() - fake.last_blast_started
         cpu = cpu_seconds(process) - cpu_before
-        rss = peak_rss(process.pid)
+        rss = peak_rss_bytes(process.pid)
         assert daemon.stop()[0] == 0
         log_bytes = Path(document["paths"]["log_file"]).stat().st_size
         beat = json.loads((Path(document["paths"]["heartbeat_dir"]) / "polygon.json").read_text())

@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 from .aggregate_bars import CHANNEL
 from .durable_files import fsync_directory
 from .market_hours import MarketCalendar
+from .peak_memory import peak_rss_bytes
 from .parquet_sink import TEMP_SUFFIX, ParquetSink, visible_parquet_files
 
 log = logging.getLogger(__name__)
@@ -496,14 +497,6 @@ def _check_order(batch: pa.RecordBatch, previous: pa.RecordBatch | None, keys: C
         raise CompactionError(f"the new day file is not in ({', '.join(columns)}) order{unique} at row {row:,}")
 
 
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _exit_with_parent(parent: int) -> None:
     """A child whose parent died (SIGKILL, a crash) stops at once: its temporary is hidden and replaced
     by the next run, and nobody would rename it. On Linux the kernel kills it (PR_SET_PDEATHSIG, even
@@ -539,7 +532,7 @@ def _child_main() -> int:
         text = (str(exc).strip().splitlines() or [""])[0]
         print(json.dumps({"error": f"the merge failed: {type(exc).__name__}: {text}"}), flush=True)
         return 1
-    print(json.dumps({**summary, "peak_rss_bytes": _peak_rss_bytes()}), flush=True)
+    print(json.dumps({**summary, "peak_rss_bytes": peak_rss_bytes()}), flush=True)
     return 0
 
 
