@@ -10,10 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-
 from hypothesis import HealthCheck, settings as hypothesis_settings
-
-from spy_streamer.clock import FrozenClock
 
 # Fixtures for tests that run the daemon against the fake Polygon (`fake`, `start`).
 pytest_plugins = ["daemon_harness"]
@@ -53,11 +50,6 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
-
-
-# Wall clock frozen at `now` (say, inside a session); monotonic and time_ns are the real ones, so timers
-# such as the writer's flush interval run for real.
-SessionClock = FrozenClock
 
 
 def settings(tmp_path: Path, **sections) -> dict:

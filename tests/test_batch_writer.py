@@ -24,7 +24,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FakeClock, SessionClock, ny
+from conftest import FakeClock, ny
+from spy_streamer.clock import FrozenClock
 from fake_polygon import agg_event, session_timeline
 from spy_streamer import parquet_sink
 from spy_streamer.aggregate_bars import SCHEMA
@@ -531,7 +532,7 @@ def wait_until(predicate, timeout: float, what: str):
 
 
 def test_the_flush_timer_fires_without_further_messages(data_dir):
-    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=0.2)
+    rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), interval_seconds=0.2)
     thread = start_writer(rig)
     try:
         bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 5)
@@ -554,7 +555,7 @@ def test_the_flush_timer_fires_without_further_messages(data_dir):
 
 
 def test_end_of_stream_ends_run_after_a_final_flush(data_dir):
-    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=60)
+    rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), interval_seconds=60)
     thread = start_writer(rig)
     bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 7)
     rig.frames.put((time.time_ns(), frame(bars[:4])))
@@ -571,7 +572,7 @@ def test_run_parses_ahead_yet_keeps_queue_order_and_the_first_received_row(data_
     """Batches of two frames, each parsed while the one before is accepted: a repeat in a later batch is
     dropped, the first received kept; a REST page and a gap marker between frames keep their place."""
     monkeypatch.setattr("spy_streamer.batch_writer.MAX_FRAMES_PER_PARSE", 2)
-    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=60)
+    rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), interval_seconds=60)
     bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 9)
     changed = dict(bars[0], v=bars[0]["v"] + 1)
     for index, bar in enumerate(bars):
@@ -586,7 +587,7 @@ def test_run_parses_ahead_yet_keeps_queue_order_and_the_first_received_row(data_
 
 
 def test_an_idle_writer_writes_no_empty_files(data_dir):
-    rig = Rig(data_dir, clock=SessionClock(SESSION_NOW), interval_seconds=0.05)
+    rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), interval_seconds=0.05)
     thread = start_writer(rig)
     time.sleep(0.3)
     rig.frames.put(END_OF_STREAM)

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import TEST_API_KEY, SessionClock, ny
+from conftest import TEST_API_KEY, ny
+from spy_streamer.clock import FrozenClock
 from fake_polygon import FakePolygon, session_timeline
 from spy_streamer.config import MarketHoursConfig, PolygonConfig
 from spy_streamer.heartbeat_monitor import HeartbeatMonitor
@@ -65,7 +66,7 @@ class StreamRig:
                  backoff: Backoff = FAST, maxsize: int = 0, until: datetime = SESSION_CLOSE,
                  patience: float = 2.0):
         self.fake = fake
-        self.clock = SessionClock(now)
+        self.clock = FrozenClock(now)
         self.calendar = MarketCalendar(HOURS)
         self.stats = ReaderStats()
         self.monitor = HeartbeatMonitor(
