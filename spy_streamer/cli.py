@@ -64,7 +64,15 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keep_pandas_out() -> None:
+    """pyarrow imports pandas, when it is installed, at its first conversion (even `pa.scalar(1)`), only to
+    recognise pandas objects: 59 MB resident for a daemon that never makes a DataFrame. Marked absent, it
+    stays out of this process (compaction and the reading commands run in processes of their own)."""
+    sys.modules.setdefault("pandas", None)
+
+
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    _keep_pandas_out()
     from .calendar_refresh import polygon_refresher
     from .calendar_store import load_calendar
     from .streaming_runner import StreamingRunner

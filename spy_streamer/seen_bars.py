@@ -1,33 +1,45 @@
 """Which rows of one channel and trading day are already stored, by their dedup key.
 
 Each key (the channel's `dedup_key` columns: (symbol, start) for bars, (symbol, exchange, trf_id,
-trade_id) for trades, (symbol, sequence_number) for quotes) is reduced to a 64-bit hash, and the day's
-hashes are kept in sorted numpy arrays: 8 bytes a stored row, nothing per symbol, however many symbols a
-wildcard brings (the bitmap this replaces cost 23.4 KB per symbol for `A`, and could not hold trades or
-quotes at all). A batch is checked with binary searches (`searchsorted`), never a Python loop per row
-(string key columns are hashed once per distinct value, all at once).
+trade_id) for trades, (symbol, sequence_number) for quotes) is reduced to a 64-bit hash, kept in sorted
+numpy arrays (SeenKeys). A batch is checked with binary searches (`searchsorted`), never a Python loop
+per row (string key columns are hashed once per distinct value, all at once). New keys go to a small
+sorted "recent" array that is merged into the main one when it reaches a quarter of its size (a merge of
+two sorted runs), so adding costs O(batch log) amortized.
+
+Trades and quotes (SeenTicks) keep their hashes by 10-second bucket of the row's time: the buckets used
+last stay in memory (2M keys, 16 MB), older ones are spilled to a temporary file and mapped back only
+when a row of their time comes again. Memory stays flat however long the day (`T.*` at 20,000 trades a
+second had grown by 96 MB of keys in 10 minutes, and kept growing).
 
 Bar channels (`A`, `AM`: a key is (symbol, time) with times on a grid of one bar length) use SeenSlots
 instead: a bit per (symbol, step) in 64-bit words, so memory follows the symbols' active stretches, not
 the rows (`A.*` at 11,000 symbols a second: 5 MB for 30 minutes rather than 160 MB).
 
-New keys go to a small sorted "recent" array that is merged into the main one when it reaches a quarter
-of its size (a merge of two sorted runs), so adding costs O(batch log) amortized.
-
 The price of hashing: two different keys sharing a 64-bit hash would drop the second row as a repeat.
-The chance is about n^2 / 2^65 for n rows a day: 1 in 3.7 million days at 10 million rows, 1 in 3,700 at
-100 million (all trades of `T.*`). Keys are rebuilt from the day's files at start, so the hash need not
-be stable across processes (only across a run).
+The chance is about n^2 / 2^65 for n rows compared (a bar channel's day, a tick bucket): 1 in 3.7
+million days at 10 million rows. Keys are rebuilt from the day's files at start, so the hash need not be
+stable across processes (only across a run).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
+import os
+import tempfile
+from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+log = logging.getLogger(__name__)
+
 MERGE_AT_LEAST = 65_536
+BUCKET_MS = 10_000            # SeenTicks: rows are looked up among the keys of their own 10 s of the day...
+RESIDENT_KEYS = 2_000_000     # ...of which this many stay in memory (16 MB; `T.*` at 20k/s: 100 s of trades)
+MAX_RUNS = 4                  # a bucket's spilled runs, merged into one past this
 _NULL = np.uint64(0x9E3779B97F4A7C15)   # stands for a null key part (e.g. no trf_id)
 
 
@@ -42,13 +54,19 @@ class SeenKeys:
 
     def add(self, keys: np.ndarray) -> pa.BooleanArray:
         """Record a batch of key hashes; True where a key was not seen before (earlier in the batch included)."""
+        return pa.array(self.add_keys(keys))
+
+    def add_keys(self, keys: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """As `add`, as a numpy mask; `known` marks keys seen elsewhere (not new, not recorded)."""
         if not len(keys):
-            return pa.array([], pa.bool_())
+            return np.zeros(0, bool)
         order = np.argsort(keys, kind="stable")      # stable: of equal keys, the first received leads
         ordered = keys[order]
         new_ordered = np.ones(len(keys), bool)
         new_ordered[1:] = ordered[1:] != ordered[:-1]
         new_ordered &= ~(_contains(self._sorted, ordered) | _contains(self._recent, ordered))
+        if known is not None:
+            new_ordered &= ~known[order]
         new = np.empty(len(keys), bool)
         new[order] = new_ordered
         fresh = ordered[new_ordered]
@@ -57,7 +75,13 @@ class SeenKeys:
             self._recent = np.sort(np.concatenate([self._recent, fresh]), kind="stable")
             if len(self._recent) >= max(MERGE_AT_LEAST, len(self._sorted) // 4):
                 self._merge()
-        return pa.array(new)
+        return new
+
+    def sorted_keys(self) -> np.ndarray:
+        """Every key, in one sorted array."""
+        if len(self._recent):
+            self._merge()
+        return self._sorted
 
     def _merge(self) -> None:
         """The recent run into the sorted one, sorted in place once the old runs are let go: at most twice
@@ -72,6 +96,123 @@ class SeenKeys:
 
     def memory_bytes(self) -> int:
         return self._sorted.nbytes + self._recent.nbytes
+
+
+class SeenTicks:
+    """The stored keys of a tick channel (trades, quotes): SeenKeys by time bucket (BUCKET_MS of the row's
+    time), the buckets used last in memory, up to `resident_keys` keys; older buckets spilled to an
+    unlinked temporary file in `spill_dir` and searched there through a memory map when a row of their
+    time comes again (a REST backfill, a late trade). A repeat has its original's time (the same trade
+    or quote), so it is looked for in its own bucket only.
+
+    Memory is thus bounded by `resident_keys` (16 MB at the default), not by the day's rows: `T.*` at
+    20,000 trades a second held 96 MB of keys after 10 minutes in memory and grew all day. The file grows
+    by 8 bytes a row and goes with the day (or the process). A disk that refuses the spill file only
+    costs memory: the buckets stay in memory (one WARNING)."""
+
+    def __init__(self, channel, spill_dir=None, resident_keys: int = RESIDENT_KEYS):
+        self.channel = channel
+        self.resident_keys = resident_keys
+        self._hot: OrderedDict[int, SeenKeys] = OrderedDict()   # least recently used first
+        self._hot_keys = 0
+        self._spill = KeySpill(spill_dir)
+        self._spilled_rows = 0
+
+    def add_table(self, table: pa.Table) -> pa.BooleanArray:
+        """Record `table`'s keys; True for the rows whose key was not seen before (earlier in it included)."""
+        hashes = key_hashes(table, self.channel.dedup_key)
+        times = pc.fill_null(self.channel.time_ms(table), pa.scalar(-BUCKET_MS, pa.int64()))
+        buckets = times.to_numpy(zero_copy_only=False) // BUCKET_MS
+        new = np.empty(table.num_rows, bool)
+        order = np.argsort(buckets, kind="stable")
+        ordered = buckets[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else []
+        for start, end in zip(starts, [*starts[1:], len(ordered)]):
+            rows = order[start:end]
+            new[rows] = self._add_to_bucket(int(ordered[start]), hashes[rows])
+        self._evict()
+        return pa.array(new)
+
+    def _add_to_bucket(self, bucket: int, keys: np.ndarray) -> np.ndarray:
+        keys_now = self._hot.get(bucket)
+        if keys_now is None:
+            keys_now = self._hot[bucket] = SeenKeys()
+        self._hot.move_to_end(bucket)
+        before = len(keys_now)
+        new = keys_now.add_keys(keys, self._spill.contains(bucket, keys))
+        self._hot_keys += len(keys_now) - before
+        return new
+
+    def _evict(self) -> None:
+        """Spill the least recently used buckets until the resident keys fit (the last used always stays)."""
+        while self._hot_keys > self.resident_keys and len(self._hot) > 1 and self._spill.usable:
+            bucket, keys = next(iter(self._hot.items()))
+            if len(keys) and not self._spill.write(bucket, keys.sorted_keys()):
+                return
+            del self._hot[bucket]
+            self._hot_keys -= len(keys)
+            self._spilled_rows += len(keys)
+
+    def __len__(self) -> int:
+        return self._hot_keys + self._spilled_rows
+
+    def memory_bytes(self) -> int:
+        return sum(keys.memory_bytes() for keys in self._hot.values())
+
+    def close(self) -> None:
+        self._spill.close()
+
+
+class KeySpill:
+    """Sorted runs of key hashes in an unlinked temporary file, found again by their bucket. A bucket
+    spilled several times has several runs; past MAX_RUNS they are merged into one (the old bytes stay
+    in the file: it is the day's scratch, 8 bytes a key each time)."""
+
+    def __init__(self, directory=None):
+        self.directory = directory
+        self.usable = True
+        self._file = None
+        self._end = 0
+        self._runs: dict[int, list[tuple[int, int]]] = {}   # bucket -> [(byte offset, keys)]
+
+    def contains(self, bucket: int, keys: np.ndarray) -> np.ndarray | None:
+        """Which of `keys` a spilled run of `bucket` holds (None: the bucket has none)."""
+        runs = self._runs.get(bucket)
+        if not runs:
+            return None
+        found = np.zeros(len(keys), bool)
+        for offset, count in runs:
+            found |= _contains(self._mapped(offset, count), keys)
+        return found
+
+    def write(self, bucket: int, keys: np.ndarray) -> bool:
+        """Append `keys` (sorted) as a run of `bucket`; False (and no more spilling) when the disk refuses."""
+        runs = self._runs.setdefault(bucket, [])
+        if len(runs) >= MAX_RUNS:
+            keys = np.sort(np.concatenate([keys, *(self._mapped(offset, count) for offset, count in runs)]))
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix=".seen-keys-", dir=self.directory)
+            written = os.pwrite(self._file.fileno(), keys.tobytes(), self._end)
+            if written != keys.nbytes:
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            self.usable = False
+            log.warning("cannot spill stored keys to disk (%s): they stay in memory for the rest of the day",
+                        exc, extra={"event": "key_spill_failed"})
+            return False
+        self._runs[bucket] = [(self._end, len(keys))] if len(runs) >= MAX_RUNS else [*runs, (self._end, len(keys))]
+        self._end += keys.nbytes
+        return True
+
+    def _mapped(self, offset: int, count: int) -> np.ndarray:
+        # A map, not a read: a lookup touches only the pages its binary searches visit.
+        return np.memmap(self._file, np.uint64, "r", offset, (count,))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._runs, self._end = None, {}, 0
 
 
 class SeenSlots:
@@ -152,6 +293,9 @@ class SeenSlots:
     def memory_bytes(self) -> int:
         return sum(array.nbytes for array in self._keys + self._bits) + self._off_grid.memory_bytes()
 
+    def close(self) -> None:
+        """Nothing to release: the bits live in memory only."""
+
 
 def _merged(keys: np.ndarray, bits: np.ndarray, more_keys: np.ndarray, more_bits: np.ndarray):
     keys, bits = np.concatenate([keys, more_keys]), np.concatenate([bits, more_bits])
@@ -159,12 +303,12 @@ def _merged(keys: np.ndarray, bits: np.ndarray, more_keys: np.ndarray, more_bits
     return keys[order], bits[order]
 
 
-def seen_rows_for(channel):
+def seen_rows_for(channel, spill_dir=None):
     """SeenSlots for a channel whose key is (symbol, its time) on a grid of `gap_step_ms` (the bars),
-    else SeenKeys of its key columns (trades, quotes)."""
+    else SeenTicks of its key columns (trades, quotes), spilling to `spill_dir`."""
     if channel.gap_step_ms > 0 and tuple(channel.dedup_key) == ("symbol", channel.time_column):
         return SeenSlots(channel)
-    return SeenKeys(channel.dedup_key)
+    return SeenTicks(channel, spill_dir)
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import signal
 import statistics
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from conftest import TEST_API_KEY, write_settings
 from daemon_harness import (Daemon, events_named, log_events, midday_zone, recent_start_ms, stored_keys,
@@ -41,6 +42,8 @@ def test_in_market_hours_stores_every_row_once(start, fake, record_figure):
     fake.push(timeline[1000:], frame_size=200)
     fake.push(timeline[:50], frame_size=10)         # Polygon sometimes repeats bars
     wait_for(lambda: (run.heartbeat() or {}).get("rows_written") == 3000, timeout=10, what="3000 rows")
+    # Regression: pyarrow loaded pandas (installed here) at its first conversion: +59 MB resident.
+    assert "/pandas/" not in Path(f"/proc/{run.daemon.process.pid}/maps").read_text()
     code, seconds = run.daemon.stop()
     assert code == 0 and seconds < 3
     rows = stored_rows(run.data_dir)
