@@ -28,7 +28,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spy_streamer.aggregate_bars import SCHEMA  # noqa: E402
+from spy_streamer.channels.aggregates import SCHEMA  # noqa: E402
 from spy_streamer.compaction import compact_day  # noqa: E402
 from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.peak_memory import peak_rss_bytes  # noqa: E402

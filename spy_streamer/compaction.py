@@ -49,7 +49,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .aggregate_bars import CHANNEL
 from .durable_files import fsync_directory
 from .market_hours import MarketCalendar
 from .peak_memory import peak_rss_bytes
@@ -134,7 +133,7 @@ def day_file_name(day: date) -> str:
     return f"day-{day.isoformat()}.parquet"
 
 
-def compact_day(data_dir: Path, day: date, channel: str = CHANNEL,
+def compact_day(data_dir: Path, day: date, channel: str = "A",
                 verify: Callable[[Path, int], None] | None = None, keys: CompactionKeys | None = None,
                 cancel: threading.Event | None = None, memory_limit: str = MEMORY_LIMIT,
                 threads: int = THREADS) -> CompactionResult:

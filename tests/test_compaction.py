@@ -25,7 +25,8 @@ import pytest
 from conftest import REPO_ROOT, ny, settings, write_settings
 from daemon_harness import wait_for
 from fake_polygon import agg_event
-from spy_streamer.aggregate_bars import SCHEMA, rest_results_to_table, rows_to_table, ws_bar
+from channel_parsing import events_one_by_one, rest_table
+from spy_streamer.channels.aggregates import SCHEMA
 from spy_streamer import compaction
 from spy_streamer.compaction import (SPILL_FOLDER, CompactionError, CompactionKeys, Outcome, compact_day,
                                      compaction_refusal, day_file_name, merge_files, verify_compacted)
@@ -41,16 +42,16 @@ RECEIVED_NS = int(ny(2025, 6, 10, 9, 35).timestamp() * 1_000_000_000)
 def ws_batch(sink, first_second, count, received_ns, price=500.0, symbol="SPY", stamp_ns=None):
     """One micro-batch of live bars at OPEN + first_second ... (prices tell batches apart)."""
     events = [agg_event(OPEN_MS + (first_second + i) * 1000, symbol, price) for i in range(count)]
-    table, invalid = rows_to_table(events, ws_bar, received_ns, "ws")
-    assert invalid == 0
+    table, invalid = events_one_by_one(events, "A", received_ns)
+    assert not invalid
     return sink.write("A", DAY, table, stamp_ns or received_ns)
 
 
 def rest_batch(sink, first_second, count, received_ns, price=600.0):
     results = [{"t": OPEN_MS + (first_second + i) * 1000, "o": price, "h": price, "l": price, "c": price,
                 "v": 10, "vw": price} for i in range(count)]
-    table, invalid = rest_results_to_table("SPY", results, received_ns)
-    assert invalid == 0
+    table, invalid = rest_table("SPY", results, "A", received_ns)
+    assert not invalid
     return sink.write("A", DAY, table, received_ns)
 
 
