@@ -14,7 +14,9 @@ second had grown by 96 MB of keys in 10 minutes, and kept growing).
 
 Bar channels (`A`, `AM`: a key is (symbol, time) with times on a grid of one bar length) use SeenSlots
 instead: a bit per (symbol, step) in 64-bit words, so memory follows the symbols' active stretches, not
-the rows (`A.*` at 11,000 symbols a second: 5 MB for 30 minutes rather than 160 MB).
+the rows (`A.*` at 11,000 symbols a second: 5 MB for 30 minutes rather than 160 MB of hashes), and
+words are kept by bucket of their place in the day like trades' keys, 1M words (16 MB) in memory: a
+whole-market day had held 64 MB of words by the close.
 
 The price of hashing: two different keys sharing a 64-bit hash would drop the second row as a repeat.
 The chance is about n^2 / 2^65 for n rows compared (a bar channel's day, a tick bucket): 1 in 3.7
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 MERGE_AT_LEAST = 65_536
 BUCKET_MS = 10_000            # SeenTicks: rows are looked up among the keys of their own 10 s of the day...
 RESIDENT_KEYS = 2_000_000     # ...of which this many stay in memory (16 MB; `T.*` at 20k/s: 100 s of trades)
+RESIDENT_WORDS = 1_000_000    # SeenSlots: words (16 B) in memory (`A.*`: 90 minutes of 11,000 symbols)
 MAX_RUNS = 4                  # a bucket's spilled runs, merged into one past this
 _NULL = np.uint64(0x9E3779B97F4A7C15)   # stands for a null key part (e.g. no trf_id)
 
@@ -77,11 +80,15 @@ class SeenKeys:
                 self._merge()
         return new
 
-    def sorted_keys(self) -> np.ndarray:
+    def arrays(self) -> tuple[np.ndarray]:
         """Every key, in one sorted array."""
         if len(self._recent):
             self._merge()
-        return self._sorted
+        return (self._sorted,)
+
+    @staticmethod
+    def merged(runs: list) -> tuple[np.ndarray]:
+        return (np.sort(np.concatenate([run[0] for run in runs])),)
 
     def _merge(self) -> None:
         """The recent run into the sorted one, sorted in place once the old runs are let go: at most twice
@@ -98,63 +105,92 @@ class SeenKeys:
         return self._sorted.nbytes + self._recent.nbytes
 
 
-class SeenTicks:
-    """The stored keys of a tick channel (trades, quotes): SeenKeys by time bucket (BUCKET_MS of the row's
-    time), the buckets used last in memory, up to `resident_keys` keys; older buckets spilled to an
-    unlinked temporary file in `spill_dir` and searched there through a memory map when a row of their
-    time comes again (a REST backfill, a late trade). A repeat has its original's time (the same trade
-    or quote), so it is looked for in its own bucket only.
+class SlotWords:
+    """One bucket of a bar channel's stored keys: 64-bit words of bits (a symbol's 64 consecutive steps)
+    under a hash of (symbol, the words' place), in two sorted runs like SeenKeys'."""
 
-    Memory is thus bounded by `resident_keys` (16 MB at the default), not by the day's rows: `T.*` at
-    20,000 trades a second held 96 MB of keys after 10 minutes in memory and grew all day. The file grows
-    by 8 bytes a row and goes with the day (or the process). A disk that refuses the spill file only
-    costs memory: the buckets stay in memory (one WARNING)."""
+    def __init__(self):
+        self._keys = [np.empty(0, np.uint64), np.empty(0, np.uint64)]   # the main and recent runs, sorted
+        self._bits = [np.empty(0, np.uint64), np.empty(0, np.uint64)]
 
-    def __init__(self, channel, spill_dir=None, resident_keys: int = RESIDENT_KEYS):
-        self.channel = channel
-        self.resident_keys = resident_keys
-        self._hot: OrderedDict[int, SeenKeys] = OrderedDict()   # least recently used first
-        self._hot_keys = 0
-        self._spill = KeySpill(spill_dir)
-        self._spilled_rows = 0
+    def stored_bits(self, words: np.ndarray) -> np.ndarray:
+        stored = np.zeros(len(words), np.uint64)
+        for keys, bits in zip(self._keys, self._bits):
+            stored |= _bits_of(keys, bits, words)
+        return stored
 
-    def add_table(self, table: pa.Table) -> pa.BooleanArray:
-        """Record `table`'s keys; True for the rows whose key was not seen before (earlier in it included)."""
-        hashes = key_hashes(table, self.channel.dedup_key)
-        times = pc.fill_null(self.channel.time_ms(table), pa.scalar(-BUCKET_MS, pa.int64()))
-        buckets = times.to_numpy(zero_copy_only=False) // BUCKET_MS
-        new = np.empty(table.num_rows, bool)
-        order = np.argsort(buckets, kind="stable")
-        ordered = buckets[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else []
-        for start, end in zip(starts, [*starts[1:], len(ordered)]):
-            rows = order[start:end]
-            new[rows] = self._add_to_bucket(int(ordered[start]), hashes[rows])
-        self._evict()
-        return pa.array(new)
+    def record(self, words: np.ndarray, bits: np.ndarray) -> None:
+        """OR new bits into their words (`words` sorted): a word kept already in place, new ones to the
+        recent run, merged into the main one when it reaches a quarter of it (as SeenKeys)."""
+        if not len(words):
+            return
+        words, bits = _or_equal_words(words, bits)
+        for run in (0, 1):
+            keys = self._keys[run]
+            if len(keys):
+                index = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
+                found = keys[index] == words
+                self._bits[run][index[found]] |= bits[found]
+                words, bits = words[~found], bits[~found]
+        if len(words):
+            self._keys[1], self._bits[1] = SlotWords.merged([(self._keys[1], self._bits[1]), (words, bits)])
+            if len(self._keys[1]) >= max(MERGE_AT_LEAST, len(self._keys[0]) // 4):
+                self.arrays()
 
-    def _add_to_bucket(self, bucket: int, keys: np.ndarray) -> np.ndarray:
-        keys_now = self._hot.get(bucket)
-        if keys_now is None:
-            keys_now = self._hot[bucket] = SeenKeys()
-        self._hot.move_to_end(bucket)
-        before = len(keys_now)
-        new = keys_now.add_keys(keys, self._spill.contains(bucket, keys))
-        self._hot_keys += len(keys_now) - before
-        return new
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The words and their bits, in one sorted run."""
+        if len(self._keys[1]):
+            self._keys[0], self._bits[0] = SlotWords.merged([(self._keys[0], self._bits[0]),
+                                                             (self._keys[1], self._bits[1])])
+            self._keys[1], self._bits[1] = np.empty(0, np.uint64), np.empty(0, np.uint64)
+        return self._keys[0], self._bits[0]
 
-    def _evict(self) -> None:
-        """Spill the least recently used buckets until the resident keys fit (the last used always stays)."""
-        while self._hot_keys > self.resident_keys and len(self._hot) > 1 and self._spill.usable:
-            bucket, keys = next(iter(self._hot.items()))
-            if len(keys) and not self._spill.write(bucket, keys.sorted_keys()):
-                return
-            del self._hot[bucket]
-            self._hot_keys -= len(keys)
-            self._spilled_rows += len(keys)
+    @staticmethod
+    def merged(runs: list) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of (words, bits) as one sorted run, a word's bits ORed together."""
+        keys = np.concatenate([run[0] for run in runs])
+        order = np.argsort(keys, kind="stable")
+        return _or_equal_words(keys[order], np.concatenate([run[1] for run in runs])[order])
 
     def __len__(self) -> int:
-        return self._hot_keys + self._spilled_rows
+        return len(self._keys[0]) + len(self._keys[1])
+
+    def memory_bytes(self) -> int:
+        return sum(array.nbytes for array in self._keys + self._bits)
+
+
+class _TimeBuckets:
+    """Stored keys grouped by bucket of their time: the buckets used last in memory, up to `resident`
+    entries (keys or words); older ones spilled to an unlinked temporary file in `spill_dir` and looked
+    at there, through a memory map, only when a row of their time comes again (a REST backfill, a late
+    row). A repeat has its original's time, so it is looked for in its own bucket only. A disk that
+    refuses the spill costs memory, never a row: the buckets stay in memory (one WARNING)."""
+
+    def __init__(self, make_bucket, spill_dir, resident: int):
+        self.resident = resident
+        self._make_bucket = make_bucket
+        self._hot: OrderedDict = OrderedDict()   # bucket -> its keys in memory, least recently used first
+        self._hot_entries = 0
+        self._spill = KeySpill(spill_dir)
+
+    def _bucket(self, bucket: int):
+        keys = self._hot.get(bucket)
+        if keys is None:
+            keys = self._hot[bucket] = self._make_bucket()
+        self._hot.move_to_end(bucket)
+        return keys
+
+    def _grew(self, entries: int) -> None:
+        self._hot_entries += entries
+
+    def _evict(self) -> None:
+        """Spill the least recently used buckets until the resident entries fit (the last used stays)."""
+        while self._hot_entries > self.resident and len(self._hot) > 1 and self._spill.usable:
+            bucket, keys = next(iter(self._hot.items()))
+            if len(keys) and not self._spill.write(bucket, keys.arrays(), self._make_bucket.merged):
+                return
+            del self._hot[bucket]
+            self._hot_entries -= len(keys)
 
     def memory_bytes(self) -> int:
         return sum(keys.memory_bytes() for keys in self._hot.values())
@@ -163,70 +199,45 @@ class SeenTicks:
         self._spill.close()
 
 
-class KeySpill:
-    """Sorted runs of key hashes in an unlinked temporary file, found again by their bucket. A bucket
-    spilled several times has several runs; past MAX_RUNS they are merged into one (the old bytes stay
-    in the file: it is the day's scratch, 8 bytes a key each time)."""
+class SeenTicks(_TimeBuckets):
+    """The stored keys of a tick channel (trades, quotes): SeenKeys by BUCKET_MS of the row's time, at
+    most RESIDENT_KEYS of them in memory (16 MB): `T.*` at 20,000 trades a second had held 96 MB more
+    after 10 minutes, growing all day."""
 
-    def __init__(self, directory=None):
-        self.directory = directory
-        self.usable = True
-        self._file = None
-        self._end = 0
-        self._runs: dict[int, list[tuple[int, int]]] = {}   # bucket -> [(byte offset, keys)]
+    def __init__(self, channel, spill_dir=None, resident: int = RESIDENT_KEYS):
+        super().__init__(SeenKeys, spill_dir, resident)
+        self.channel = channel
+        self._rows = 0
 
-    def contains(self, bucket: int, keys: np.ndarray) -> np.ndarray | None:
-        """Which of `keys` a spilled run of `bucket` holds (None: the bucket has none)."""
-        runs = self._runs.get(bucket)
-        if not runs:
-            return None
-        found = np.zeros(len(keys), bool)
-        for offset, count in runs:
-            found |= _contains(self._mapped(offset, count), keys)
-        return found
+    def add_table(self, table: pa.Table) -> pa.BooleanArray:
+        """Record `table`'s keys; True for the rows whose key was not seen before (earlier in it included)."""
+        hashes = key_hashes(table, self.channel.dedup_key)
+        times = pc.fill_null(self.channel.time_ms(table), pa.scalar(-BUCKET_MS, pa.int64()))
+        new = np.empty(table.num_rows, bool)
+        for bucket, rows in _groups(times.to_numpy(zero_copy_only=False) // BUCKET_MS):
+            keys = self._bucket(bucket)
+            before = len(keys)
+            new[rows] = keys.add_keys(hashes[rows], self._spill.contains(bucket, hashes[rows]))
+            self._grew(len(keys) - before)
+        self._rows += int(new.sum())
+        self._evict()
+        return pa.array(new)
 
-    def write(self, bucket: int, keys: np.ndarray) -> bool:
-        """Append `keys` (sorted) as a run of `bucket`; False (and no more spilling) when the disk refuses."""
-        runs = self._runs.setdefault(bucket, [])
-        if len(runs) >= MAX_RUNS:
-            keys = np.sort(np.concatenate([keys, *(self._mapped(offset, count) for offset, count in runs)]))
-        try:
-            if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix=".seen-keys-", dir=self.directory)
-            written = os.pwrite(self._file.fileno(), keys.tobytes(), self._end)
-            if written != keys.nbytes:
-                raise OSError(errno.ENOSPC, "short write")
-        except OSError as exc:
-            self.usable = False
-            log.warning("cannot spill stored keys to disk (%s): they stay in memory for the rest of the day",
-                        exc, extra={"event": "key_spill_failed"})
-            return False
-        self._runs[bucket] = [(self._end, len(keys))] if len(runs) >= MAX_RUNS else [*runs, (self._end, len(keys))]
-        self._end += keys.nbytes
-        return True
-
-    def _mapped(self, offset: int, count: int) -> np.ndarray:
-        # A map, not a read: a lookup touches only the pages its binary searches visit.
-        return np.memmap(self._file, np.uint64, "r", offset, (count,))
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file, self._runs, self._end = None, {}, 0
+    def __len__(self) -> int:
+        return self._rows
 
 
-class SeenSlots:
+class SeenSlots(_TimeBuckets):
     """The stored keys of a bar channel, (symbol, time) with times on a grid (a second for `A`, a minute for
     `AM`), as bits: a symbol's 64 consecutive steps share one 64-bit word, whose key (a hash of the symbol
-    and the word's place) is kept like SeenKeys' hashes, in two sorted runs, beside its bits. 16 bytes per
-    word holding a row: 0.25 B a row for a symbol with a bar every step (`A.*`, 11,000 symbols for 30
-    minutes: 5 MB rather than 160 MB of 8-byte hashes), 16 B for a lone bar. A time off the grid (not a
-    whole step; only a malformed bar) is kept exactly, in a SeenKeys of its own."""
+    and the word's place) is kept beside its bits, by bucket of the words' place (SlotWords), at most
+    RESIDENT_WORDS words in memory (16 MB). 16 bytes per word holding a row: 0.25 B a row for a symbol
+    with a bar every step, 16 B for a lone bar. A time off the grid (not a whole step; only a malformed
+    bar) is kept exactly, in a SeenKeys of its own (in memory)."""
 
-    def __init__(self, channel):
+    def __init__(self, channel, spill_dir=None, resident: int = RESIDENT_WORDS):
+        super().__init__(SlotWords, spill_dir, resident)
         self.channel = channel
-        self._keys = [np.empty(0, np.uint64), np.empty(0, np.uint64)]   # the main and recent runs, sorted
-        self._bits = [np.empty(0, np.uint64), np.empty(0, np.uint64)]
         self._off_grid = SeenKeys(channel.dedup_key)
         self._on_grid_rows = 0
 
@@ -242,73 +253,135 @@ class SeenSlots:
         if on_grid.any():
             symbols = _column_hash(table.column("symbol").combine_chunks())[on_grid]
             new[on_grid] = self._add_slots(symbols, times[on_grid] // step)
+        self._evict()
         return pa.array(new)
 
     def _add_slots(self, symbols: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        words = _mix(symbols ^ _mix((slots >> 6).astype(np.uint64)))
+        places = slots >> 6
+        words = _mix(symbols ^ _mix(places.astype(np.uint64)))
         bits = np.left_shift(np.uint64(1), (slots & 63).astype(np.uint64))
+        new = np.empty(len(words), bool)
+        for place, rows in _groups(places):
+            new[rows] = self._add_words(place, words[rows], bits[rows])
+        return new
+
+    def _add_words(self, place: int, words: np.ndarray, bits: np.ndarray) -> np.ndarray:
         order = np.lexsort((np.arange(len(words)), bits, words))   # of equal keys, the first received leads
         words, bits = words[order], bits[order]
         fresh = np.ones(len(words), bool)
         fresh[1:] = (words[1:] != words[:-1]) | (bits[1:] != bits[:-1])
-        fresh &= (self._stored_bits(words) & bits) == 0
+        stored = self._bucket(place)
+        spilled = np.zeros(len(words), np.uint64)
+        for run_words, run_bits in self._spill.runs(place):
+            spilled |= _bits_of(run_words, run_bits, words)
+        fresh &= ((stored.stored_bits(words) | spilled) & bits) == 0
         new = np.empty(len(words), bool)
         new[order] = fresh
-        self._record(words[fresh], bits[fresh])
+        before = len(stored)
+        stored.record(words[fresh], bits[fresh])
+        self._grew(len(stored) - before)
         self._on_grid_rows += int(fresh.sum())
         return new
-
-    def _stored_bits(self, words: np.ndarray) -> np.ndarray:
-        stored = np.zeros(len(words), np.uint64)
-        for keys, bits in zip(self._keys, self._bits):
-            if len(keys):
-                index = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
-                stored |= np.where(keys[index] == words, bits[index], np.uint64(0))
-        return stored
-
-    def _record(self, words: np.ndarray, bits: np.ndarray) -> None:
-        """OR new bits into their words (`words` sorted): a word kept already in place, new ones to the
-        recent run, merged into the main one when it reaches a quarter of it (as SeenKeys)."""
-        if not len(words):
-            return
-        starts = np.flatnonzero(np.r_[True, words[1:] != words[:-1]])
-        words, bits = words[starts], np.bitwise_or.reduceat(bits, starts)
-        for run in (0, 1):
-            keys = self._keys[run]
-            if len(keys):
-                index = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
-                found = keys[index] == words
-                self._bits[run][index[found]] |= bits[found]
-                words, bits = words[~found], bits[~found]
-        if len(words):
-            self._keys[1], self._bits[1] = _merged(self._keys[1], self._bits[1], words, bits)
-            if len(self._keys[1]) >= max(MERGE_AT_LEAST, len(self._keys[0]) // 4):
-                recent_keys, recent_bits = self._keys[1], self._bits[1]
-                self._keys[1], self._bits[1] = np.empty(0, np.uint64), np.empty(0, np.uint64)
-                self._keys[0], self._bits[0] = _merged(self._keys[0], self._bits[0], recent_keys, recent_bits)
 
     def __len__(self) -> int:
         return self._on_grid_rows + len(self._off_grid)
 
     def memory_bytes(self) -> int:
-        return sum(array.nbytes for array in self._keys + self._bits) + self._off_grid.memory_bytes()
+        return super().memory_bytes() + self._off_grid.memory_bytes()
+
+
+class KeySpill:
+    """Sorted runs of a bucket's arrays (keys; or words and their bits) in an unlinked temporary file,
+    found again by their bucket. A bucket spilled several times has several runs; past MAX_RUNS they are
+    merged into one (the old bytes stay in the file: it is the day's scratch, and goes with the day)."""
+
+    def __init__(self, directory=None):
+        self.directory = directory
+        self.usable = True
+        self._file = None
+        self._end = 0
+        self._runs: dict[int, list[tuple[int, int, int]]] = {}   # bucket -> [(byte offset, length, arrays)]
+
+    def runs(self, bucket: int) -> list[tuple[np.ndarray, ...]]:
+        return [self._mapped(run) for run in self._runs.get(bucket, ())]
+
+    def contains(self, bucket: int, keys: np.ndarray) -> np.ndarray | None:
+        """Which of `keys` a spilled run of `bucket` holds (None: the bucket has none)."""
+        runs = self.runs(bucket)
+        if not runs:
+            return None
+        found = np.zeros(len(keys), bool)
+        for (run_keys,) in runs:
+            found |= _contains(run_keys, keys)
+        return found
+
+    def write(self, bucket: int, arrays: tuple[np.ndarray, ...], merged) -> bool:
+        """Append `arrays` (of one length, sorted by the first) as a run of `bucket` (`merged` makes one of
+        many runs); False, and no more spilling, when the disk refuses."""
+        runs = self._runs.get(bucket, [])
+        if len(runs) >= MAX_RUNS:
+            arrays, runs = merged([*self.runs(bucket), arrays]), []
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix=".seen-keys-", dir=self.directory)
+            data = b"".join(array.tobytes() for array in arrays)
+            if os.pwrite(self._file.fileno(), data, self._end) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            self.usable = False
+            log.warning("cannot spill stored keys to disk (%s): they stay in memory for the rest of the day",
+                        exc, extra={"event": "key_spill_failed"})
+            return False
+        self._runs[bucket] = [*runs, (self._end, len(arrays[0]), len(arrays))]
+        self._end += len(data)
+        return True
+
+    def _mapped(self, run: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+        # A map, not a read: a lookup touches only the pages its binary searches visit.
+        offset, length, arrays = run
+        whole = np.memmap(self._file, np.uint64, "r", offset, (arrays * length,))
+        return tuple(whole[index * length:(index + 1) * length] for index in range(arrays))
 
     def close(self) -> None:
-        """Nothing to release: the bits live in memory only."""
-
-
-def _merged(keys: np.ndarray, bits: np.ndarray, more_keys: np.ndarray, more_bits: np.ndarray):
-    keys, bits = np.concatenate([keys, more_keys]), np.concatenate([bits, more_bits])
-    order = np.argsort(keys, kind="stable")
-    return keys[order], bits[order]
+        if self._file is not None:
+            self._file.close()
+        self._file, self._runs, self._end = None, {}, 0
 
 
 def seen_rows_for(channel, spill_dir=None):
     """SeenSlots for a channel whose key is (symbol, its time) on a grid of `gap_step_ms` (the bars),
     else SeenTicks of its key columns (trades, quotes), spilling to `spill_dir`."""
     if channel.gap_step_ms > 0 and tuple(channel.dedup_key) == ("symbol", channel.time_column):
-        return SeenSlots(channel)
+        return SeenSlots(channel, spill_dir)
     return SeenTicks(channel, spill_dir)
+
+
+def _groups(buckets: np.ndarray):
+    """(bucket, the indices of its rows, in order) for each distinct value of `buckets`."""
+    if len(buckets) and buckets[0] == buckets[-1] and (buckets == buckets[0]).all():
+        yield int(buckets[0]), np.arange(len(buckets))   # the usual batch: one bucket
+        return
+    order = np.argsort(buckets, kind="stable")
+    ordered = buckets[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else []
+    for start, end in zip(starts, [*starts[1:], len(ordered)]):
+        yield int(ordered[start]), order[start:end]
+
+
+def _bits_of(keys: np.ndarray, bits: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """The bits a sorted run (`keys`, `bits`) holds for each of `words` (0 where it has no such word)."""
+    if not len(keys):
+        return np.zeros(len(words), np.uint64)
+    index = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
+    return np.where(keys[index] == words, bits[index], np.uint64(0))
+
+
+def _or_equal_words(words: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted `words` made distinct, the bits of equal ones ORed together."""
+    if not len(words):
+        return words, bits
+    starts = np.flatnonzero(np.r_[True, words[1:] != words[:-1]])
+    return words[starts], np.bitwise_or.reduceat(bits, starts)
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 
 from spy_streamer import seen_bars
 from spy_streamer.channels import channel_for
-from spy_streamer.seen_bars import BUCKET_MS, SeenTicks, seen_rows_for
+from spy_streamer.seen_bars import BUCKET_MS, SeenSlots, SeenTicks, seen_rows_for
 
 TRADES = channel_for("T")
 QUOTES = channel_for("Q")
@@ -31,7 +31,7 @@ def test_trade_keys_take_bounded_memory_however_many_rows_the_day_has(tmp_path):
     """Regression: trades and quotes kept every key of the day in memory, 8 bytes a row plus merge copies:
     `T.*` at 20,000 trades a second grew the daemon from 172 to 340 MB in 10 minutes."""
     seen = seen_rows_for(TRADES, tmp_path)
-    seen.resident_keys = 50_000
+    seen.resident = 50_000
     per_second = 2_000
     for second in range(120):   # 240,000 trades over 12 buckets
         ids = np.arange(per_second) + second * per_second
@@ -49,7 +49,7 @@ def test_trade_keys_take_bounded_memory_however_many_rows_the_day_has(tmp_path):
 @pytest.mark.parametrize("channel", [TRADES, QUOTES], ids=["T", "Q"])
 def test_answers_as_a_set_would_with_spills_late_rows_and_null_times(tmp_path, channel):
     rng = np.random.default_rng(11)
-    seen = SeenTicks(channel, tmp_path, resident_keys=300)
+    seen = SeenTicks(channel, tmp_path, resident=300)
     expected: set = set()
     for _ in range(60):
         rows = int(rng.integers(0, 400))
@@ -76,7 +76,7 @@ def test_answers_as_a_set_would_with_spills_late_rows_and_null_times(tmp_path, c
 
 
 def test_a_disk_that_refuses_the_spill_costs_memory_not_rows(tmp_path, caplog):
-    seen = SeenTicks(TRADES, tmp_path / "missing", resident_keys=10)
+    seen = SeenTicks(TRADES, tmp_path / "missing", resident=10)
     with caplog.at_level(logging.WARNING):
         for second in range(0, 60, 5):
             assert seen.add_table(trades(range(second * 10, second * 10 + 10), [DAY_OPENS_MS + second * 1000] * 10)) \
@@ -87,9 +87,47 @@ def test_a_disk_that_refuses_the_spill_costs_memory_not_rows(tmp_path, caplog):
 
 
 def test_the_spill_file_is_unlinked_and_closed_with_the_store(tmp_path):
-    seen = SeenTicks(TRADES, tmp_path, resident_keys=10)
+    seen = SeenTicks(TRADES, tmp_path, resident=10)
     for second in range(0, 60, 10):
         seen.add_table(trades(range(second, second + 20), [DAY_OPENS_MS + second * 1000] * 20))
     assert seen._spill._runs and list(tmp_path.iterdir()) == []   # unlinked at once: a crash leaves nothing
     seen.close()
     assert seen._spill._file is None
+
+
+AGGREGATES = channel_for("A")
+
+
+def bars(symbols, starts_ms, mask=None) -> pa.Table:
+    return pa.table({"symbol": pa.array(symbols, pa.string()),
+                     "start": pa.array(starts_ms, pa.timestamp("ms", tz="UTC"), mask=mask)})
+
+
+def test_bar_bits_take_bounded_memory_over_a_whole_market_day(tmp_path):
+    """Regression: a bar channel's bits stayed in memory all day, 16 bytes a (symbol, 64 s): `A.*` over
+    a whole day of 11,000 symbols, 64 MB and more with every hour (the issue allows 4 KB a symbol-day)."""
+    seen = seen_rows_for(AGGREGATES, tmp_path)
+    seen.resident = 2_000
+    symbols = [f"S{index:04d}" for index in range(500)]
+    for minute in range(120):
+        starts = [DAY_OPENS_MS + (minute * 60 + second) * 1000 for second in range(60) for _ in symbols]
+        assert seen.add_table(bars(symbols * 60, starts)).to_pylist() == [True] * len(starts)
+    assert len(seen) == 500 * 7200
+    assert seen.memory_bytes() <= 16 * (2_000 + 2 * len(symbols)) * 2
+    # A backfill of the first minutes of one symbol finds every bar; a bar of a new second is new.
+    first = [DAY_OPENS_MS + second * 1000 for second in range(600)]
+    assert not any(seen.add_table(bars(["S0007"] * 600, first)).to_pylist())
+    assert seen.add_table(bars(["S0007", "S0007"], [DAY_OPENS_MS - 1000, DAY_OPENS_MS])).to_pylist() == [True, False]
+
+
+def test_bar_bits_answer_as_hashed_keys_do_with_spills_off_the_grid_and_null_times(tmp_path):
+    rng = np.random.default_rng(7)
+    slots, hashed = SeenSlots(AGGREGATES, tmp_path, resident=40), seen_bars.SeenKeys(("symbol", "start"))
+    for _ in range(40):
+        rows = int(rng.integers(0, 2000))
+        starts = DAY_OPENS_MS + rng.integers(0, 6000, rows) * 1000 + rng.choice([0] * 18 + [1, 500], rows)
+        table = bars([f"S{i}" for i in rng.integers(0, 50, rows)], starts, mask=rng.random(rows) < 0.05)
+        assert slots.add_table(table).to_pylist() == hashed.add_table(table).to_pylist()
+    assert len(slots) == len(hashed)
+    runs = slots._spill._runs
+    assert runs and max(len(bucket_runs) for bucket_runs in runs.values()) <= seen_bars.MAX_RUNS
