@@ -16,7 +16,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from channel_parsing import frames_to_table
 from conftest import TEST_API_KEY, ny
+from spy_streamer import replay_server
 from spy_streamer.clock import FrozenClock
 from fake_polygon import FakePolygon, session_timeline
 from spy_streamer.config import MarketHoursConfig, PolygonConfig
@@ -48,6 +50,15 @@ def events_named(caplog, name: str) -> list[logging.LogRecord]:
     return [record for record in caplog.records if getattr(record, "event", None) == name]
 
 
+def reorder_status_keys(monkeypatch) -> None:
+    """The fake Polygon sends its status messages with `message` first, longer than the first 64
+    characters of the frame, and `ev`/`status` after it: valid JSON, whose key order nothing promises."""
+    def status(status: str, message: str) -> dict:
+        return {"message": f"{message} (and more words from the server, {'.' * 64})", "ev": "status",
+                "status": status}
+    monkeypatch.setattr(replay_server, "_status", status)
+
+
 @pytest.fixture(autouse=True)
 def _info_logs(caplog):
     caplog.set_level(logging.INFO)
@@ -64,14 +75,14 @@ class StreamRig:
 
     def __init__(self, fake: FakePolygon, tmp_path, *, now: datetime = OPEN_NOW, api_key: str = TEST_API_KEY,
                  backoff: Backoff = FAST, maxsize: int = 0, until: datetime = SESSION_CLOSE,
-                 patience: float = 2.0):
+                 patience: float = 2.0, alert_threshold_seconds: float = 900):
         self.fake = fake
         self.clock = FrozenClock(now)
         self.calendar = MarketCalendar(HOURS)
         self.stats = ReaderStats()
         self.monitor = HeartbeatMonitor(
             tmp_path / "heartbeat" / "polygon.json", self.calendar, interval_seconds=300,
-            alert_threshold_seconds=900, subscriptions=("A.SPY",), reader=self.stats, writer=WriterStats(),
+            alert_threshold_seconds=alert_threshold_seconds, subscriptions=("A.SPY",), reader=self.stats, writer=WriterStats(),
             clock=self.clock)
         self.frames: queue.Queue = queue.Queue(maxsize=maxsize)
         polygon = PolygonConfig(api_key_env="POLYGON_API_KEY", ws_feed=fake.ws_feed, ws_secure=False,
@@ -202,17 +213,69 @@ def test_connects_subscribes_and_queues_raw_frames(make_rig, fake, caplog):
     assert rig.error is None
 
 
-def test_only_a_frames_head_is_searched_for_status(make_rig):
-    """Status frames name themselves first; a data frame mentioning "status" deep inside is data, and
-    binary frames are looked at the same way."""
+def test_status_frames_are_told_from_data_by_what_they_say_not_where(make_rig):
+    """A status frame is one whose every element says `"ev":"status"`, whatever its keys' order, spacing,
+    escapes or type (text or binary); a frame that opens like a data event is data without a closer look,
+    and no frame, however odd, raises in the reader."""
     import asyncio
     rig = make_rig()
+    long = "Maximum number of websocket connections exceeded, said at a length past the frame's head"
+    statuses = [
+        '[{"ev":"status","status":"success","message":"subscribed to: A.SPY"}]',
+        '[{"ev": "status", "status": "auth_success", "message": "authenticated"}]',
+        json.dumps([{"message": long, "ev": "status", "status": "success"}]),
+        json.dumps([{"message": long, "ev": "status", "status": "success"}]).encode(),
+        '[{"ev":"st\\u0061tus","status":"success","message":"%s"}]' % long,
+        ' \n[{"status":"success","ev":"status"}, {"message":"%s","status":"success","ev":"status"}]' % long,
+        '{"message":"%s","ev":"status","status":"success"}' % long,
+        '[{"message":"%s","ev":"status","status":"success","n":%s}]' % (long, "9" * 5000),
+    ]
     data = json.dumps(session_timeline(BAR_START_MS, 3) + [{"ev": "A", "note": "status"}])
-    for frame in ('[{"ev":"status","status":"success","message":"subscribed to: A.SPY"}]',
-                  '[{"ev": "status", "status": "auth_success", "message": "authenticated"}]', data, data.encode()):
+    reordered = json.dumps([{"sym": "SPY", "ev": "A", "note": "status"}])
+    deep = "[" * 100_000 + '"status"' + "]" * 100_000
+    mixed = json.dumps([{"message": long, "ev": "status", "status": "success"}, {"ev": "A", "sym": "SPY"}])
+    not_utf8 = b'[{"message":"\xff","ev":"status","status":"success"}]'
+    named_alike = '[{"ev":"status_report","status":"success"}]'
+    # Not status frames: a mix (Polygon sends none; its data goes to the writer), bytes that are not UTF-8.
+    datas = [data, data.encode(), reordered, deep, mixed, not_utf8, named_alike, "[]", "null"]
+    for frame in statuses + datas:
         asyncio.run(rig.stream._on_frame(frame))
-    assert [raw for _, raw in rig.drain()] == [data, data.encode()]
+    assert [raw for _, raw in rig.drain()] == datas
+    assert rig.monitor.messages_total == len(datas)
     assert rig.stats.connected is True
+
+
+def test_a_status_frame_naming_itself_late_is_neither_a_message_nor_a_rejected_row(make_rig, fake, monkeypatch):
+    reorder_status_keys(monkeypatch)
+    rig = make_rig().start()
+    rig.streaming()                        # the subscription's `success`, message first, was understood
+    sent = session_timeline(BAR_START_MS, 3)
+    fake.push(sent, frame_size=3)
+    frames = []
+    wait_until(lambda: frames.extend(rig.drain()) or frames and json.loads(frames[-1][1])[-1]["ev"] == "A",
+               what="the data frame")
+    table, rejected = frames_to_table(frames)           # what the writer makes of the queue
+    assert not rejected and table.num_rows == 3
+    assert rig.monitor.messages_total == 1
+    assert [json.loads(raw) for _, raw in frames] == [sent]
+
+
+def test_a_status_frame_naming_itself_late_does_not_end_a_stall(make_rig, fake, monkeypatch, caplog):
+    reorder_status_keys(monkeypatch)
+    rig = make_rig(alert_threshold_seconds=0.2).start()
+    rig.monitor.session_started()
+    rig.streaming()
+    wait_until(rig.monitor.check_stalled_stream, what="the stall alert")
+    rig.stream.force_reconnect()           # what the daemon does about a stall
+    wait_until(lambda: fake.connections_total == 2, what="a second connection")
+    rig.streaming()                        # its subscription's `success` has been read
+    assert rig.monitor.check_stalled_stream() is True and rig.monitor.status() == "stalled"
+    assert rig.monitor.messages_total == 0 and not events_named(caplog, "stream_recovered")
+
+    fake.push(session_timeline(BAR_START_MS, 1))
+    rig.received_events(1)
+    assert rig.monitor.check_stalled_stream() is False  # data ends it
+    assert len(events_named(caplog, "stream_recovered")) == 1
 
 
 def test_request_stop_ends_the_stream_within_a_second(make_rig, fake, caplog):
@@ -365,7 +428,10 @@ def test_a_rejected_key_is_fatal_after_one_attempt(make_rig, fake, caplog):
         assert "wrong-key-fedcba9876543210" not in record.getMessage()
 
 
-def test_max_connections_alerts_once_and_backs_off_longer(make_rig, fake, caplog):
+@pytest.mark.parametrize("message_first", [False, True], ids=["ev_first", "message_first"])
+def test_max_connections_alerts_once_and_backs_off_longer(make_rig, fake, caplog, monkeypatch, message_first):
+    if message_first:
+        reorder_status_keys(monkeypatch)
     fake.set_max_connections_once()
     rig = make_rig().start()
 
