@@ -53,15 +53,17 @@ class Lane:
 
     Per symbol it keeps the latest row time (where a gap would begin) and, while one may be open, the
     gap's first time: two dict entries, about 200 bytes a symbol-day, plus the stored keys (seen_bars.py:
-    8 bytes a trade or quote; a bar, from a bit to 16 bytes)."""
+    at most 16 MB in memory, the older ones spilled to a scratch file in `spill_dir`)."""
 
-    def __init__(self, channel: Channel, subscriptions: tuple[str, ...], backfill: bool):
+    def __init__(self, channel: Channel, subscriptions: tuple[str, ...], backfill: bool, spill_dir=None):
+        """`spill_dir`: where the stored keys of older parts of the day go (seen_bars.KeySpill)."""
         self.channel = channel
+        self.spill_dir = spill_dir
         self.rules = ChannelRules(channel, subscriptions)
         self.named_symbols = symbols_of(channel.name, subscriptions)
         self.wildcard = has_wildcard(channel.name, subscriptions)
         self.backfill = backfill
-        self.seen = seen_rows_for(channel)
+        self.seen = seen_rows_for(channel, spill_dir)
         self.latest_ms: dict[str, int] = {}      # per symbol: the latest stored row time today
         self.gap_from: dict[str, int] = {}       # per symbol: first row time that may be missing
         self.pending: list[pa.Table] = []
@@ -72,7 +74,8 @@ class Lane:
         return pa.schema([self.channel.schema.field(name) for name in names])
 
     def reset(self) -> None:
-        self.seen, self.latest_ms, self.gap_from = seen_rows_for(self.channel), {}, {}
+        self.seen.close()
+        self.seen, self.latest_ms, self.gap_from = seen_rows_for(self.channel, self.spill_dir), {}, {}
 
     def remember(self, table: pa.Table) -> pa.Array:
         """Record `table`'s keys and latest times; True for the rows not stored before."""
@@ -133,7 +136,7 @@ class BatchWriter:
         self.interval_seconds = interval_seconds
         self.clock = clock
         self.request_backfill = request_backfill
-        self.lanes = {name: Lane(channel_for(name), subscriptions, request_backfill is not None)
+        self.lanes = {name: Lane(channel_for(name), subscriptions, request_backfill is not None, sink.data_dir)
                       for name in channel_names(subscriptions)}
         self.channels = {name: lane.channel for name, lane in self.lanes.items()}
         self._day: date | None = None
@@ -332,7 +335,8 @@ class BatchWriter:
             tuple(_ms(instant) for instant in session.regular)
         for lane in self.lanes.values():
             lane.reset()
-            lane.remember(self.sink.stored_rows(lane.channel.name, day, lane.key_schema()))
+            for stored in self.sink.stored_rows(lane.channel.name, day, lane.key_schema()):
+                lane.remember(stored)
         # Started (or restarted) mid-session: whatever came before the first live row may be missing.
         self.open_gaps()
 

@@ -10,7 +10,7 @@ import logging
 import os
 from datetime import date
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,6 +50,21 @@ def visible_parquet_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.glob("*.parquet") if not path.name.startswith((".", "_")))
 
 
+READ_WHOLE_ROWS = 1_000_000   # a file up to this size is read at once; a larger one (a compacted day) in batches
+
+
+def _readable_parts(path: Path, columns: pa.Schema):
+    """`columns` of the file, once all of it has been read without error: a micro-batch at once, a
+    larger file in batches after a first pass that reads it all (memory bounded by a batch)."""
+    file = pq.ParquetFile(path)
+    if file.metadata.num_rows <= READ_WHOLE_ROWS:
+        return [file.read(columns=columns.names).cast(columns)]
+    for _ in file.iter_batches(READ_WHOLE_ROWS, columns=columns.names):
+        pass
+    return (pa.Table.from_batches([batch]).cast(columns)
+            for batch in pq.ParquetFile(path).iter_batches(READ_WHOLE_ROWS, columns=columns.names))
+
+
 class ParquetSink:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
@@ -74,16 +89,18 @@ class ParquetSink:
                         extra={"event": "fsync_failed"})
         return final
 
-    def stored_rows(self, channel: str, day: date, columns: pa.Schema) -> pa.Table:
-        """The `columns` of every row already stored for the channel's day (an unreadable file is set
-        aside), so a restart adds no duplicate. The caller names the columns: the sink knows no channel."""
-        tables = [columns.empty_table()]
+    def stored_rows(self, channel: str, day: date, columns: pa.Schema) -> Iterator[pa.Table]:
+        """The `columns` of every row already stored for the channel's day, a file at a time (a day of
+        `T.*` does not fit in memory at once), so a restart adds no duplicate. An unreadable file is set
+        aside and yields nothing: its rows must not count as stored. The caller names the columns: the
+        sink knows no channel."""
         for path in visible_parquet_files(self.partition_dir(channel, day)):
             try:
-                tables.append(pq.read_table(path, columns=columns.names).cast(columns))
+                parts = _readable_parts(path, columns)
             except (pa.ArrowException, OSError) as exc:
                 self._set_aside(path, exc)
-        return pa.concat_tables(tables)
+                continue
+            yield from parts
 
     @staticmethod
     def _set_aside(path: Path, exc: Exception) -> None:

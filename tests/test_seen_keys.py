@@ -131,3 +131,27 @@ def test_bar_bits_answer_as_hashed_keys_do_with_spills_off_the_grid_and_null_tim
     assert len(slots) == len(hashed)
     runs = slots._spill._runs
     assert runs and max(len(bucket_runs) for bucket_runs in runs.values()) <= seen_bars.MAX_RUNS
+
+
+def test_a_restart_reads_the_day_a_bounded_part_at_a_time(tmp_path, monkeypatch):
+    """Regression: a restart read the key columns of the whole day into one table (a day of `T.*`, about
+    100M trades, is gigabytes of keys) before a single row was written."""
+    from datetime import date
+
+    from spy_streamer import parquet_sink
+    from spy_streamer.batch_writer import Lane
+
+    monkeypatch.setattr(parquet_sink, "READ_WHOLE_ROWS", 100)
+    sink = parquet_sink.ParquetSink(tmp_path)
+    day = date(2026, 1, 2)
+    lane = Lane(TRADES, ("T.*",), backfill=False, spill_dir=tmp_path)
+    for index, rows in enumerate((40, 250, 90)):
+        first = sum((40, 250, 90)[:index])
+        table = trades(range(first, first + rows), [DAY_OPENS_MS + i for i in range(first, first + rows)])
+        full = pa.table({name: table.column(name) if name in table.column_names else pa.nulls(rows, field.type)
+                         for name, field in zip(TRADES.schema.names, TRADES.schema)})
+        sink.write("T", day, full.cast(TRADES.schema), 1_000 + index)
+    parts = list(sink.stored_rows("T", day, lane.key_schema()))
+    assert [part.num_rows for part in parts] == [40, 100, 100, 50, 90]
+    assert all(all(lane.remember(part).to_pylist()) for part in parts) and len(lane.seen) == 380
+    assert not any(lane.remember(trades([5, 300], [DAY_OPENS_MS + 5, DAY_OPENS_MS + 300])).to_pylist())

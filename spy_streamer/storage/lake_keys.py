@@ -2,13 +2,13 @@
 committer has already moved into the table (and deleted locally). A writer started in mid-session must
 know both, or a bar it sees again (a REST backfill overlapping what was stored before a restart) would be
 stored twice. `LakeBackedSink` is the Parquet sink whose `stored_rows` reads the table's rows of that day
-too; everything else is the local sink's.
+too, batch by batch (a day of `T.*` is too big to hold); everything else is the local sink's.
 """
 from __future__ import annotations
 
 import logging
 from datetime import date, datetime, time, timedelta
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
@@ -27,18 +27,17 @@ class LakeBackedSink(ParquetSink):
         self._tz = tz
         self._time_columns = time_columns
 
-    def stored_rows(self, channel: str, day: date, columns: pa.Schema) -> pa.Table:
-        local = super().stored_rows(channel, day, columns)
+    def stored_rows(self, channel: str, day: date, columns: pa.Schema) -> Iterator[pa.Table]:
+        yield from super().stored_rows(channel, day, columns)
         try:
-            committed = self._committed_rows(channel, day, columns)
+            # Committed rows are in the table for good: a read that fails half-way has told no lie.
+            yield from self._committed_rows(channel, day, columns)
         except Exception as exc:  # the store or catalog down: capture goes on; compaction drops repeats
             log.warning("cannot read %s's rows of %s from the lake (%s); a repeat of a bar committed before "
                         "this start may be stored twice until the day's compaction", channel, day,
                         str(exc)[:200], extra={"event": "lake_keys_unavailable"})
-            return local
-        return pa.concat_tables([local, committed])
 
-    def _committed_rows(self, channel: str, day: date, columns: pa.Schema) -> pa.Table:
+    def _committed_rows(self, channel: str, day: date, columns: pa.Schema) -> Iterator[pa.Table]:
         from pyiceberg.exceptions import NoSuchTableError
         from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
@@ -48,13 +47,14 @@ class LakeBackedSink(ParquetSink):
         try:
             table = self._open_catalog().load_table((self._namespace, table_name(channel)))
         except NoSuchTableError:
-            return columns.empty_table()
+            return
         names = [_lake_name(field) for field in columns]
-        rows = table.scan(row_filter=And(GreaterThanOrEqual(time_column, start.isoformat()),
+        scan = table.scan(row_filter=And(GreaterThanOrEqual(time_column, start.isoformat()),
                                          LessThan(time_column, end.isoformat())),
-                          selected_fields=tuple(names)).to_arrow()
-        return pa.Table.from_arrays([_from_lake(rows.column(name), field) for name, field in zip(names, columns)],
-                                    schema=columns)
+                          selected_fields=tuple(names))
+        for batch in scan.to_arrow_batch_reader():
+            yield pa.Table.from_arrays([_from_lake(batch.column(name), field) for name, field in zip(names, columns)],
+                                       schema=columns)
 
 
 def _lake_name(field: pa.Field) -> str:
