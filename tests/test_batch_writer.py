@@ -819,3 +819,48 @@ def test_rest_bars_fill_the_gap_without_counting_overlap_as_repeats(data_dir):
     rows = sorted(stored(data_dir), key=lambda row: row["start"])
     assert [row["source"] for row in rows] == ["ws"] * 10 + ["rest"] * 5
     assert rows[-1]["day_vwap"] is None and rows[-1]["end"] == utc_ms(rest[-1]["t"] + 1000)
+
+
+def test_a_gap_begins_after_the_latest_row_whether_flushed_pending_or_stored_before_a_restart(data_dir):
+    """The latest row time per symbol is folded lazily (at each flush, and from what is pending when a gap
+    opens), not per batch: the gap must still begin one bar after each symbol's latest row, whichever batch
+    brought it and in whatever order, a failed flush's rows included, and a repeat must not move it."""
+    gaps: list[Gap] = []
+    rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), subscriptions=("A.*",))
+    rig.writer.request_backfill = gaps.append
+    lane = rig.writer.lanes["A"]
+    lane.backfill = True
+    opens = ms(ny(2025, 6, 10, 9, 30))
+
+    def bars(symbol, seconds):
+        return 0, compact_frame([agg_event(opens + second * 1000, symbol) for second in seconds])
+
+    rig.writer.accept_items([bars("SPY", range(0, 10)), bars("QQQ", range(0, 3))])
+    assert rig.writer.flush()                                            # folded from the flushed rows
+    rig.writer.accept_items([bars("QQQ", [7]), bars("QQQ", [5]), bars("SPY", [4])])   # pending, out of order
+    rig.writer.accept_items([GAP_POSSIBLE])
+    assert lane.gap_from == {"SPY": opens + 10_000, "QQQ": opens + 8_000}
+    assert rig.stats.duplicates == 1                                     # SPY at 4 s, a repeat
+    rig.writer.accept_items([bars("SPY", [12]), bars("QQQ", [9]), bars("IWM", [30])])
+    assert gaps == [Gap("SPY", opens + 10_000, opens + 11_000), Gap("QQQ", opens + 8_000, opens + 8_000)]
+    assert lane.gap_from == {}
+
+    def refuse(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_write, rig.sink.write = rig.sink.write, refuse
+    rig.writer.accept_items([bars("IWM", [40])])
+    assert not rig.writer.flush()                                        # kept pending: still counted
+    rig.writer.accept_items([GAP_POSSIBLE])
+    assert lane.gap_from == {"SPY": opens + 13_000, "QQQ": opens + 10_000, "IWM": opens + 41_000}
+    rig.sink.write = real_write
+    assert rig.writer.flush()
+    restarted = BatchWriter(queue.Queue(), ParquetSink(data_dir), MarketCalendar(HOURS), WriterStats(), 30,
+                            FrozenClock(SESSION_NOW), request_backfill=gaps.append, subscriptions=("A.*",))
+    restarted.start_day()                                                # from the day's files
+    assert restarted.lanes["A"].gap_from == lane.gap_from
+
+
+def compact_frame(events) -> str:
+    """A frame as Polygon sends it (no spaces): the fast path's input."""
+    return json.dumps(list(events), separators=(",", ":"))
