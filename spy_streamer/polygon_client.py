@@ -269,10 +269,11 @@ class PolygonStream:
         return True
 
     def _mark_streaming(self) -> None:
-        self.stats.connected = True
-        self.stats.state = "streaming"
+        # Logged first: whoever sees the state `streaming` (the heartbeat, a test) finds the line written.
         log.info("connected to %s, subscribed to %s", self.polygon.ws_feed, ",".join(self.polygon.subscriptions),
                  extra={"event": "connected"})
+        self.stats.connected = True
+        self.stats.state = "streaming"
 
 
 def _may_be_status(frame: str | bytes) -> bool:
