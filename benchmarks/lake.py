@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa  # noqa: E402
 
-from spy_streamer.aggregate_bars import rows_to_table, ws_bar  # noqa: E402
+from spy_streamer.channels import SECOND_AGGREGATES  # noqa: E402
+from spy_streamer.channels.parsing import rows_with_reasons, ws_row  # noqa: E402
 from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.storage.iceberg_committer import IcebergCommitter  # noqa: E402
 from spy_streamer.storage.iceberg_maintenance import compact_partition, open_table  # noqa: E402
@@ -41,7 +42,8 @@ def bars(first: int, count: int) -> pa.Table:
     events = [{"ev": "A", "sym": "SPY", "s": OPEN_MS + n * 1000, "e": OPEN_MS + n * 1000 + 1000,
                "o": price(n), "h": price(n) + 0.05, "l": price(n) - 0.05, "c": price(n + 1), "v": 1000 + n % 500,
                "vw": price(n), "a": 601.0, "z": 40.0, "op": 600.0, "av": 10_000 + n} for n in range(first, first + count)]
-    return rows_to_table(events, ws_bar, time.time_ns(), "ws")[0]
+    to_row = lambda event: ws_row(SECOND_AGGREGATES, event)  # noqa: E731
+    return rows_with_reasons(SECOND_AGGREGATES, events, to_row, time.time_ns(), "ws")[0]
 
 
 def percentile(values: list[float], share: float) -> float:

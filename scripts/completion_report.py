@@ -46,7 +46,7 @@ REQUIREMENTS = [
      ["tests/test_polygon_client.py", "tests/test_faults.py"]),
     ("Parquet: micro-batch every 30 s on its own timer, atomic files, one row per (symbol, start), late and "
      "out-of-session bars dropped and counted, nothing lost on disk errors",
-     "`spy_streamer/batch_writer.py`, `spy_streamer/parquet_sink.py`, `spy_streamer/aggregate_bars.py`, "
+     "`spy_streamer/batch_writer.py`, `spy_streamer/parquet_sink.py`, `spy_streamer/channels/`, "
      "`spy_streamer/seen_bars.py`",
      ["tests/test_batch_writer.py", "tests/test_daemon_scenarios.py::test_in_market_hours_stores_every_row_once"]),
     ("Runner: supervisor thread with `schedule`, session at open, graceful stop at close (early closes "

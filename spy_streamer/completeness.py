@@ -152,9 +152,9 @@ def verify_command(config, day: date, channel: str, repair: bool) -> int:
 
     from .batch_writer import BatchWriter
     from .calendar_store import load_calendar
+    from .channels.subscriptions import symbols_of
     from .clock import FrozenClock
     from .config import require_api_key
-    from .aggregate_bars import subscribed_symbols
     from .parquet_sink import ParquetSink
     from .pipeline_stats import WriterStats
     from .polygon_rest import RestAnswerError, fetch_minute_aggs, fetch_second_aggs, make_rest_client
@@ -170,7 +170,7 @@ def verify_command(config, day: date, channel: str, repair: bool) -> int:
     bounds = (int(session.open.timestamp() * 1000), int(session.close.timestamp() * 1000))
     sink = ParquetSink(config.paths.data_dir)
     folder = sink.partition_dir(channel, day)
-    symbols = subscribed_symbols(config.polygon.subscriptions)
+    symbols = symbols_of(channel, config.polygon.subscriptions)
 
     def audit() -> Audit:
         return audit_day(folder, day, bounds, symbols, lambda *span: fetch_minute_aggs(client, *span))

@@ -29,7 +29,7 @@ class WriterStats:
     pending_since: datetime | None = None    # when the oldest row not yet written was accepted
     rejected_late: int = 0                   # bar started before the current trading day
     rejected_invalid: int = 0                # not a plausible bar of a subscribed symbol (reasons below)
-    # rejected_invalid by reason (aggregate_bars.REASONS): replaced, never updated in place, by the writer
+    # rejected_invalid by reason (channels.REASONS): replaced, never updated in place, by the writer
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0                      # a (symbol, start) already stored today
     outside_session: int = 0                 # pre-market / after-hours bars, not stored

@@ -67,14 +67,14 @@ def test_compact_covers_every_subscribed_channel(tmp_path):
     import pyarrow.parquet as pq
     from fake_polygon import session_timeline
     from spy_streamer import cli
-    from spy_streamer.aggregate_bars import SCHEMA, rows_to_table, ws_bar
+    from channel_parsing import events_one_by_one
     from spy_streamer.parquet_sink import ParquetSink
     path = write_settings(tmp_path, settings(tmp_path, polygon={"subscriptions": ["A.SPY", "T.SPY"]}))
     bars = session_timeline(int(ny(2026, 11, 24, 10, 0).timestamp() * 1000), 20)
-    table, _ = rows_to_table(bars, ws_bar, 0, "ws")
+    table, _ = events_one_by_one(bars, "A")
     sink = ParquetSink(tmp_path / "data")
     for part in (table.slice(0, 10), table.slice(10)):
-        sink.write("A", date(2026, 11, 24), part.cast(SCHEMA), 1)
+        sink.write("A", date(2026, 11, 24), part, 1)
     assert cli.main(["compact", "--date", "2026-11-24", "--config", str(path)]) == 0
     (day_file,) = (tmp_path / "data" / "A" / "date=2026-11-24").glob("*.parquet")
     assert day_file.name == "day-2026-11-24.parquet" and pq.read_metadata(day_file).num_rows == 20

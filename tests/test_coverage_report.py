@@ -16,7 +16,8 @@ import pytest
 
 from conftest import NY, REPO_ROOT, ny, settings, write_settings
 from fake_polygon import agg_event
-from spy_streamer.aggregate_bars import rest_results_to_table, rows_to_table, subscribed_symbols, ws_bar
+import channel_parsing
+from spy_streamer.channels.subscriptions import symbols_of
 from spy_streamer.compaction import compact_day
 from spy_streamer.config import MarketHoursConfig
 from spy_streamer.coverage_report import day_coverage, find_gaps, format_coverage, load_coverage, session_bounds
@@ -33,12 +34,12 @@ CALENDAR = MarketCalendar(MarketHoursConfig(NY, frozenset(range(5)), OPEN.time()
 
 def ws_table(seconds, symbol="SPY"):
     events = [agg_event(OPEN_MS + second * 1000, symbol) for second in seconds]
-    return rows_to_table(events, ws_bar, RECEIVED_NS, "ws")[0]
+    return channel_parsing.events_one_by_one(events, "A", RECEIVED_NS)[0]
 
 
 def rest_table(seconds):
     results = [{"t": OPEN_MS + second * 1000, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1} for second in seconds]
-    return rest_results_to_table("SPY", results, RECEIVED_NS)[0]
+    return channel_parsing.rest_table("SPY", results, "A", RECEIVED_NS)[0]
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_the_threshold_decides_which_gaps_count(data_dir):
 
 
 def test_a_subscribed_symbol_without_bars_misses_the_whole_session(data_dir):
-    coverage = load_coverage(data_dir, DAY, SESSION, 1.0, subscribed_symbols(("A.SPY", "A.QQQ", "A.*", "T.MSFT")))
+    coverage = load_coverage(data_dir, DAY, SESSION, 1.0, symbols_of("A", ("A.SPY", "A.QQQ", "A.*", "T.MSFT")))
     assert gap_list(coverage)[0] == ("QQQ", "09:30:00", 600.0)
 
 
@@ -171,11 +172,10 @@ def test_report_command_defaults_and_bad_arguments(tmp_path):
 def test_report_reads_any_channel(tmp_path):
     """Trades have no `end`: each covers its own instant; repeats are told by the channel's dedup key."""
     from fake_polygon import trade_event
-    from channel_parsing import events_one_by_one
     from spy_streamer.parquet_sink import ParquetSink
     from spy_streamer.coverage_report import load_coverage
     open_ms = int(ny(2025, 6, 10, 9, 30).timestamp() * 1000)
-    trades, _ = events_one_by_one([trade_event(open_ms + 1000, trade_id="1"), trade_event(open_ms + 9000, trade_id="2")], "T")
+    trades, _ = channel_parsing.events_one_by_one([trade_event(open_ms + 1000, trade_id="1"), trade_event(open_ms + 9000, trade_id="2")], "T")
     day = ny(2025, 6, 10, 12).date()
     ParquetSink(tmp_path).write("T", day, trades, 1)
     ParquetSink(tmp_path).write("T", day, trades.slice(0, 1), 2)          # one trade twice

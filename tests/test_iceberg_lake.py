@@ -28,7 +28,7 @@ import pytest
 pytest.importorskip("pyiceberg")
 moto_server = pytest.importorskip("moto.server")
 
-from spy_streamer.aggregate_bars import rest_results_to_table, rows_to_table, ws_bar  # noqa: E402
+from channel_parsing import events_one_by_one, rest_table  # noqa: E402
 from spy_streamer.compaction import compact_day  # noqa: E402
 from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.storage import iceberg_committer  # noqa: E402
@@ -142,8 +142,8 @@ def lake(tmp_path, s3):
 def bars(first: int, count: int, received_ns: int | None = None, close: float = 1.5) -> pa.Table:
     events = [{"ev": "A", "sym": "SPY", "s": DAY_START_MS + n * 1000, "e": DAY_START_MS + n * 1000 + 1000,
                "o": 1.0, "h": 2.0, "l": 1.0, "c": close, "v": 10 + n} for n in range(first, first + count)]
-    table, bad = rows_to_table(events, ws_bar, received_ns or time.time_ns(), "ws")
-    assert bad == 0
+    table, bad = events_one_by_one(events, "A", received_ns or time.time_ns())
+    assert not bad
     return table
 
 
@@ -183,8 +183,8 @@ def test_staged_batches_are_committed_in_order_then_removed(lake):
 
 def test_the_table_is_partitioned_by_day_with_microsecond_utc_timestamps(lake):
     data_dir, _, catalog = lake
-    rest, _ = rest_results_to_table("SPY", [{"t": DAY_START_MS + 60_000, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0,
-                                             "v": 5}], time.time_ns())
+    rest, _ = rest_table("SPY", [{"t": DAY_START_MS + 60_000, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 5}],
+                         "A", time.time_ns())
     stage(data_dir, bars(0, 3), rest)
     IcebergCommitter(catalog, data_dir, NAMESPACE).commit_pending()
 

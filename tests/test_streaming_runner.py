@@ -14,7 +14,7 @@ from daemon_harness import wait_for
 from fake_polygon import session_timeline
 from spy_streamer.config import load_config
 from spy_streamer.market_hours import MarketCalendar, SpecialDay
-from spy_streamer.aggregate_bars import subscribed_symbols
+from spy_streamer.channels.subscriptions import symbols_of
 from spy_streamer.streaming_runner import StreamingRunner
 
 TUESDAY = date(2026, 11, 24)
@@ -135,4 +135,4 @@ def test_signal_handler_only_records_and_a_second_ctrl_c_exits_at_once(make_runn
     (("A.SPY",), ("SPY",)), (("A.SPY", "A.QQQ"), ("SPY", "QQQ")), (("A.*",), ()), (("T.SPY", "A.SPY"), ("SPY",)),
 ])
 def test_backfill_covers_the_aggregate_subscriptions(subscriptions, symbols):
-    assert subscribed_symbols(subscriptions) == symbols
+    assert symbols_of("A", subscriptions) == symbols
