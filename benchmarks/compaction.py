@@ -6,18 +6,27 @@ repeats the rows of the one before, received later, so the merge drops repeats),
 `compaction.compact_day` (its child process sorts with DuckDB under a memory limit) and, for comparison,
 the old in-memory merge (read every file, sort, keep the first of each key: what `compact_day` did
 before, which took 608 MB for 990k rows) in a child process of its own. Each figure is that process's
-own VmHWM. Figures on a shared machine are noisy; the RSS figures much less than the times.
+own VmHWM. Also the child's CPU seconds and the peak disk the compaction used beside the day's files
+(its spill folder and the hidden day file being written), sampled every half second.
+Figures on a shared machine are noisy; the RSS figures much less than the times.
 
-    .venv/bin/python benchmarks/compaction.py [--rows 5000000] [--symbols 11000] [--files 600]
-        [--in-memory-rows 1000000] [--memory-limit 256MB] [--dir DIR] [--json out.json]
+    nice -n 19 .venv/bin/python benchmarks/compaction.py [--rows 5000000] [--symbols 11000] [--files 600]
+        [--in-memory-rows 1000000] [--memory-limit 256MB] [--threads 2] [--bucket-rows 5000000]
+        [--dir DIR] [--json out.json]
+
+A whole-market day (100-250M rows) needs about 92 bytes a row on disk for the micro-batches, as much
+again for the spill and about 65 for the day file: write it under a folder with room (`--dir`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -29,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from spy_streamer.channels.aggregates import SCHEMA  # noqa: E402
-from spy_streamer.compaction import compact_day  # noqa: E402
+from spy_streamer.compaction import BUCKET_ROWS, MEMORY_LIMIT, SPILL_FOLDER, THREADS, compact_day  # noqa: E402
 from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.peak_memory import peak_rss_bytes  # noqa: E402
 
@@ -83,8 +92,42 @@ def in_memory_merge(folder: Path) -> dict:
     return {"rows": int(out[0]), "peak_rss_bytes": int(out[1]), "seconds": float(out[2])}
 
 
-def run(rows: int, symbols: int, files: int, in_memory_rows: int, memory_limit: str, workdir: Path) -> dict:
-    figures: dict = {"rows_generated": rows, "symbols": symbols, "files": files, "memory_limit": memory_limit}
+class DiskSampler(threading.Thread):
+    """The peak bytes (allocated blocks) of the compaction's own files in `folder`: the spill folder and
+    hidden temporaries, sampled every half second."""
+
+    def __init__(self, folder: Path):
+        super().__init__(name="disk-sampler", daemon=True)
+        self.folder, self.peak_spill, self.peak_total, self._done = folder, 0, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.5):
+            spill = sum(_allocated(Path(root) / name) for root, _, names in os.walk(self.folder / SPILL_FOLDER)
+                        for name in names)
+            temporaries = sum(_allocated(path) for path in self.folder.glob(".*") if path.is_file())
+            self.peak_spill, self.peak_total = max(self.peak_spill, spill), max(self.peak_total, spill + temporaries)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _allocated(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:  # removed meanwhile
+        return 0
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(rows: int, symbols: int, files: int, in_memory_rows: int, memory_limit: str, threads: int,
+        bucket_rows: int, workdir: Path) -> dict:
+    figures: dict = {"rows_generated": rows, "symbols": symbols, "files": files, "memory_limit": memory_limit,
+                     "threads": threads, "bucket_rows": bucket_rows}
     if in_memory_rows:
         small = workdir / "in-memory"
         generate_day(small, in_memory_rows, symbols, files)
@@ -96,10 +139,16 @@ def run(rows: int, symbols: int, files: int, in_memory_rows: int, memory_limit: 
     figures["generate_seconds"] = time.monotonic() - started
     folder = ParquetSink(data_dir).partition_dir("A", DAY)
     figures["input_bytes"] = sum(path.stat().st_size for path in folder.glob("*.parquet"))
-    before = peak_rss_bytes()
-    result = compact_day(data_dir, DAY, memory_limit=memory_limit)
+    before, cpu_before, disk = peak_rss_bytes(), _children_cpu_seconds(), DiskSampler(folder)
+    disk.start()
+    try:
+        result = compact_day(data_dir, DAY, memory_limit=memory_limit, threads=threads, bucket_rows=bucket_rows)
+    finally:
+        disk.stop()
     figures["bounded"] = {"rows_read": result.rows_read, "rows": result.rows, "bytes": result.bytes,
                           "seconds": result.seconds, "peak_rss_bytes": result.worker_peak_rss_bytes,
+                          "cpu_seconds": _children_cpu_seconds() - cpu_before,
+                          "spill_peak_bytes": disk.peak_spill, "extra_disk_peak_bytes": disk.peak_total,
                           "caller_peak_rss_growth_bytes": peak_rss_bytes() - before}
     return figures
 
@@ -111,17 +160,20 @@ def mb(value: float) -> str:
 def print_figures(f: dict) -> None:
     b = f["bounded"]
     print(f"synthetic day: {f['rows_generated']:,} rows, {f['symbols']:,} symbols, {f['files']} micro-batches "
-          f"({mb(f['input_bytes'])} on disk)")
-    print(f"{'':36}{'rows out':>12}{'seconds':>9}{'peak RSS':>10}{'RSS/M rows':>12}")
+          f"({mb(f['input_bytes'])} on disk, generated in {f['generate_seconds']:.0f} s)")
+    print(f"{'':44}{'rows out':>12}{'seconds':>9}{'CPU s':>8}{'peak RSS':>10}{'RSS/M rows':>12}")
     if "in_memory" in f:
         m = f["in_memory"]
-        print(f"{'old in-memory merge (' + format(m['rows_generated'], ',') + ' rows)':36}{m['rows']:>12,}"
-              f"{m['seconds']:>9.1f}{mb(m['peak_rss_bytes']):>10}"
+        print(f"{'old in-memory merge (' + format(m['rows_generated'], ',') + ' rows)':44}{m['rows']:>12,}"
+              f"{m['seconds']:>9.1f}{'':>8}{mb(m['peak_rss_bytes']):>10}"
               f"{mb(m['peak_rss_bytes'] / m['rows_generated'] * 1e6):>12}")
-    print(f"{'compact_day (DuckDB ' + f['memory_limit'] + ', child)':36}{b['rows']:>12,}{b['seconds']:>9.1f}"
+    label = f"compact_day (DuckDB {f['memory_limit']}, {f['threads']} threads, child)"
+    print(f"{label:44}{b['rows']:>12,}{b['seconds']:>9.1f}{b['cpu_seconds']:>8.0f}"
           f"{mb(b['peak_rss_bytes']):>10}{mb(b['peak_rss_bytes'] / f['rows_generated'] * 1e6):>12}")
-    print(f"repeats dropped {b['rows_read'] - b['rows']:,}; day file {mb(b['bytes'])}; the calling process's "
-          f"peak RSS grew {mb(b['caller_peak_rss_growth_bytes'])}")
+    print(f"repeats dropped {b['rows_read'] - b['rows']:,}; day file {mb(b['bytes'])}; spill peak "
+          f"{mb(b['spill_peak_bytes'])} (with the hidden day file {mb(b['extra_disk_peak_bytes'])}); "
+          f"buckets of {f['bucket_rows']:,} rows; the calling process's peak RSS grew "
+          f"{mb(b['caller_peak_rss_growth_bytes'])}")
 
 
 def main() -> None:
@@ -131,12 +183,15 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=600)
     parser.add_argument("--in-memory-rows", type=int, default=1_000_000,
                         help="rows for the old in-memory merge (0: skip it)")
-    parser.add_argument("--memory-limit", default="256MB")
+    parser.add_argument("--memory-limit", default=MEMORY_LIMIT)
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--bucket-rows", type=int, default=BUCKET_ROWS)
     parser.add_argument("--dir", type=Path, help="where to write the day (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as temp:
-        figures = run(args.rows, args.symbols, args.files, args.in_memory_rows, args.memory_limit, Path(temp))
+        figures = run(args.rows, args.symbols, args.files, args.in_memory_rows, args.memory_limit, args.threads,
+                      args.bucket_rows, Path(temp))
     print_figures(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -5,9 +5,11 @@ Bounded memory, whatever the day's size (docs/ARCHITECTURE.md, *Storage layout a
 runs in a child process (`python -m spy_streamer.compaction`, niced) where DuckDB sorts the day with a
 memory limit, spilling to a hidden folder beside the files, and streams the sorted rows back in batches;
 the first received row of each key is kept batch by batch and written with pyarrow (the day file keeps
-the micro-batches' Arrow schema). The day is sorted a range of symbols (BUCKET_ROWS rows) at a time, so
-the child's memory does not grow with the day (benchmarks/compaction.py measures it). The capture process
-only waits for the child.
+the micro-batches' Arrow schema). A day of more than BUCKET_ROWS rows is first copied, in one pass, into
+one spill file per contiguous range of symbols, and each is sorted by itself: the child's memory does not
+grow with the day, and neither does the work per row (sorting ranges of the inputs in place would read
+the whole day again for each range: 10x the rows took 21x the time). benchmarks/compaction.py measures
+it. The capture process only waits for the child.
 
 Order of work, chosen so that no crash can lose a row:
   1. (child) read every visible file of the partition (an earlier day file included), keep the first
@@ -45,6 +47,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -66,7 +69,7 @@ THREADS = 2
 BATCH_ROWS = 131_072      # rows streamed from DuckDB at a time
 ROW_GROUP_ROWS = 262_144  # rows per row group of the day file (about 30 MB of `A` bars in memory)
 WORKER_NICENESS = 10      # capture (the next session, another channel) wins the CPU
-BUCKET_ROWS = 5_000_000   # rows sorted at a time: contiguous ranges of symbols, so memory does not grow with the day
+BUCKET_ROWS = 5_000_000   # rows sorted at a time (a range of symbols): a larger day is split into spill files first
 
 
 class CompactionError(Exception):
@@ -136,7 +139,7 @@ def day_file_name(day: date) -> str:
 def compact_day(data_dir: Path, day: date, channel: str = "A",
                 verify: Callable[[Path, int], None] | None = None, keys: CompactionKeys | None = None,
                 cancel: threading.Event | None = None, memory_limit: str = MEMORY_LIMIT,
-                threads: int = THREADS) -> CompactionResult:
+                threads: int = THREADS, bucket_rows: int = BUCKET_ROWS) -> CompactionResult:
     """Merge the day's files of `channel` into its day file. CompactionError (logged) when it cannot.
 
     The merge runs in a child process (bounded memory); `cancel` set meanwhile kills it (nothing changed).
@@ -145,7 +148,7 @@ def compact_day(data_dir: Path, day: date, channel: str = "A",
     """
     folder = ParquetSink(data_dir).partition_dir(channel, day)
     final = folder / day_file_name(day)
-    job = _Job(keys or keys_for(channel), verify, cancel, memory_limit, threads)
+    job = _Job(keys or keys_for(channel), verify, cancel, memory_limit, threads, bucket_rows)
     try:
         result = _compact_folder(folder, final, day, job)
     except (CompactionError, OSError) as exc:  # OSError: the folder could not be opened, listed or stat'ed
@@ -165,6 +168,7 @@ class _Job:
     cancel: threading.Event | None
     memory_limit: str
     threads: int
+    bucket_rows: int
 
 
 def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> CompactionResult:
@@ -216,7 +220,8 @@ def _row_count(path: Path) -> int:
 def _merge_in_child(inputs: list[Path], temp: Path, spill: Path, job: _Job) -> dict:
     """Run `merge_files` in `python -m spy_streamer.compaction`; its summary, or CompactionError."""
     request = {"parent": os.getpid(), "inputs": [str(path) for path in inputs], "temp": str(temp), "spill": str(spill),
-               "keys": asdict(job.keys), "memory_limit": job.memory_limit, "threads": job.threads}
+               "keys": asdict(job.keys), "memory_limit": job.memory_limit, "threads": job.threads,
+               "bucket_rows": job.bucket_rows}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                     os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -282,12 +287,13 @@ def _remove_merged(folder: Path, merged: list[Path]) -> None:
 # --- the child: DuckDB sorts with a memory limit, pyarrow keeps the first of each key and writes ---
 
 def merge_files(inputs: list[Path], temp: Path, spill: Path, keys: CompactionKeys = AGGREGATE_KEYS,
-                memory_limit: str = MEMORY_LIMIT, threads: int = THREADS) -> dict:
+                memory_limit: str = MEMORY_LIMIT, threads: int = THREADS, bucket_rows: int = BUCKET_ROWS) -> dict:
     """Write the first received row of each key of `inputs`, in key order, to `temp` (fsynced and read
     back); {"rows_read", "rows"}. Memory stays bounded by `memory_limit` (DuckDB spills to `spill`) plus
     a row group. CompactionError names the problem; `temp` may be left behind (the caller removes it)."""
     schema, rows_read = _input_schema(inputs, keys)
-    with _sorted_rows(inputs, schema, keys, spill, memory_limit, threads) as batches:
+    plan = _bucket_plan(inputs, keys, rows_read, bucket_rows)
+    with _sorted_rows(inputs, schema, keys, plan, spill, memory_limit, threads) as batches:
         rows = _write_sorted(_first_of_each_key(batches, keys), schema, temp)
     verify_compacted(temp, rows, keys)
     return {"rows_read": rows_read, "rows": rows}
@@ -322,45 +328,114 @@ def _quoted(column: str) -> str:
 _SOURCE = "read_parquet($files, union_by_name = true, filename = true, file_row_number = true)"
 
 
-def _query(schema: pa.Schema, keys: CompactionKeys, where: str) -> str:
+def _query(schema: pa.Schema, keys: CompactionKeys) -> str:
     """Sorted by key, each key's rows in arrival order (then by file name and position in the file)."""
     columns = ", ".join(_quoted(name) for name in schema.names)
     arrival = f"{_quoted(keys.arrival)} NULLS LAST, filename, file_row_number"
     if keys.sorted_by_key:
         order = ", ".join(_quoted(column) for column in keys.order)
-        return f"SELECT {columns} FROM {_SOURCE} WHERE {where} ORDER BY {order}, {arrival}"
+        return f"SELECT {columns} FROM {_SOURCE} ORDER BY {order}, {arrival}"
     # The sort does not bring a key's rows together: a window picks each key's first (slower, also spills).
     partition = ", ".join(_quoted(column) for column in keys.dedup_key)
     order = ", ".join(_quoted(column) for column in keys.sort_key)
-    return (f"SELECT {columns} FROM {_SOURCE} WHERE {where} QUALIFY row_number() OVER (PARTITION BY {partition} "
+    return (f"SELECT {columns} FROM {_SOURCE} QUALIFY row_number() OVER (PARTITION BY {partition} "
             f"ORDER BY {arrival}) = 1 ORDER BY {order}")
 
 
-def _buckets(connection, files: list[str], keys: CompactionKeys) -> list[tuple[str, dict]]:
-    """WHERE clauses cutting the day into contiguous ranges of the first sort column (the symbol) of at
-    most BUCKET_ROWS rows (one symbol may exceed it), in order; sorted one after another they are the day
-    sorted. Only when that column is part of the key (a key's rows then share a range)."""
+def _bucket_plan(inputs: list[Path], keys: CompactionKeys, rows: int, bucket_rows: int) -> dict | None:
+    """Which bucket each value of the first sort column (the symbol) goes to: contiguous ranges of the
+    sorted values of at most `bucket_rows` rows each (one value may exceed it), nulls in a last bucket of
+    their own (they sort last). None when the day is one bucket: at most `bucket_rows` rows, or a first sort
+    column outside the key (a key's rows would not share a range). Counted from that column alone, a
+    row group at a time."""
     column = keys.sort_key[0]
-    if column not in keys.dedup_key:
-        return [("true", {})]
-    quoted = _quoted(column)
-    counts = connection.sql(f"SELECT {quoted}, count(*) FROM {_SOURCE} WHERE {quoted} IS NOT NULL "
-                            f"GROUP BY ALL ORDER BY 1", params={"files": files}).fetchall()
-    buckets, low, high, rows = [], None, None, 0
-    for value, count in counts:
-        if rows and rows + count > BUCKET_ROWS:
-            buckets.append((f"{quoted} BETWEEN $low AND $high", {"low": low, "high": high}))
-            low, rows = None, 0
-        low = value if low is None else low
-        high, rows = value, rows + count
-    if rows:
-        buckets.append((f"{quoted} BETWEEN $low AND $high", {"low": low, "high": high}))
-    return buckets + [(f"{quoted} IS NULL", {})]
+    if rows <= bucket_rows or column not in keys.dedup_key:
+        return None
+    counts: dict = {}
+    for path, parquet_file in _each_input(inputs):
+        for group in range(parquet_file.num_row_groups):
+            values = _read_or_raise(path, lambda: parquet_file.read_row_group(group, [column], use_threads=False))
+            for item in pc.value_counts(values.column(column)).to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    nulls = counts.pop(None, 0)
+    plan, bucket, in_bucket = {}, 0, 0
+    for value in sorted(counts):  # (code point order: DuckDB's and the verification's order of strings)
+        if in_bucket and in_bucket + counts[value] > bucket_rows:
+            bucket, in_bucket = bucket + 1, 0
+        plan[value] = bucket
+        in_bucket += counts[value]
+    plan[None] = bucket + 1 if nulls else bucket
+    return plan
+
+
+def _each_input(inputs: list[Path]) -> Iterator[tuple[Path, pq.ParquetFile]]:
+    for path in inputs:
+        parquet_file = _read_or_raise(path, lambda: pq.ParquetFile(path))
+        with parquet_file:
+            yield path, parquet_file
+
+
+def _read_or_raise(path: Path, read: Callable):
+    try:
+        return read()
+    except (pa.ArrowException, OSError) as exc:
+        raise CompactionError(f"cannot read {path.name}: {exc}") from None
+
+
+def _partition(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, plan: dict, spill: Path) -> list[Path]:
+    """Copy the day's rows into one hidden Parquet file per bucket of `plan`, a row group of an input at a
+    time, keeping the order they were read in (inputs by name, rows in file order): within a bucket file
+    the row number then breaks ties of arrival as the file name and row number did. The bucket files, in
+    bucket order. Memory: one input row group."""
+    column = keys.sort_key[0]
+    buckets = max(plan.values()) + 1
+    paths = [spill / f"bucket-{index:05d}" for index in range(buckets)]  # (no .parquet: no glob takes them)
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for path, parquet_file in _each_input(inputs):
+            for group in range(parquet_file.num_row_groups):
+                table = _conformed(_read_or_raise(path, lambda: parquet_file.read_row_group(group, use_threads=False)),
+                                   schema)
+                of_row = _bucket_of_each_row(table.column(column), plan)
+                counts = np.bincount(of_row, minlength=buckets)
+                table = table.take(np.argsort(of_row, kind="stable"))  # stable: read order kept in each bucket
+                offset = 0
+                for bucket in np.flatnonzero(counts).tolist():
+                    if bucket not in writers:
+                        writers[bucket] = pq.ParquetWriter(paths[bucket], schema, compression="zstd",
+                                                           compression_level=1)
+                    writers[bucket].write_table(table.slice(offset, int(counts[bucket])))
+                    offset += int(counts[bucket])
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return [paths[bucket] for bucket in sorted(writers)]
+
+
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with the day's schema: an older file's missing columns as nulls, types as unified."""
+    columns = [table.column(field.name).cast(field.type) if field.name in table.column_names
+               else pa.nulls(table.num_rows, field.type) for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _bucket_of_each_row(values: pa.ChunkedArray, plan: dict) -> np.ndarray:
+    parts = [np.empty(0, np.int64)]
+    for chunk in values.chunks:
+        encoded = pc.dictionary_encode(chunk)
+        lookup = np.array([plan[value] for value in encoded.dictionary.to_pylist()] + [plan[None]], np.int64)
+        parts.append(lookup[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy(zero_copy_only=False)])
+    return np.concatenate(parts)
 
 
 @contextlib.contextmanager
-def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, spill: Path, memory_limit: str,
-                 threads: int) -> Iterator[Iterator[pa.RecordBatch]]:
+def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, plan: dict | None, spill: Path,
+                 memory_limit: str, threads: int) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The day's rows in key order (each key's rows in arrival order). With a `plan` (a day of more than
+    `bucket_rows` rows) the day is first split by ranges of symbols into bucket files in `spill` (one pass
+    over the inputs), then each bucket is sorted by itself: every row is read, copied and sorted once
+    whatever the day's size (sorting ranges of the inputs themselves would read the whole day once a
+    bucket), and each sort holds at most `memory_limit` (DuckDB spills the rest to `spill`)."""
     import duckdb  # only the child needs it
 
     shutil.rmtree(spill, ignore_errors=True)  # a killed run's
@@ -368,24 +443,22 @@ def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, sp
     connection = duckdb.connect()
     try:
         for setting in (f"SET memory_limit = '{memory_limit}'", f"SET threads = {int(threads)}",
-                        f"SET temp_directory = '{spill}'", "SET enable_progress_bar = false"):
+                        f"SET temp_directory = '{spill / 'duckdb'}'", "SET enable_progress_bar = false",
+                        "SET preserve_insertion_order = false"):
             connection.execute(setting)
-        files = [str(path) for path in inputs]
-        try:
-            buckets = _buckets(connection, files, keys)
-        except duckdb.Error as exc:
-            raise CompactionError(f"cannot merge the day's files: {exc}") from None
-        yield _cast(_each_bucket(connection, files, schema, keys, buckets, duckdb.Error), schema)
+        sources = [inputs] if plan is None else [[path] for path in _partition(inputs, schema, keys, plan, spill)]
+        yield _cast(_each_bucket(connection, sources, schema, keys, duckdb.Error), schema)
     finally:
         connection.close()
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _each_bucket(connection, files: list[str], schema: pa.Schema, keys: CompactionKeys,
-                 buckets: list[tuple[str, dict]], engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
-    for where, params in buckets:
+def _each_bucket(connection, sources: list[list[Path]], schema: pa.Schema, keys: CompactionKeys,
+                 engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
+    query = _query(schema, keys)
+    for files in sources:
         try:
-            relation = connection.sql(_query(schema, keys, where), params={"files": files, **params})
+            relation = connection.sql(query, params={"files": [str(path) for path in files]})
             # duckdb >= 1.4 names it to_arrow_reader (fetch_arrow_reader, deprecated there, before)
             reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(BATCH_ROWS)
         except engine_error as exc:
@@ -523,7 +596,7 @@ def _child_main() -> int:
         summary = merge_files([Path(path) for path in request["inputs"]], Path(request["temp"]),
                               Path(request["spill"]), CompactionKeys(**{k: tuple(v) if isinstance(v, list) else v
                                                                         for k, v in request["keys"].items()}),
-                              request["memory_limit"], request["threads"])
+                              request["memory_limit"], request["threads"], request["bucket_rows"])
     except CompactionError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 1

@@ -16,6 +16,7 @@ import threading
 from datetime import date, timedelta
 
 import duckdb
+import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -466,15 +467,84 @@ def test_trades_keep_nanoseconds_and_drop_repeats_by_their_own_key(data_dir):
     assert table.column("conditions").to_pylist()[0] == [12, 37]
 
 
-def test_the_day_is_sorted_a_range_of_symbols_at_a_time(sink, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(compaction, "BUCKET_ROWS", 8)  # (in this process: merge_files called directly)
+def test_the_day_is_sorted_a_range_of_symbols_at_a_time(sink, data_dir, tmp_path):
     for symbol in ("SPY", "AAPL", "QQQ", "IWM"):
         ws_batch(sink, 0, 6, RECEIVED_NS + 1, price=500.0, symbol=symbol)
         ws_batch(sink, 3, 6, RECEIVED_NS, price=501.0, symbol=symbol)
     inputs = sorted(folder_of(data_dir).glob("*.parquet"))
 
-    assert merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill") == {"rows_read": 48, "rows": 36}
+    assert merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill", bucket_rows=8) == {"rows_read": 48, "rows": 36}
 
     table = pq.read_table(tmp_path / ".day.tmp")
     assert table.column("symbol").to_pylist() == [s for s in ("AAPL", "IWM", "QQQ", "SPY") for _ in range(9)]
     assert table.column("close").to_pylist()[:9] == [500.02] * 3 + [501.02] * 6
+
+
+def random_day(sink, channel, files=6, rows=40, seed=7):
+    """`files` micro-batches of `channel` over five symbols with few keys each: repeats within and across
+    files, ties of `received_at` (the file read first, then the row first, wins), and one file written
+    before the channel had its last-but-one column (an older schema). The sort key follows from the dedup
+    key, so two runs order the rows alike."""
+    from spy_streamer.channels import channel_for
+    schema, rng = channel_for(channel).schema, np.random.default_rng(seed)
+    dropped = [name for name in schema.names if name not in compaction.keys_for(channel).columns][-2]
+    for index in range(files):
+        key = rng.integers(0, 12, rows)
+        ns = int(ny(2025, 6, 10, 9, 45).timestamp()) * 10**9 + key * 1000
+        special = {"symbol": rng.choice(["AAPL", "IWM", "QQQ", "SPY", "TSLA"], rows).tolist(),
+                   "start": OPEN_MS + key * 1000, "end": OPEN_MS + key * 1000 + 1000,
+                   "sip_timestamp": ns, "sequence_number": key, "exchange": key % 3, "trade_id": key.astype(str).tolist(),
+                   "trf_id": [None if k % 4 == 0 else int(k % 2) for k in key],
+                   "received_at": RECEIVED_NS // 1000 + rng.integers(0, 3, rows),
+                   "source": rng.choice(["ws", "rest"], rows).tolist()}
+        columns = {}
+        for field in schema:
+            if field.name in special:
+                values = special[field.name]
+            elif pa.types.is_floating(field.type):
+                values = rng.random(rows)
+            elif pa.types.is_list(field.type):
+                values = [[int(value)] for value in rng.integers(0, 60, rows)]
+            else:  # other integers and timestamps
+                values = rng.integers(0, 10**6, rows)
+            columns[field.name] = pa.array(values).cast(field.type) if isinstance(values, np.ndarray) \
+                else pa.array(values, field.type)
+        table = pa.table(columns, schema=schema)
+        sink.write(channel, DAY, table.drop_columns([dropped]) if index == 2 else table, 10**18 + index)
+    return sorted((sink.partition_dir(channel, DAY)).glob("*.parquet"))
+
+
+@pytest.mark.parametrize("channel", ["A", "AM", "T", "Q"])
+def test_a_day_split_into_buckets_of_symbols_compacts_as_one(channel, sink, tmp_path, monkeypatch):
+    """A day larger than `bucket_rows` is copied into one spill file per range of symbols and each is
+    sorted by itself: the result is the file the one-piece merge writes, for every channel."""
+    inputs, keys = random_day(sink, channel), compaction.keys_for(channel)
+    whole = merge_files(inputs, tmp_path / ".whole.tmp", tmp_path / "spill", keys)
+    buckets, partition = [], compaction._partition
+    monkeypatch.setattr(compaction, "_partition", lambda *args: buckets.append(partition(*args)) or buckets[-1])
+
+    split = merge_files(inputs, tmp_path / ".split.tmp", tmp_path / "spill", keys, bucket_rows=25)
+
+    assert split == whole and whole["rows"] < whole["rows_read"] == 240
+    assert len(buckets) == 1 and len(buckets[0]) == 5 and not (tmp_path / "spill").exists()
+    assert pq.read_table(tmp_path / ".split.tmp").equals(pq.read_table(tmp_path / ".whole.tmp"))
+    if channel in ("A", "AM"):  # and both are the in-memory merge's answer
+        reference = compaction.first_received_per_key(pa.concat_tables(
+            [pq.read_table(path) for path in inputs], promote_options="default"))
+        assert pq.read_table(tmp_path / ".split.tmp").equals(reference.select(whole_schema(tmp_path)))
+
+
+def whole_schema(tmp_path):
+    return pq.read_schema(tmp_path / ".whole.tmp").names
+
+
+def test_a_killed_bucketed_run_leaves_spill_files_the_next_run_replaces(sink, data_dir):
+    random_day(sink, "A")
+    spill = folder_of(data_dir) / SPILL_FOLDER
+    spill.mkdir()
+    (spill / "bucket-00000").write_bytes(b"half a bucket")  # as a SIGKILL during the split leaves it
+    before = [name for name in names(data_dir) if name != SPILL_FOLDER]
+
+    result = compact_day(data_dir, DAY, bucket_rows=25)
+
+    assert (result.files, result.rows_read) == (len(before), 240) and names(data_dir) == [day_file_name(DAY)]
