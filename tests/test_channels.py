@@ -3,7 +3,6 @@
 unsupported channel is refused at start-up."""
 from __future__ import annotations
 
-import queue
 from collections import Counter
 
 import pyarrow as pa
@@ -11,14 +10,14 @@ import pyarrow.dataset as ds
 import pytest
 
 from channel_parsing import frames_to_table, rest_table, rules
-from conftest import FakeClock, TEST_API_KEY
+from conftest import TEST_API_KEY
 from fake_polygon import FakePolygon, agg_event, quote_event, quote_result, trade_event, trade_result
 from spy_streamer.channels import CHANNELS, NAMES, channel_for
 from spy_streamer.config import ConfigError, load_config
 from spy_streamer.gap_backfill import Gap
 from spy_streamer.polygon_rest import iter_tick_pages, make_rest_client
 from spy_streamer.queue_items import GAP_POSSIBLE, RestBars
-from test_batch_writer import SESSION_NOW, Rig, data_dir, frame, ms, ny  # noqa: F401 (fixture data_dir)
+from test_batch_writer import Rig, data_dir, frame, ms, ny  # noqa: F401 (fixture data_dir)
 
 ALL = ("A.SPY", "AM.SPY", "T.SPY", "Q.SPY")
 T0 = ms(ny(2025, 6, 10, 9, 45))

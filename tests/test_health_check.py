@@ -2,7 +2,6 @@
 judged at chosen instants. Nothing here depends on when the suite runs."""
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
