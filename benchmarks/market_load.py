@@ -6,7 +6,10 @@ the loopback fake Polygon, which sends frames at a steady pace rather than as fa
   whole-market  `A.*`: one second bar for each of 11,000 symbols every second, in frames of 20 events
                 (550 frames/s), bars of the current second, at real-time pace;
   trades        `T.*`: 20,000 trades a second over 5,000 symbols in frames of 100;
-  burst         `A.*`: 250,000 events a second in frames of 200 (bars of the last six hours, distinct keys).
+  burst         `A.*`: 250,000 events a second in frames of 200 (bars of the last six hours, distinct keys);
+  day           `A.*`: a whole-market day replayed, a bar for each of 11,000 symbols for every second of a
+                6.5-hour session (257M bars), 9 seconds of the day every second (99,000 events a second,
+                frames of 200): `--seconds 2600 --daemon-only` follows the daemon's RSS over the whole day.
 For each client: the events/s it took in (the daemon's: rows durable in Parquet from the first frame on),
 CPU seconds per 100k events, its own peak RSS (VmHWM), and for the daemon the frames dropped and the rows
 missing; then the daemon's ratios to both bare clients (rate and CPU).
@@ -14,6 +17,7 @@ missing; then the daemon's ratios to both bare clients (rate and CPU).
     .venv/bin/python benchmarks/market_load.py whole-market [--minutes 0.5] [--rounds 3]
     .venv/bin/python benchmarks/market_load.py trades --minutes 10 --rounds 1
     .venv/bin/python benchmarks/market_load.py burst --seconds 60 --rounds 1
+    .venv/bin/python benchmarks/market_load.py day --seconds 2600 --daemon-only
 """
 from __future__ import annotations
 
@@ -72,6 +76,7 @@ SCENARIOS = {
     "whole-market": Load("A", 11_000, 11_000, 20, real_time=True),
     "trades": Load("T", 20_000, 5_000, 100, real_time=True),
     "burst": Load("A", 250_000, 11_000, 200, real_time=False),
+    "day": Load("A", 99_000, 11_000, 200, real_time=False),
 }
 
 
