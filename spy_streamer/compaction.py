@@ -325,20 +325,23 @@ def _quoted(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-_SOURCE = "read_parquet($files, union_by_name = true, filename = true, file_row_number = true)"
+_INPUTS = "read_parquet($files, union_by_name = true, filename = true, file_row_number = true)"
+_INPUTS_READ_ORDER = "filename, file_row_number"
+_BUCKET = "spill_bucket"  # a bucket's spill file, registered as a view while it is sorted
 
 
-def _query(schema: pa.Schema, keys: CompactionKeys) -> str:
-    """Sorted by key, each key's rows in arrival order (then by file name and position in the file)."""
+def _query(schema: pa.Schema, keys: CompactionKeys, source: str, read_order: str) -> str:
+    """Sorted by key, each key's rows in arrival order (then in the order they were read: by file name
+    and position in the file)."""
     columns = ", ".join(_quoted(name) for name in schema.names)
-    arrival = f"{_quoted(keys.arrival)} NULLS LAST, filename, file_row_number"
+    arrival = f"{_quoted(keys.arrival)} NULLS LAST, {read_order}"
     if keys.sorted_by_key:
         order = ", ".join(_quoted(column) for column in keys.order)
-        return f"SELECT {columns} FROM {_SOURCE} ORDER BY {order}, {arrival}"
+        return f"SELECT {columns} FROM {source} ORDER BY {order}, {arrival}"
     # The sort does not bring a key's rows together: a window picks each key's first (slower, also spills).
     partition = ", ".join(_quoted(column) for column in keys.dedup_key)
     order = ", ".join(_quoted(column) for column in keys.sort_key)
-    return (f"SELECT {columns} FROM {_SOURCE} QUALIFY row_number() OVER (PARTITION BY {partition} "
+    return (f"SELECT {columns} FROM {source} QUALIFY row_number() OVER (PARTITION BY {partition} "
             f"ORDER BY {arrival}) = 1 ORDER BY {order}")
 
 
@@ -383,27 +386,32 @@ def _read_or_raise(path: Path, read: Callable):
 
 
 def _partition(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, plan: dict, spill: Path) -> list[Path]:
-    """Copy the day's rows into one hidden Parquet file per bucket of `plan`, a row group of an input at a
-    time, keeping the order they were read in (inputs by name, rows in file order): within a bucket file
-    the row number then breaks ties of arrival as the file name and row number did. The bucket files, in
-    bucket order. Memory: one input row group."""
+    """Copy the day's rows into one spill file per bucket of `plan` (an Arrow IPC stream, zstd), a row
+    group of an input at a time, each row with its place in the reading order (inputs by name, rows in
+    file order) in a column `_READ_ORDER`, which breaks ties of arrival as the file name and row number
+    do. The bucket files, in bucket order. Memory: one input row group (a stream writer, unlike a Parquet
+    writer, keeps nothing per batch written: 12 KB a row group, which grew with the day)."""
     column = keys.sort_key[0]
     buckets = max(plan.values()) + 1
-    paths = [spill / f"bucket-{index:05d}" for index in range(buckets)]  # (no .parquet: no glob takes them)
-    writers: dict[int, pq.ParquetWriter] = {}
+    paths = [spill / f"bucket-{index:05d}.arrows" for index in range(buckets)]
+    spilled = schema.append(pa.field(_READ_ORDER, pa.int64()))
+    options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", 1))
+    writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+    read = 0
     try:
         for path, parquet_file in _each_input(inputs):
             for group in range(parquet_file.num_row_groups):
                 table = _conformed(_read_or_raise(path, lambda: parquet_file.read_row_group(group, use_threads=False)),
                                    schema)
+                table = table.append_column(_READ_ORDER, pa.array(np.arange(read, read + table.num_rows)))
+                read += table.num_rows
                 of_row = _bucket_of_each_row(table.column(column), plan)
                 counts = np.bincount(of_row, minlength=buckets)
-                table = table.take(np.argsort(of_row, kind="stable"))  # stable: read order kept in each bucket
+                table = table.take(np.argsort(of_row, kind="stable"))
                 offset = 0
                 for bucket in np.flatnonzero(counts).tolist():
                     if bucket not in writers:
-                        writers[bucket] = pq.ParquetWriter(paths[bucket], schema, compression="zstd",
-                                                           compression_level=1)
+                        writers[bucket] = pa.ipc.new_stream(paths[bucket], spilled, options=options)
                     writers[bucket].write_table(table.slice(offset, int(counts[bucket])))
                     offset += int(counts[bucket])
     finally:
@@ -446,24 +454,40 @@ def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, pl
                         f"SET temp_directory = '{spill / 'duckdb'}'", "SET enable_progress_bar = false",
                         "SET preserve_insertion_order = false"):
             connection.execute(setting)
-        sources = [inputs] if plan is None else [[path] for path in _partition(inputs, schema, keys, plan, spill)]
-        yield _cast(_each_bucket(connection, sources, schema, keys, duckdb.Error), schema)
+        if plan is None:  # one piece: DuckDB reads the inputs themselves
+            sorted_rows = _sorted(connection, _query(schema, keys, _INPUTS, _INPUTS_READ_ORDER),
+                                  {"files": [str(path) for path in inputs]}, duckdb.Error)
+        else:
+            sorted_rows = _each_bucket(connection, _partition(inputs, schema, keys, plan, spill), schema, keys,
+                                       duckdb.Error)
+        yield _cast(sorted_rows, schema)
     finally:
         connection.close()
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _each_bucket(connection, sources: list[list[Path]], schema: pa.Schema, keys: CompactionKeys,
+def _each_bucket(connection, buckets: list[Path], schema: pa.Schema, keys: CompactionKeys,
                  engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
-    query = _query(schema, keys)
-    for files in sources:
-        try:
-            relation = connection.sql(query, params={"files": [str(path) for path in files]})
-            # duckdb >= 1.4 names it to_arrow_reader (fetch_arrow_reader, deprecated there, before)
-            reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(BATCH_ROWS)
-        except engine_error as exc:
-            raise CompactionError(f"cannot merge the day's files: {exc}") from None
-        yield from _read_or_fail(reader, engine_error)
+    """Each bucket's rows sorted, bucket after bucket; a bucket's file goes once sorted (less disk)."""
+    query = _query(schema, keys, _BUCKET, _quoted(_READ_ORDER))
+    for path in buckets:
+        with pa.OSFile(str(path)) as handle:
+            connection.register(_BUCKET, pa.ipc.open_stream(handle))
+            try:
+                yield from _sorted(connection, query, {}, engine_error)
+            finally:
+                connection.unregister(_BUCKET)
+        path.unlink()
+
+
+def _sorted(connection, query: str, params: dict, engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
+    try:
+        relation = connection.sql(query, params=params or None)
+        # duckdb >= 1.4 names it to_arrow_reader (fetch_arrow_reader, deprecated there, before)
+        reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(BATCH_ROWS)
+    except engine_error as exc:
+        raise CompactionError(f"cannot merge the day's files: {exc}") from None
+    yield from _read_or_fail(reader, engine_error)
 
 
 def _read_or_fail(reader: pa.RecordBatchReader, engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:

@@ -542,7 +542,7 @@ def test_a_killed_bucketed_run_leaves_spill_files_the_next_run_replaces(sink, da
     random_day(sink, "A")
     spill = folder_of(data_dir) / SPILL_FOLDER
     spill.mkdir()
-    (spill / "bucket-00000").write_bytes(b"half a bucket")  # as a SIGKILL during the split leaves it
+    (spill / "bucket-00000.arrows").write_bytes(b"half a bucket")  # as a SIGKILL during the split leaves it
     before = [name for name in names(data_dir) if name != SPILL_FOLDER]
 
     result = compact_day(data_dir, DAY, bucket_rows=25)
