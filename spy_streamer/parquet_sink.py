@@ -20,6 +20,18 @@ from .durable_files import fsync_directory
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
+# Columns of few distinct values, dictionary-encoded in a flush's file. Encoding every column (pyarrow's
+# default) hashes each price and id: a flush cost 0.21 us a row of `A` and 0.33 of `T` that way, 0.18 and
+# 0.21 like this (statistics skipped for floats too). The price: an `A` file holds about 30 bytes a row
+# rather than 18 (a trade, 32 either way), until the day's compaction rewrites it with zstd.
+DICTIONARY_COLUMNS = ("symbol", "source", "session")
+
+
+def flush_write_options(schema: pa.Schema) -> dict:
+    """pq.write_table options for a flush: dictionaries for DICTIONARY_COLUMNS only, statistics (min/max
+    for a reader's row-group pruning) for every column but floating-point ones."""
+    return {"use_dictionary": [name for name in schema.names if name in DICTIONARY_COLUMNS],
+            "write_statistics": [field.name for field in schema if not pa.types.is_floating(field.type)]}
 
 
 def write_table_atomically(table: pa.Table, final: Path, verify: Callable[[Path], None] | None = None,
@@ -80,7 +92,7 @@ class ParquetSink:
         self._sequence += 1
         name = f"part-{stamp_ns}-{os.getpid()}-{self._sequence:06d}.parquet"
         final = folder / name
-        write_table_atomically(table, final)
+        write_table_atomically(table, final, **flush_write_options(table.schema))
         try:
             fsync_directory(folder)
         except OSError as exc:

@@ -864,3 +864,35 @@ def test_a_gap_begins_after_the_latest_row_whether_flushed_pending_or_stored_bef
 def compact_frame(events) -> str:
     """A frame as Polygon sends it (no spaces): the fast path's input."""
     return json.dumps(list(events), separators=(",", ":"))
+
+
+def test_keys_in_any_order_parse_alike_on_the_fast_path(rig, data_dir):
+    """The fast path orders the JSON reader's fields as the first frame of a batch sends them (a faster
+    parse): frames sending the keys in another order, in the same batch or the next, give the same rows."""
+    opens = ms(ny(2025, 6, 10, 9, 30))
+    bars = [agg_event(opens + second * 1000, "SPY", price=500 + second) for second in range(6)]
+    shuffled = [dict(reversed(list(bar.items()))) for bar in bars]
+    rig.writer.accept_items([(0, compact_frame(bars[:2])), (0, compact_frame(shuffled[2:4]))])
+    rig.writer.accept_items([(0, compact_frame(shuffled[4:5])), (0, compact_frame(bars[5:]))])
+    assert rig.writer.flush() and not rig.stats.rejected_reasons
+    fast = [{key: value for key, value in row.items() if key != "received_at"} for row in stored(data_dir)]
+    other = Rig(data_dir.parent / "slow")
+    other.send(bars)   # spaced JSON: the per-event path
+    assert other.writer.flush()
+    assert fast == [{key: value for key, value in row.items() if key != "received_at"}
+                    for row in stored(data_dir.parent / "slow")]
+
+
+def test_a_flush_dictionary_encodes_only_the_few_valued_columns_and_every_reader_opens_it(rig, data_dir):
+    """Dictionaries for symbol and source only, min/max for all but the floats: cheaper to write, still
+    read by pyarrow and DuckDB (compaction) alike, with the statistics a reader prunes by."""
+    import duckdb
+    rig.send(session_timeline(ms(ny(2025, 6, 10, 9, 30)), 50))
+    assert rig.writer.flush()
+    [path] = parquet_files(data_dir)
+    row_group = pq.ParquetFile(path).metadata.row_group(0)
+    columns = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
+    assert {name for name, column in columns.items() if "RLE_DICTIONARY" in column.encodings} == {"symbol", "source"}
+    assert columns["symbol"].is_stats_set and columns["start"].is_stats_set and not columns["open"].is_stats_set
+    assert duckdb.sql(f"SELECT count(*), min(start) FROM read_parquet('{path}')").fetchall() == \
+        [(50, pq.read_table(path).column("start")[0].as_py())]

@@ -84,16 +84,27 @@ def _fast_or_slower(channels: Mapping[str, Channel], channel: Channel, frames: F
 
 # --- fast path: frames of one channel -> one table ---
 
-_STRUCTS: dict[str, pa.ParseOptions] = {}
+# The reader's struct lists the event's keys in the order the server sends them (learnt from a frame):
+# the JSON reader then finds each key's field at the next place instead of by hashing its name (10% of the
+# parse). Any other order parses alike, only slower. Options for at most _ORDERS_KEPT orders are kept.
+_STRUCTS: dict[tuple[str, tuple[str, ...]], pa_json.ParseOptions] = {}
+_ORDERS_KEPT = 64
+_KEY = re.compile(r'"([^"\\]{1,32})"\s*:')
 
 
-def _parse_options(channel: Channel) -> pa_json.ParseOptions:
-    options = _STRUCTS.get(channel.name)
+def _parse_options(channel: Channel, sample: str = "") -> pa_json.ParseOptions:
+    """The JSON reader's options for frames of `channel`, its keys ordered as in `sample` (a frame)."""
+    columns = {**channel.ws_required, **channel.ws_optional}
+    known = {"ev": pa.string(), **{key: _json_type(channel, column) for column, key in columns.items()}}
+    first_event_ends = max(0, min(sample.find("}"), 2000))
+    sent = tuple(dict.fromkeys(key for key in _KEY.findall(sample, 0, first_event_ends) if key in known))
+    options = _STRUCTS.get((channel.name, sent))
     if options is None:
-        columns = {**channel.ws_required, **channel.ws_optional}
-        struct = pa.struct([("ev", pa.string())] + [(key, _json_type(channel, column)) for column, key in columns.items()])
-        options = _STRUCTS[channel.name] = pa_json.ParseOptions(
-            explicit_schema=pa.schema([("f", pa.list_(struct))]), unexpected_field_behavior="ignore")
+        order = [*sent, *(key for key in known if key not in sent)]
+        options = pa_json.ParseOptions(explicit_schema=pa.schema([("f", pa.list_(pa.struct(
+            [(key, known[key]) for key in order])))]), unexpected_field_behavior="ignore")
+        if len(_STRUCTS) < _ORDERS_KEPT:
+            _STRUCTS[(channel.name, sent)] = options
     return options
 
 
@@ -111,7 +122,8 @@ def _parse_fast(channel: Channel, frames: Frames) -> tuple[pa.Table, Counter]:
     lines = "\n".join(['{"f":' + text + "}" for text in texts]).encode("utf-8")
     block = max(_BLOCK_BYTES, 2 * max(map(len, texts)) + 16)  # a line may not straddle two blocks
     read_options = pa_json.ReadOptions(block_size=block, use_threads=len(lines) > block)
-    parsed = pa_json.read_json(pa.py_buffer(lines), read_options=read_options, parse_options=_parse_options(channel))
+    parsed = pa_json.read_json(pa.py_buffer(lines), read_options=read_options,
+                               parse_options=_parse_options(channel, texts[0]))
     if parsed.num_rows != len(texts):
         raise ValueError("frame count changed in parsing")
     lists = parsed.column("f").combine_chunks()
