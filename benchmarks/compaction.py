@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compaction benchmark: peak RSS and time to compact a synthetic multi-million-row day.
 
-Writes a day of `A` micro-batches with the real ParquetSink into a temporary folder (every tenth file
+Writes a day of `A` (or `T`) micro-batches with the real ParquetSink into a temporary folder (every tenth file
 repeats the rows of the one before, received later, so the merge drops repeats), then runs
 `compaction.compact_day` (its child process sorts with DuckDB under a memory limit) and, for comparison,
 the old in-memory merge (read every file, sort, keep the first of each key: what `compact_day` did
@@ -10,7 +10,7 @@ own VmHWM. Also the child's CPU seconds and the peak disk the compaction used be
 (its spill folder and the hidden day file being written), sampled every half second.
 Figures on a shared machine are noisy; the RSS figures much less than the times.
 
-    nice -n 19 .venv/bin/python benchmarks/compaction.py [--rows 5000000] [--symbols 11000] [--files 600]
+    nice -n 19 .venv/bin/python benchmarks/compaction.py [--channel A|T] [--rows 5000000] [--symbols 11000] [--files 600]
         [--in-memory-rows 1000000] [--memory-limit 256MB] [--threads 2] [--bucket-rows 5000000]
         [--dir DIR] [--json out.json]
 
@@ -47,15 +47,19 @@ OPEN_MS = 1_749_562_200_000  # 09:30 New York that day
 PRICE_COLUMNS = ("open", "high", "low", "close", "vwap", "day_vwap", "average_size", "official_open")
 
 
-def generate_day(data_dir: Path, rows: int, symbols: int, files: int) -> None:
-    """`files` micro-batches of rows // files bars, one bar per symbol per second in time order."""
+def generate_day(data_dir: Path, rows: int, symbols: int, files: int, channel: str = "A") -> None:
+    """`files` micro-batches of rows // files rows in time order: `A` one bar per symbol per second, `T`
+    one trade per symbol per millisecond (its own key and sort, compacted through a window)."""
     sink, rng, per_file = ParquetSink(data_dir), np.random.default_rng(0), rows // files
     names = np.array([f"S{i:05d}" for i in range(symbols)], dtype=object)
     for index in range(files):
         first = (index - 1 if index % 10 == 9 else index) * per_file  # every tenth: the file before again,
         positions = np.arange(first, first + per_file)                 # received later (repeats to drop)
-        start = OPEN_MS + (positions // symbols) * 1000
-        sink.write("A", DAY, _bars(names[positions % symbols], start, rng, index), 10**18 + index)
+        if channel == "T":
+            table = _trades(names[positions % symbols], positions, OPEN_MS + positions // symbols, rng, index)
+        else:
+            table = _bars(names[positions % symbols], OPEN_MS + (positions // symbols) * 1000, rng, index)
+        sink.write(channel, DAY, table, 10**18 + index)
 
 
 def _bars(symbol: np.ndarray, start: np.ndarray, rng: np.random.Generator, index: int) -> pa.Table:
@@ -68,6 +72,27 @@ def _bars(symbol: np.ndarray, start: np.ndarray, rng: np.random.Generator, index
                "received_at": pa.array((start + 2000) * 1000 + index).cast(pa.timestamp("us", "UTC")),
                "source": pa.array(np.full(len(start), "ws", dtype=object), pa.string())}
     return pa.table(columns, schema=SCHEMA)
+
+
+def _trades(symbol: np.ndarray, positions: np.ndarray, ms: np.ndarray, rng: np.random.Generator,
+            index: int) -> pa.Table:
+    from spy_streamer.channels.trades import SCHEMA as TRADES
+    rows, ns = len(positions), pa.timestamp("ns", "UTC")
+    off_exchange = positions % 3 == 0  # a third reported through a TRF
+    conditions = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * rows + 1, 2, dtype=np.int32)),
+                                          pa.array(np.tile([12, 37], rows)))
+    columns = {"symbol": pa.array(symbol, pa.string()), "sip_timestamp": pa.array(ms * 10**6).cast(ns),
+               "participant_timestamp": pa.nulls(rows, ns),
+               "trf_timestamp": pa.array(ms * 10**6, mask=~off_exchange).cast(ns),
+               "exchange": pa.array(np.where(off_exchange, 4, 1 + positions % 16)),
+               "trade_id": pa.array(positions).cast(pa.string()),
+               "trf_id": pa.array(np.full(rows, 201), mask=~off_exchange), "tape": pa.array(1 + positions % 3),
+               "price": pa.array(100 + rng.random(rows)), "size": pa.array(rng.integers(1, 500, rows).astype(float)),
+               "conditions": conditions, "correction": pa.nulls(rows, pa.int64()),
+               "sequence_number": pa.array(positions),
+               "received_at": pa.array((ms + 2000) * 1000 + index).cast(pa.timestamp("us", "UTC")),
+               "source": pa.array(np.full(rows, "ws", dtype=object), pa.string())}
+    return pa.table(columns, schema=TRADES)
 
 
 IN_MEMORY = """
@@ -125,24 +150,25 @@ def _children_cpu_seconds() -> float:
 
 
 def run(rows: int, symbols: int, files: int, in_memory_rows: int, memory_limit: str, threads: int,
-        bucket_rows: int, workdir: Path) -> dict:
-    figures: dict = {"rows_generated": rows, "symbols": symbols, "files": files, "memory_limit": memory_limit,
-                     "threads": threads, "bucket_rows": bucket_rows}
-    if in_memory_rows:
+        bucket_rows: int, workdir: Path, channel: str = "A") -> dict:
+    figures: dict = {"channel": channel, "rows_generated": rows, "symbols": symbols, "files": files,
+                     "memory_limit": memory_limit, "threads": threads, "bucket_rows": bucket_rows}
+    if in_memory_rows and channel == "A":  # (the old merge knew bars only)
         small = workdir / "in-memory"
         generate_day(small, in_memory_rows, symbols, files)
         figures["in_memory"] = {"rows_generated": in_memory_rows,
                                 **in_memory_merge(ParquetSink(small).partition_dir("A", DAY))}
     data_dir = workdir / "day"
     started = time.monotonic()
-    generate_day(data_dir, rows, symbols, files)
+    generate_day(data_dir, rows, symbols, files, channel)
     figures["generate_seconds"] = time.monotonic() - started
-    folder = ParquetSink(data_dir).partition_dir("A", DAY)
+    folder = ParquetSink(data_dir).partition_dir(channel, DAY)
     figures["input_bytes"] = sum(path.stat().st_size for path in folder.glob("*.parquet"))
     before, cpu_before, disk = peak_rss_bytes(), _children_cpu_seconds(), DiskSampler(folder)
     disk.start()
     try:
-        result = compact_day(data_dir, DAY, memory_limit=memory_limit, threads=threads, bucket_rows=bucket_rows)
+        result = compact_day(data_dir, DAY, channel, memory_limit=memory_limit, threads=threads,
+                             bucket_rows=bucket_rows)
     finally:
         disk.stop()
     figures["bounded"] = {"rows_read": result.rows_read, "rows": result.rows, "bytes": result.bytes,
@@ -159,7 +185,7 @@ def mb(value: float) -> str:
 
 def print_figures(f: dict) -> None:
     b = f["bounded"]
-    print(f"synthetic day: {f['rows_generated']:,} rows, {f['symbols']:,} symbols, {f['files']} micro-batches "
+    print(f"synthetic `{f['channel']}` day: {f['rows_generated']:,} rows, {f['symbols']:,} symbols, {f['files']} micro-batches "
           f"({mb(f['input_bytes'])} on disk, generated in {f['generate_seconds']:.0f} s)")
     print(f"{'':44}{'rows out':>12}{'seconds':>9}{'CPU s':>8}{'peak RSS':>10}{'RSS/M rows':>12}")
     if "in_memory" in f:
@@ -178,6 +204,8 @@ def print_figures(f: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channel", choices=("A", "T"), default="A",
+                        help="A: second bars; T: trades (deduplicated through a window: Q's path too)")
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--symbols", type=int, default=11_000)
     parser.add_argument("--files", type=int, default=600)
@@ -191,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as temp:
         figures = run(args.rows, args.symbols, args.files, args.in_memory_rows, args.memory_limit, args.threads,
-                      args.bucket_rows, Path(temp))
+                      args.bucket_rows, Path(temp), args.channel)
     print_figures(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -295,7 +295,9 @@ def merge_files(inputs: list[Path], temp: Path, spill: Path, keys: CompactionKey
     plan = _bucket_plan(inputs, keys, rows_read, bucket_rows)
     with _sorted_rows(inputs, schema, keys, plan, spill, memory_limit, threads) as batches:
         rows = _write_sorted(_first_of_each_key(batches, keys), schema, temp)
-    verify_compacted(temp, rows, keys)
+    # Split into buckets, the day could lose a bucket unseen by the checks of order and count: every value
+    # of the first sort column (every symbol) the inputs have must be in the day file, and no other.
+    verify_compacted(temp, rows, keys, None if plan is None else {value for value in plan if value is not None})
     return {"rows_read": rows_read, "rows": rows}
 
 
@@ -551,10 +553,12 @@ def _write_sorted(batches: Iterable[pa.RecordBatch], schema: pa.Schema, temp: Pa
     return rows
 
 
-def verify_compacted(path: Path, expected_rows: int, keys: CompactionKeys = AGGREGATE_KEYS) -> None:
-    """Read the whole file back a batch at a time (every page must decode), check its row count and that
-    it is in key order with one row per key; CompactionError if not."""
-    rows, previous = 0, None
+def verify_compacted(path: Path, expected_rows: int, keys: CompactionKeys = AGGREGATE_KEYS,
+                     first_values: set | None = None) -> None:
+    """Read the whole file back a batch at a time (every page must decode), check its row count, that it
+    is in key order with one row per key and, given `first_values`, that the non-null values of the first
+    sort column (the symbols) are those; CompactionError if not."""
+    rows, previous, seen = 0, None, set()
     try:
         with pq.ParquetFile(path) as parquet_file:
             for index in range(parquet_file.num_row_groups):  # (iter_batches holds on to far more memory)
@@ -562,12 +566,19 @@ def verify_compacted(path: Path, expected_rows: int, keys: CompactionKeys = AGGR
                     if batch.num_rows == 0:
                         continue
                     _check_order(batch, previous, keys, rows)
+                    if first_values is not None:
+                        seen.update(pc.unique(batch.column(keys.sort_key[0])).to_pylist())
                     rows += batch.num_rows
                     previous = batch.slice(batch.num_rows - 1)
     except (pa.ArrowException, OSError) as exc:
         raise CompactionError(f"the new day file does not read back: {exc}") from None
     if rows != expected_rows:
         raise CompactionError(f"the new day file reads back {rows} rows, expected {expected_rows}")
+    seen.discard(None)
+    if first_values is not None and seen != first_values:
+        missing, extra = sorted(first_values - seen), sorted(seen - first_values)
+        raise CompactionError(f"the new day file has not the inputs' {keys.sort_key[0]} values: "
+                              f"{len(missing)} missing {missing[:3]}, {len(extra)} not in the inputs {extra[:3]}")
 
 
 def _check_order(batch: pa.RecordBatch, previous: pa.RecordBatch | None, keys: CompactionKeys, offset: int) -> None:

@@ -548,3 +548,12 @@ def test_a_killed_bucketed_run_leaves_spill_files_the_next_run_replaces(sink, da
     result = compact_day(data_dir, DAY, bucket_rows=25)
 
     assert (result.files, result.rows_read) == (len(before), 240) and names(data_dir) == [day_file_name(DAY)]
+
+
+def test_a_bucket_lost_on_the_way_fails_the_verification(sink, tmp_path, monkeypatch):
+    """Order and row count alone would pass a day file missing a whole range of symbols."""
+    inputs, partition = random_day(sink, "A"), compaction._partition
+    monkeypatch.setattr(compaction, "_partition", lambda *args: partition(*args)[1:])
+
+    with pytest.raises(CompactionError, match=r"symbol values: 1 missing \['AAPL'\], 0 not in the inputs"):
+        merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill", bucket_rows=25)
