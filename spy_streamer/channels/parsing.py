@@ -89,13 +89,17 @@ def _fast_or_slower(channels: Mapping[str, Channel], channel: Channel, frames: F
 # parse). Any other order parses alike, only slower. Options for at most _ORDERS_KEPT orders are kept.
 _STRUCTS: dict[tuple[str, tuple[str, ...]], pa_json.ParseOptions] = {}
 _ORDERS_KEPT = 64
+_FIELDS: dict[str, dict[str, pa.DataType]] = {}   # per channel: its events' keys and their JSON types
 _KEY = re.compile(r'"([^"\\]{1,32})"\s*:')
 
 
 def _parse_options(channel: Channel, sample: str = "") -> pa_json.ParseOptions:
     """The JSON reader's options for frames of `channel`, its keys ordered as in `sample` (a frame)."""
-    columns = {**channel.ws_required, **channel.ws_optional}
-    known = {"ev": pa.string(), **{key: _json_type(channel, column) for column, key in columns.items()}}
+    known = _FIELDS.get(channel.name)
+    if known is None:
+        columns = {**channel.ws_required, **channel.ws_optional}
+        known = _FIELDS[channel.name] = {"ev": pa.string(), **{key: _json_type(channel, column)
+                                                               for column, key in columns.items()}}
     first_event_ends = max(0, min(sample.find("}"), 2000))
     sent = tuple(dict.fromkeys(key for key in _KEY.findall(sample, 0, first_event_ends) if key in known))
     options = _STRUCTS.get((channel.name, sent))
@@ -152,11 +156,11 @@ def _events_to_table(channel: Channel, events: pa.StructArray, received_us: pa.A
 def to_schema(channel: Channel, table: pa.Table, source: str, scale: Mapping[str, int]) -> pa.Table:
     """Columns of `table` in `channel.schema` order and types; absent columns as nulls, scaled ints
     multiplied (an overflow raises, so the fast path hands the batch to the checked per-event path)."""
-    arrays = []
+    arrays, present = [], set(table.column_names)
     for field in channel.schema:
         if field.name == "source":
             arrays.append(pa.repeat(pa.scalar(source, pa.string()), table.num_rows))
-        elif field.name not in table.column_names:
+        elif field.name not in present:
             arrays.append(pa.nulls(table.num_rows, field.type))
         else:
             column = table.column(field.name)
