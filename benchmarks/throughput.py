@@ -9,8 +9,10 @@ falls on each alike):
 Each is a separate process timed from the moment the fake starts sending; each peak RSS is that process's
 own VmHWM. Reported: min/median/max over the rounds of each rate and each ratio, and the daemon's drops.
 Then: CPU while the market is closed, and RSS across a replayed full session (23,400 bars) and ten times that.
+`--compare-with DIR` adds a fourth measure to each round: the daemon of another checkout (e.g. a `git
+worktree` of an older commit), so a change is judged against its predecessor in the same rounds.
 
-    .venv/bin/python benchmarks/throughput.py [--events 300000] [--rounds 5] [--json out.json]
+    .venv/bin/python benchmarks/throughput.py [--events 300000] [--rounds 5] [--compare-with DIR] [--json out.json]
 """
 from __future__ import annotations
 
@@ -102,11 +104,19 @@ def start_daemon(workdir: Path, fake: FakePolygon, **sections) -> tuple[Daemon, 
     return daemon, document
 
 
-def whole_daemon(fake: FakePolygon, events: int, workdir: Path) -> dict:
-    daemon, document = start_daemon(
-        workdir, fake, polygon={"subscriptions": ["A.*"]},
-        streaming={"market_hours": ALL_DAY, "batching": {"write_interval_seconds": BENCH_WRITE_INTERVAL},
-                   "monitoring": {"heartbeat_interval_seconds": 300}})
+def whole_daemon(fake: FakePolygon, events: int, workdir: Path, code: Path | None = None) -> dict:
+    """`code`: a checkout whose spy_streamer the daemon runs (on PYTHONPATH) instead of this one."""
+    saved = os.environ.get("PYTHONPATH")
+    if code is not None:
+        os.environ["PYTHONPATH"] = str(code)
+    try:
+        daemon, document = start_daemon(
+            workdir, fake, polygon={"subscriptions": ["A.*"]},
+            streaming={"market_hours": ALL_DAY, "batching": {"write_interval_seconds": BENCH_WRITE_INTERVAL},
+                       "monitoring": {"heartbeat_interval_seconds": 300}})
+    finally:
+        if code is not None:
+            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
     try:
         assert fake.wait_for_subscribers(1, timeout=30), "daemon did not subscribe"
         process = psutil.Process(daemon.process.pid)
@@ -169,20 +179,28 @@ def replayed_day_rss(fake: FakePolygon, workdir: Path, sessions: int = 11) -> di
 
 
 MEASURES = ("bare_parsed", "bare_raw", "daemon")
+COMPARED = "daemon_compared"   # --compare-with: the other checkout's daemon
 
 
-def one_round(events: int, index: int) -> dict:
-    """The three measures once, in an order rotated by round."""
-    order = MEASURES[index % 3:] + MEASURES[:index % 3]
+def one_round(events: int, index: int, compare_with: Path | None = None) -> dict:
+    """Each measure once, in an order rotated by round."""
+    measures = MEASURES + ((COMPARED,) if compare_with else ())
+    order = measures[index % len(measures):] + measures[:index % len(measures)]
     figures = {}
     with tempfile.TemporaryDirectory() as temp:
         for measure in order:
             with FakePolygon(api_key=TEST_API_KEY) as fake:
-                figures[measure] = whole_daemon(fake, events, Path(temp)) if measure == "daemon" \
-                    else bare_client(fake, events, raw=measure == "bare_raw")
-    return {**figures, "order": list(order),
-            "ratio_vs_parsed": figures["daemon"]["events_per_second"] / figures["bare_parsed"]["events_per_second"],
-            "ratio_vs_raw": figures["daemon"]["events_per_second"] / figures["bare_raw"]["events_per_second"]}
+                if measure.startswith("daemon"):
+                    workdir = Path(temp) / measure
+                    workdir.mkdir()
+                    figures[measure] = whole_daemon(fake, events, workdir, compare_with if measure == COMPARED else None)
+                else:
+                    figures[measure] = bare_client(fake, events, raw=measure == "bare_raw")
+    ratios = {f"ratio_vs_{bare}": figures["daemon"]["events_per_second"] / figures[f"bare_{bare}"]["events_per_second"]
+              for bare in ("parsed", "raw")}
+    if compare_with:
+        ratios["ratio_vs_compared"] = figures["daemon"]["events_per_second"] / figures[COMPARED]["events_per_second"]
+    return {**figures, "order": list(order), **ratios}
 
 
 def spread(runs: list[dict], *keys: str) -> dict:
@@ -211,29 +229,36 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--skip-idle-and-day", action="store_true", help="only the interleaved rounds")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR",
+                        help="also run the daemon of this checkout (its spy_streamer on PYTHONPATH) in each round")
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error("--rounds must be at least 3: one round on a shared machine says little")
     os.environ.setdefault("PYTHONHASHSEED", "0")
 
+    measures = MEASURES + ((COMPARED,) if args.compare_with else ())
     runs = []
     for index in range(args.rounds):
-        run = one_round(args.events, index)
+        run = one_round(args.events, index, args.compare_with)
         runs.append(run)
+        compared = "" if not args.compare_with else (
+            f", compared daemon {run[COMPARED]['events_per_second']:,.0f} ev/s (missing "
+            f"{run[COMPARED]['missing_rows']:,}), ratio/compared {run['ratio_vs_compared']:.2f}")
         print(f"round {index + 1} ({', '.join(run['order'])}): bare(parsed) "
               f"{run['bare_parsed']['events_per_second']:,.0f} ev/s, bare(raw) {run['bare_raw']['events_per_second']:,.0f}"
               f" ev/s, daemon {run['daemon']['events_per_second']:,.0f} ev/s (missing {run['daemon']['missing_rows']:,},"
               f" dropped frames {run['daemon']['dropped_frames']}), ratio/parsed {run['ratio_vs_parsed']:.2f}, "
-              f"ratio/raw {run['ratio_vs_raw']:.2f}", flush=True)
+              f"ratio/raw {run['ratio_vs_raw']:.2f}{compared}", flush=True)
     summary = {
         "events": args.events, "rounds": args.rounds, "frame_events": FRAME_EVENTS,
         "symbols": len(symbols_for(args.events)), "bench_write_interval_seconds": BENCH_WRITE_INTERVAL,
-        **{f"{measure}_{figure}": spread(runs, measure, figure) for measure in MEASURES
+        **{f"{measure}_{figure}": spread(runs, measure, figure) for measure in measures
            for figure in ("events_per_second", "cpu_seconds_per_100k", "peak_rss_bytes")},
-        "ratio_vs_parsed": spread(runs, "ratio_vs_parsed"), "ratio_vs_raw": spread(runs, "ratio_vs_raw"),
+        **{key: spread(runs, key) for key in ("ratio_vs_parsed", "ratio_vs_raw", "ratio_vs_compared") if key in runs[0]},
         "daemon_missing_rows": spread(runs, "daemon", "missing_rows"),
         "daemon_dropped_frames": spread(runs, "daemon", "dropped_frames"),
         "daemon_log_bytes": median_of(runs, "daemon", "log_bytes"),
+        "compared_with": str(args.compare_with) if args.compare_with else None,
         "runs_detail": runs,
     }
     if not args.skip_idle_and_day:
@@ -254,16 +279,24 @@ def print_table(s: dict) -> None:
           f"{s['rounds']} interleaved rounds, min / median / max (daemon write interval "
           f"{s['bench_write_interval_seconds']} s; a shared machine: noisy)")
     print(f"{'':34}{'events/s':>30}{'CPU s/100k':>12}{'peak RSS':>11}")
-    for label, key in (("bare client, no-op (parsed)", "bare_parsed"), ("bare client, no-op (raw)", "bare_raw"),
-                       ("whole daemon, to durable Parquet", "daemon")):
+    rows = [("bare client, no-op (parsed)", "bare_parsed"), ("bare client, no-op (raw)", "bare_raw"),
+            ("whole daemon, to durable Parquet", "daemon")]
+    if s.get("compared_with"):
+        rows.append(("compared daemon (--compare-with)", COMPARED))
+    for label, key in rows:
         rate = s[f"{key}_events_per_second"]
         print(f"{label:34}{rate['min']:>10,.0f}{rate['median']:>10,.0f}{rate['max']:>10,.0f}"
               f"{s[f'{key}_cpu_seconds_per_100k']['median']:>12.2f}{mb(s[f'{key}_peak_rss_bytes']['median']):>11}")
-    for label, key in (("ratio daemon / bare (parsed)", "ratio_vs_parsed"), ("ratio daemon / bare (raw)", "ratio_vs_raw")):
+    for label, key in (("ratio daemon / bare (parsed)", "ratio_vs_parsed"), ("ratio daemon / bare (raw)", "ratio_vs_raw"),
+                       ("ratio daemon / compared daemon", "ratio_vs_compared")):
+        if key not in s:
+            continue
         ratio = s[key]
         print(f"{label:34}{ratio['min']:>10.2f}{ratio['median']:>10.2f}{ratio['max']:>10.2f}")
     print(f"daemon rows missing (max over rounds): {s['daemon_missing_rows']['max']:,}; frames dropped: "
           f"{s['daemon_dropped_frames']['max']:,}; log bytes for a run: {s['daemon_log_bytes']:,.0f}")
+    if s.get("compared_with"):
+        print(f"compared daemon: the spy_streamer of {s['compared_with']}")
     if "closed_cpu_seconds_per_minute" in s:
         print(f"closed market: {s['closed_cpu_seconds_per_minute']:.4f} CPU s/min, "
               f"{s['closed_connections']} connections, {s['closed_log_lines']} log lines")

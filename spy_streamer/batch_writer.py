@@ -47,6 +47,7 @@ MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat u
 # that kept up would pay it per frame (550 frames/s of `A.*` saturated a core). So a batch waits up to this
 # long for more frames (never past the flush timer, never once END_OF_STREAM is in): a few parses a second.
 LINGER_SECONDS = 0.05
+FLUSH_POLL_SECONDS = 0.01   # while a flush is in flight, an idle writer looks this often whether it is done
 
 
 class Lane:
@@ -179,6 +180,8 @@ class BatchWriter:
         self._flush_failing = False
         self._skew = ClockSkewDetector()
         self._parsed_runs: deque | None = None   # run() parsed these runs of frames ahead, in order
+        self._in_flight: tuple[Future, list, int] | None = None   # a flush: (outcomes, [(lane, table)], REST pages)
+        self._pending_since = None               # when the oldest row not handed to a flush was accepted
         # REST pages (RestBars) accepted, and how many of them the last successful flush made durable: the
         # gap ledger records a gap as filled only once its pages are on disk (the backfill counts them alike).
         self.rest_pages_accepted = 0
@@ -189,16 +192,22 @@ class BatchWriter:
     def run(self) -> None:
         """Until END_OF_STREAM: accept items, flush whenever the interval elapses (even if idle).
 
-        A batch's frames are parsed on a `frame-parser` thread while this one applies the rules, dedup and
-        flushes to the batch before it (pyarrow's JSON reader runs off the GIL, so the two overlap). Batches
-        are still accepted one after another in queue order: the first received row of a key is kept."""
+        A batch's frames are parsed (and checked against the channel's rules) on a `frame-parser` thread
+        while this one dedups the batch before it (pyarrow's JSON reader runs off the GIL, so the two
+        overlap). Batches are still accepted one after another in queue order: the first received row of a
+        key is kept. Each interval's rows are written and fsynced on a `parquet-flush` thread while this
+        one goes on accepting (one flush at a time; its outcome is taken in before the next one starts, and
+        a failed one's rows go back to pending); the last flush, at END_OF_STREAM, is waited for."""
         self.start_day()
         next_flush = self.clock.monotonic() + self.interval_seconds
-        with ThreadPoolExecutor(1, thread_name_prefix="frame-parser") as parser:
+        with ThreadPoolExecutor(1, thread_name_prefix="frame-parser") as parser, \
+                ThreadPoolExecutor(1, thread_name_prefix="parquet-flush") as flusher:
             ahead = None   # (items, future of their parsed runs): the batch being parsed
             while True:
                 wait = max(0.0, next_flush - self.clock.monotonic())
-                items = self._next_items(wait if ahead is None else min(wait, LINGER_SECONDS), next_flush)
+                if ahead is not None or self._in_flight is not None:
+                    wait = min(wait, LINGER_SECONDS if self._in_flight is None else FLUSH_POLL_SECONDS)
+                items = self._next_items(wait, next_flush)
                 ended = END_OF_STREAM in items
                 items = [item for item in items if item is not END_OF_STREAM]
                 parsing = (items, parser.submit(self._parse_runs, items)) if items else None
@@ -207,12 +216,15 @@ class BatchWriter:
                 ahead = parsing
                 if ended:
                     break
-                if self.clock.monotonic() >= next_flush or self.stats.rows_pending >= MAX_PENDING_ROWS:
-                    self.flush()
+                if self._in_flight is not None and self._in_flight[0].done():
+                    self._finish_flush()
+                if self.clock.monotonic() >= next_flush or \
+                        self.stats.rows_pending - self._rows_in_flight() >= MAX_PENDING_ROWS:
+                    self._start_flush(flusher)
                     next_flush = self.clock.monotonic() + self.interval_seconds
             if ahead is not None:
                 self._accept_parsed(*ahead)
-        self.flush()
+        self.flush()   # takes in the flush in flight (the executor waited for it), then writes the rest
 
     def _next_items(self, timeout: float, flush_at: float = 0.0) -> list:
         """Wait up to `timeout` for one item, then gather more until the batch is full or LINGER_SECONDS
@@ -356,8 +368,10 @@ class BatchWriter:
         self.stats.clock_skew_seconds = self._skew.skew_seconds
 
     def _store(self, lane: Lane, table: pa.Table, source: str) -> None:
+        if not any(other.pending for other in self.lanes.values()):
+            self._pending_since = self.clock.now()   # the oldest row not handed to a flush yet
         if not self.stats.rows_pending:
-            self.stats.pending_since = self.clock.now()
+            self.stats.pending_since = self._pending_since
         lane.add_pending(table)
         self.stats.rows_pending += table.num_rows
         if source == "rest":
@@ -408,30 +422,80 @@ class BatchWriter:
     # --- flushing ---
 
     def flush(self) -> bool:
-        """Write each channel's pending rows as one file; on failure keep them for the next attempt."""
+        """Write each channel's pending rows as one file, now; on failure keep them for the next attempt.
+        A flush still in flight (run's) is waited for and taken in first."""
+        ok = self._finish_flush()
+        future, batch, rest_pages = self._hand_over()
+        if batch:
+            future.set_result(self._write_batch(batch, rest_pages))
+            self._in_flight = (future, batch, rest_pages)
+        return self._finish_flush() and ok
+
+    def _start_flush(self, flusher: ThreadPoolExecutor) -> None:
+        """Hand the pending rows to a flush on `flusher`, once the one before it is taken in."""
+        self._finish_flush()
+        _, batch, rest_pages = self._hand_over()
+        if batch:
+            self._in_flight = (flusher.submit(self._write_batch, batch, rest_pages), batch, rest_pages)
+
+    def _hand_over(self) -> tuple[Future, list, int]:
+        """Each lane's pending rows as one table (no longer pending: in flight until taken in)."""
         self._follow_early_close()
         rest_pages = self.rest_pages_accepted   # every row they brought is pending or already written
-        ok = True
+        batch = []
         for lane in self.lanes.values():
+            lane.fold_latest()
             if lane.pending:
-                ok = self._flush_lane(lane) and ok
+                batch.append((lane, pa.concat_tables(lane.pending, promote_options="default")))
+                lane.pending = []
+        if not batch:
+            self.rest_pages_durable = rest_pages
+        return Future(), batch, rest_pages
+
+    def _write_batch(self, batch: list, rest_pages: int) -> list:
+        """Write each (lane, table) of `batch` as a file of the day; None or the OSError, per table (on the
+        `parquet-flush` thread: it touches neither the stats nor the lanes)."""
+        outcomes = []
+        for lane, table in batch:
+            try:
+                self.sink.write(lane.channel.name, self._day, table, self.clock.time_ns())
+                outcomes.append(None)
+            except OSError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _rows_in_flight(self) -> int:
+        return 0 if self._in_flight is None else sum(table.num_rows for _, table in self._in_flight[1])
+
+    def _finish_flush(self) -> bool:
+        """Take in the flush in flight (waiting for it): count what was written, return what was not to
+        pending. False if a file could not be written."""
+        if self._in_flight is None:
+            return True
+        future, batch, rest_pages = self._in_flight
+        self._in_flight = None
+        try:
+            outcomes = future.result()
+        except BaseException:   # not a disk refusing (a bug): the rows stay pending for a salvage
+            for lane, table in batch:
+                lane.pending.insert(0, table)
+            raise
+        for (lane, table), failure in zip(batch, outcomes):
+            if failure is None:
+                self._flush_succeeded(table.num_rows)
+                self._count_channel_rows(lane.channel.name, table.num_rows)
+            else:
+                self._flush_failed(failure, table.num_rows)
+                lane.pending.insert(0, table)   # written at the next attempt, with what came since
+        ok = not any(outcomes)
         if ok:
             self.rest_pages_durable = rest_pages
+        if not any(lane.pending for lane in self.lanes.values()):
+            self.stats.rows_pending = 0
+            self.stats.pending_since = None
+        elif ok:
+            self.stats.pending_since = self._pending_since
         return ok
-
-    def _flush_lane(self, lane: Lane) -> bool:
-        lane.fold_latest()
-        table = pa.concat_tables(lane.pending, promote_options="default")
-        lane.pending = [table]
-        try:
-            self.sink.write(lane.channel.name, self._day, table, self.clock.time_ns())
-        except OSError as exc:
-            self._flush_failed(exc, table.num_rows)
-            return False
-        lane.pending = []
-        self._flush_succeeded(table.num_rows)
-        self._count_channel_rows(lane.channel.name, table.num_rows)
-        return True
 
     def _count_channel_rows(self, channel: str, rows: int) -> None:
         # A new dict rather than an update: the heartbeat thread may be serializing the old one.
@@ -454,9 +518,6 @@ class BatchWriter:
         self.stats.rows_written += rows
         self.stats.batches_written += 1
         self.stats.rows_pending -= rows
-        if not any(lane.pending for lane in self.lanes.values()):
-            self.stats.rows_pending = 0
-            self.stats.pending_since = None
         self.stats.last_flush_at = self.clock.now()
 
 

@@ -540,7 +540,9 @@ def test_the_flush_timer_fires_without_further_messages(data_dir):
         # Nothing else is sent: the file must appear because the interval elapsed, not because of a message.
         wait_until(lambda: parquet_files(data_dir), timeout=2.0, what="a Parquet file from the timer")
         assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
-        assert rig.stats.batches_written == 1
+        # Written on the parquet-flush thread: counted once the writer takes its outcome in, soon after.
+        wait_until(lambda: rig.stats.batches_written == 1, timeout=1.0, what="the flush counted")
+        assert rig.stats.rows_pending == 0 and rig.stats.pending_since is None
         assert thread.is_alive()
 
         # A second quiet period: another batch written on its own.
@@ -896,3 +898,33 @@ def test_a_flush_dictionary_encodes_only_the_few_valued_columns_and_every_reader
     assert columns["symbol"].is_stats_set and columns["start"].is_stats_set and not columns["open"].is_stats_set
     assert duckdb.sql(f"SELECT count(*), min(start) FROM read_parquet('{path}')").fetchall() == \
         [(50, pq.read_table(path).column("start")[0].as_py())]
+
+
+def test_run_flushes_in_the_background_and_loses_nothing_when_a_flush_fails_or_the_stream_ends(data_dir):
+    """run() writes each interval's rows on the parquet-flush thread while it goes on accepting frames: a
+    flush that fails gives its rows back (written with what came since, at the next attempt), one still
+    in flight at END_OF_STREAM is waited for, and every accepted row ends up in exactly one file."""
+    rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), interval_seconds=0.05)
+    real_write, calls, written = rig.sink.write, [], threading.Event()
+
+    def slow_then_failing_write(channel, day, table, stamp_ns):
+        calls.append(table.num_rows)
+        time.sleep(0.1)                      # a slow disk: frames keep coming meanwhile
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        written.set()
+        return real_write(channel, day, table, stamp_ns)
+
+    rig.sink.write = slow_then_failing_write
+    thread = start_writer(rig)
+    bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 40)
+    for bar in bars:
+        rig.frames.put((time.time_ns(), compact_frame([bar])))
+        time.sleep(0.01)
+    rig.frames.put(END_OF_STREAM)
+    thread.join(5)
+    assert not thread.is_alive() and written.is_set()
+    assert len(calls) >= 3 and rig.stats.write_errors == 1
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]          # each once, none lost
+    assert rig.stats.rows_written == 40 and rig.stats.rows_pending == 0 and rig.stats.pending_since is None
+    assert rig.stats.batches_written == len(parquet_files(data_dir)) == len(calls) - 1
