@@ -47,6 +47,9 @@ MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat u
 # that kept up would pay it per frame (550 frames/s of `A.*` saturated a core). So a batch waits up to this
 # long for more frames (never past the flush timer, never once END_OF_STREAM is in): a few parses a second.
 LINGER_SECONDS = 0.05
+# Batches parsed at once, on as many `frame-parser` threads: the parse (the JSON reader, off the GIL, and
+# the rules) is the pipeline's longest stage, and one thread's Python steps would leave the reader idle.
+PARSERS = 2
 FLUSH_POLL_SECONDS = 0.01   # while a flush is in flight, an idle writer looks this often whether it is done
 
 
@@ -193,27 +196,29 @@ class BatchWriter:
         """Until END_OF_STREAM: accept items, flush whenever the interval elapses (even if idle).
 
         A batch's frames are parsed (and checked against the channel's rules) on a `frame-parser` thread
-        while this one dedups the batch before it (pyarrow's JSON reader runs off the GIL, so the two
-        overlap). Batches are still accepted one after another in queue order: the first received row of a
+        (PARSERS of them, each on its own batch) while this one dedups the batches before it (pyarrow's JSON
+        reader runs off the GIL, so they overlap). Batches are still accepted one after another in queue order: the first received row of a
         key is kept. Each interval's rows are written and fsynced on a `parquet-flush` thread while this
         one goes on accepting (one flush at a time; its outcome is taken in before the next one starts, and
         a failed one's rows go back to pending); the last flush, at END_OF_STREAM, is waited for."""
         self.start_day()
         next_flush = self.clock.monotonic() + self.interval_seconds
-        with ThreadPoolExecutor(1, thread_name_prefix="frame-parser") as parser, \
+        with ThreadPoolExecutor(PARSERS, thread_name_prefix="frame-parser") as parser, \
                 ThreadPoolExecutor(1, thread_name_prefix="parquet-flush") as flusher:
-            ahead = None   # (items, future of their parsed runs): the batch being parsed
+            ahead: deque = deque()   # (items, future of their parsed runs): the batches being parsed, in order
             while True:
                 wait = max(0.0, next_flush - self.clock.monotonic())
-                if ahead is not None or self._in_flight is not None:
+                if ahead or self._in_flight is not None:
                     wait = min(wait, LINGER_SECONDS if self._in_flight is None else FLUSH_POLL_SECONDS)
                 items = self._next_items(wait, next_flush)
                 ended = END_OF_STREAM in items
                 items = [item for item in items if item is not END_OF_STREAM]
-                parsing = (items, parser.submit(self._parse_runs, items)) if items else None
-                if ahead is not None:
-                    self._accept_parsed(*ahead)
-                ahead = parsing
+                if items:
+                    ahead.append((items, parser.submit(self._parse_runs, items)))
+                # In queue order: each batch once parsed, the oldest at once when every parser is busy, all
+                # when no more came.
+                while ahead and (ahead[0][1].done() or len(ahead) > PARSERS or not items):
+                    self._accept_parsed(*ahead.popleft())
                 if ended:
                     break
                 if self._in_flight is not None and self._in_flight[0].done():
@@ -222,8 +227,8 @@ class BatchWriter:
                         self.stats.rows_pending - self._rows_in_flight() >= MAX_PENDING_ROWS:
                     self._start_flush(flusher)
                     next_flush = self.clock.monotonic() + self.interval_seconds
-            if ahead is not None:
-                self._accept_parsed(*ahead)
+            while ahead:
+                self._accept_parsed(*ahead.popleft())
         self.flush()   # takes in the flush in flight (the executor waited for it), then writes the rest
 
     def _next_items(self, timeout: float, flush_at: float = 0.0) -> list:
