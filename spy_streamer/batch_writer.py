@@ -197,8 +197,8 @@ class BatchWriter:
 
         A batch's frames are parsed (and checked against the channel's rules) on a `frame-parser` thread
         (PARSERS of them, each on its own batch) while this one dedups the batches before it (pyarrow's JSON
-        reader runs off the GIL, so they overlap). Batches are still accepted one after another in queue order: the first received row of a
-        key is kept. Each interval's rows are written and fsynced on a `parquet-flush` thread while this
+        reader runs off the GIL, so they overlap). Batches are still accepted one after another in queue
+        order: the first received row of a key is kept. Each interval's rows are written and fsynced on a `parquet-flush` thread while this
         one goes on accepting (one flush at a time; its outcome is taken in before the next one starts, and
         a failed one's rows go back to pending); the last flush, at END_OF_STREAM, is waited for."""
         self.start_day()
@@ -432,7 +432,7 @@ class BatchWriter:
         ok = self._finish_flush()
         future, batch, rest_pages = self._hand_over()
         if batch:
-            future.set_result(self._write_batch(batch, rest_pages))
+            future.set_result(self._write_batch(batch))
             self._in_flight = (future, batch, rest_pages)
         return self._finish_flush() and ok
 
@@ -441,7 +441,7 @@ class BatchWriter:
         self._finish_flush()
         _, batch, rest_pages = self._hand_over()
         if batch:
-            self._in_flight = (flusher.submit(self._write_batch, batch, rest_pages), batch, rest_pages)
+            self._in_flight = (flusher.submit(self._write_batch, batch), batch, rest_pages)
 
     def _hand_over(self) -> tuple[Future, list, int]:
         """Each lane's pending rows as one table (no longer pending: in flight until taken in)."""
@@ -457,7 +457,7 @@ class BatchWriter:
             self.rest_pages_durable = rest_pages
         return Future(), batch, rest_pages
 
-    def _write_batch(self, batch: list, rest_pages: int) -> list:
+    def _write_batch(self, batch: list) -> list:
         """Write each (lane, table) of `batch` as a file of the day; None or the OSError, per table (on the
         `parquet-flush` thread: it touches neither the stats nor the lanes)."""
         outcomes = []
