@@ -28,7 +28,7 @@ from conftest import FakeClock, ny
 from spy_streamer.clock import FrozenClock
 from fake_polygon import agg_event, session_timeline
 from spy_streamer import parquet_sink
-from spy_streamer.aggregate_bars import SCHEMA
+from spy_streamer.channels.aggregates import SCHEMA
 from spy_streamer.batch_writer import BatchWriter
 from spy_streamer.gap_backfill import Gap
 from spy_streamer.config import MarketHoursConfig
