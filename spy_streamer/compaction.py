@@ -330,21 +330,13 @@ def _quoted(column: str) -> str:
 _INPUTS = "read_parquet($files, union_by_name = true, filename = true, file_row_number = true)"
 _INPUTS_READ_ORDER = "filename, file_row_number"
 _BUCKET = "spill_bucket"  # a bucket's spill file, registered as a view while it is sorted
+_FIRST_ROWS = "spill_first_rows"  # the first row of each key, spilled between the two sorts of T and Q
+_SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", 1))
 
 
-def _query(schema: pa.Schema, keys: CompactionKeys, source: str, read_order: str) -> str:
-    """Sorted by key, each key's rows in arrival order (then in the order they were read: by file name
-    and position in the file)."""
+def _query(schema: pa.Schema, order: tuple[str, ...], source: str, then: str = "") -> str:
     columns = ", ".join(_quoted(name) for name in schema.names)
-    arrival = f"{_quoted(keys.arrival)} NULLS LAST, {read_order}"
-    if keys.sorted_by_key:
-        order = ", ".join(_quoted(column) for column in keys.order)
-        return f"SELECT {columns} FROM {source} ORDER BY {order}, {arrival}"
-    # The sort does not bring a key's rows together: a window picks each key's first (slower, also spills).
-    partition = ", ".join(_quoted(column) for column in keys.dedup_key)
-    order = ", ".join(_quoted(column) for column in keys.sort_key)
-    return (f"SELECT {columns} FROM {source} QUALIFY row_number() OVER (PARTITION BY {partition} "
-            f"ORDER BY {arrival}) = 1 ORDER BY {order}")
+    return f"SELECT {columns} FROM {source} ORDER BY {', '.join(map(_quoted, order))}{', ' + then if then else ''}"
 
 
 def _bucket_plan(inputs: list[Path], keys: CompactionKeys, rows: int, bucket_rows: int) -> dict | None:
@@ -397,7 +389,6 @@ def _partition(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, plan
     buckets = max(plan.values()) + 1
     paths = [spill / f"bucket-{index:05d}.arrows" for index in range(buckets)]
     spilled = schema.append(pa.field(_READ_ORDER, pa.int64()))
-    options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", 1))
     writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
     read = 0
     try:
@@ -413,7 +404,7 @@ def _partition(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, plan
                 offset = 0
                 for bucket in np.flatnonzero(counts).tolist():
                     if bucket not in writers:
-                        writers[bucket] = pa.ipc.new_stream(paths[bucket], spilled, options=options)
+                        writers[bucket] = pa.ipc.new_stream(paths[bucket], spilled, options=_SPILL_OPTIONS)
                     writers[bucket].write_table(table.slice(offset, int(counts[bucket])))
                     offset += int(counts[bucket])
     finally:
@@ -457,29 +448,56 @@ def _sorted_rows(inputs: list[Path], schema: pa.Schema, keys: CompactionKeys, pl
                         "SET preserve_insertion_order = false"):
             connection.execute(setting)
         if plan is None:  # one piece: DuckDB reads the inputs themselves
-            sorted_rows = _sorted(connection, _query(schema, keys, _INPUTS, _INPUTS_READ_ORDER),
-                                  {"files": [str(path) for path in inputs]}, duckdb.Error)
+            yield _sorted_piece(connection, schema, keys, _INPUTS, _INPUTS_READ_ORDER,
+                                {"files": [str(path) for path in inputs]}, spill, duckdb.Error)
         else:
-            sorted_rows = _each_bucket(connection, _partition(inputs, schema, keys, plan, spill), schema, keys,
-                                       duckdb.Error)
-        yield _cast(sorted_rows, schema)
+            yield _each_bucket(connection, _partition(inputs, schema, keys, plan, spill), schema, keys, spill,
+                               duckdb.Error)
     finally:
         connection.close()
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _each_bucket(connection, buckets: list[Path], schema: pa.Schema, keys: CompactionKeys,
+def _each_bucket(connection, buckets: list[Path], schema: pa.Schema, keys: CompactionKeys, spill: Path,
                  engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
     """Each bucket's rows sorted, bucket after bucket; a bucket's file goes once sorted (less disk)."""
-    query = _query(schema, keys, _BUCKET, _quoted(_READ_ORDER))
     for path in buckets:
-        with pa.OSFile(str(path)) as handle:
-            connection.register(_BUCKET, pa.ipc.open_stream(handle))
-            try:
-                yield from _sorted(connection, query, {}, engine_error)
-            finally:
-                connection.unregister(_BUCKET)
+        with _registered(connection, _BUCKET, path):
+            yield from _sorted_piece(connection, schema, keys, _BUCKET, _quoted(_READ_ORDER), {}, spill, engine_error)
         path.unlink()
+
+
+@contextlib.contextmanager
+def _registered(connection, name: str, path: Path) -> Iterator[None]:
+    """A spill file (an Arrow IPC stream) as DuckDB's view `name`, read once."""
+    with pa.OSFile(str(path)) as handle:
+        connection.register(name, pa.ipc.open_stream(handle))
+        try:
+            yield
+        finally:
+            connection.unregister(name)
+
+
+def _sorted_piece(connection, schema: pa.Schema, keys: CompactionKeys, source: str, read_order: str, params: dict,
+                  spill: Path, engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
+    """The rows of `source` in `keys.order`, each key's rows in arrival order, then in the order they were
+    read. When that order does not bring a key's rows together (T, Q: sorted by time, keyed by an id),
+    already one row per key: sorted by key, the first of each kept and spilled, then sorted by `keys.order`.
+    Two sorts, as DuckDB's sort spills to disk where a window (row_number() over the key) ran out of its
+    memory on one symbol's 30M trades."""
+    arrival = f"{_quoted(keys.arrival)} NULLS LAST, {read_order}"
+    if keys.sorted_by_key:
+        yield from _cast(_sorted(connection, _query(schema, keys.order, source, arrival), params, engine_error), schema)
+        return
+    by_key = CompactionKeys(keys.dedup_key, keys.dedup_key, keys.arrival)
+    first_rows = spill / f"{_FIRST_ROWS}.arrows"
+    with pa.ipc.new_stream(first_rows, schema, options=_SPILL_OPTIONS) as writer:
+        for batch in _first_of_each_key(_cast(_sorted(connection, _query(schema, by_key.order, source, arrival), params,
+                                                      engine_error), schema), by_key):
+            writer.write_batch(batch)
+    with _registered(connection, _FIRST_ROWS, first_rows):
+        yield from _cast(_sorted(connection, _query(schema, keys.order, _FIRST_ROWS), {}, engine_error), schema)
+    first_rows.unlink()
 
 
 def _sorted(connection, query: str, params: dict, engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
@@ -495,7 +513,7 @@ def _sorted(connection, query: str, params: dict, engine_error: type[Exception])
 def _read_or_fail(reader: pa.RecordBatchReader, engine_error: type[Exception]) -> Iterator[pa.RecordBatch]:
     try:
         yield from reader
-    except (engine_error, pa.ArrowException) as exc:  # e.g. a page that does not decode
+    except (engine_error, pa.ArrowException, OSError) as exc:  # a page that does not decode, DuckDB out of memory
         raise CompactionError(f"cannot merge the day's files: {exc}") from None
 
 
