@@ -198,9 +198,10 @@ class BatchWriter:
         A batch's frames are parsed (and checked against the channel's rules) on a `frame-parser` thread
         (PARSERS of them, each on its own batch) while this one dedups the batches before it (pyarrow's JSON
         reader runs off the GIL, so they overlap). Batches are still accepted one after another in queue
-        order: the first received row of a key is kept. Each interval's rows are written and fsynced on a `parquet-flush` thread while this
-        one goes on accepting (one flush at a time; its outcome is taken in before the next one starts, and
-        a failed one's rows go back to pending); the last flush, at END_OF_STREAM, is waited for."""
+        order: the first received row of a key is kept. Each interval's rows are written and fsynced on a
+        `parquet-flush` thread while this one goes on accepting (one flush at a time; its outcome is taken
+        in before the next one starts, and a failed one's rows go back to pending); the last flush, at
+        END_OF_STREAM, is waited for."""
         self.start_day()
         next_flush = self.clock.monotonic() + self.interval_seconds
         with ThreadPoolExecutor(PARSERS, thread_name_prefix="frame-parser") as parser, \
@@ -430,20 +431,21 @@ class BatchWriter:
         """Write each channel's pending rows as one file, now; on failure keep them for the next attempt.
         A flush still in flight (run's) is waited for and taken in first."""
         ok = self._finish_flush()
-        future, batch, rest_pages = self._hand_over()
+        batch, rest_pages = self._hand_over()
         if batch:
-            future.set_result(self._write_batch(batch))
-            self._in_flight = (future, batch, rest_pages)
+            written = Future()
+            written.set_result(self._write_batch(batch))
+            self._in_flight = (written, batch, rest_pages)
         return self._finish_flush() and ok
 
     def _start_flush(self, flusher: ThreadPoolExecutor) -> None:
         """Hand the pending rows to a flush on `flusher`, once the one before it is taken in."""
         self._finish_flush()
-        _, batch, rest_pages = self._hand_over()
+        batch, rest_pages = self._hand_over()
         if batch:
             self._in_flight = (flusher.submit(self._write_batch, batch), batch, rest_pages)
 
-    def _hand_over(self) -> tuple[Future, list, int]:
+    def _hand_over(self) -> tuple[list, int]:
         """Each lane's pending rows as one table (no longer pending: in flight until taken in)."""
         self._follow_early_close()
         rest_pages = self.rest_pages_accepted   # every row they brought is pending or already written
@@ -455,7 +457,7 @@ class BatchWriter:
                 lane.pending = []
         if not batch:
             self.rest_pages_durable = rest_pages
-        return Future(), batch, rest_pages
+        return batch, rest_pages
 
     def _write_batch(self, batch: list) -> list:
         """Write each (lane, table) of `batch` as a file of the day; None or the OSError, per table (on the

@@ -114,10 +114,7 @@ class SlotWords:
         self._bits = [np.empty(0, np.uint64), np.empty(0, np.uint64)]
 
     def stored_bits(self, words: np.ndarray) -> np.ndarray:
-        stored = np.zeros(len(words), np.uint64)
-        for keys, bits in zip(self._keys, self._bits):
-            stored |= _bits_of(keys, bits, words)
-        return stored
+        return _bits_in_runs(zip(self._keys, self._bits), words)
 
     def record(self, words: np.ndarray, bits: np.ndarray) -> None:
         """OR new bits into their words (`words` sorted): a word kept already in place, new ones to the
@@ -135,14 +132,17 @@ class SlotWords:
         if len(words):
             self._keys[1], self._bits[1] = SlotWords.merged([(self._keys[1], self._bits[1]), (words, bits)])
             if len(self._keys[1]) >= max(MERGE_AT_LEAST, len(self._keys[0]) // 4):
-                self.arrays()
+                self._merge_recent()
+
+    def _merge_recent(self) -> None:
+        self._keys[0], self._bits[0] = SlotWords.merged([(self._keys[0], self._bits[0]),
+                                                         (self._keys[1], self._bits[1])])
+        self._keys[1], self._bits[1] = np.empty(0, np.uint64), np.empty(0, np.uint64)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The words and their bits, in one sorted run."""
         if len(self._keys[1]):
-            self._keys[0], self._bits[0] = SlotWords.merged([(self._keys[0], self._bits[0]),
-                                                             (self._keys[1], self._bits[1])])
-            self._keys[1], self._bits[1] = np.empty(0, np.uint64), np.empty(0, np.uint64)
+            self._merge_recent()
         return self._keys[0], self._bits[0]
 
     @staticmethod
@@ -271,10 +271,7 @@ class SeenSlots(_TimeBuckets):
         fresh = np.ones(len(words), bool)
         fresh[1:] = (words[1:] != words[:-1]) | (bits[1:] != bits[:-1])
         stored = self._bucket(place)
-        spilled = np.zeros(len(words), np.uint64)
-        for run_words, run_bits in self._spill.runs(place):
-            spilled |= _bits_of(run_words, run_bits, words)
-        fresh &= ((stored.stored_bits(words) | spilled) & bits) == 0
+        fresh &= ((stored.stored_bits(words) | _bits_in_runs(self._spill.runs(place), words)) & bits) == 0
         new = np.empty(len(words), bool)
         new[order] = fresh
         before = len(stored)
@@ -368,12 +365,14 @@ def _groups(buckets: np.ndarray):
         yield int(ordered[start]), order[start:end]
 
 
-def _bits_of(keys: np.ndarray, bits: np.ndarray, words: np.ndarray) -> np.ndarray:
-    """The bits a sorted run (`keys`, `bits`) holds for each of `words` (0 where it has no such word)."""
-    if not len(keys):
-        return np.zeros(len(words), np.uint64)
-    index = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
-    return np.where(keys[index] == words, bits[index], np.uint64(0))
+def _bits_in_runs(runs, words: np.ndarray) -> np.ndarray:
+    """The bits sorted runs of (keys, bits) hold for each of `words`, ORed (0 where none has the word)."""
+    stored = np.zeros(len(words), np.uint64)
+    for keys, bits in runs:
+        if len(keys):
+            index = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
+            stored |= np.where(keys[index] == words, bits[index], np.uint64(0))
+    return stored
 
 
 def _or_equal_words(words: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
