@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from spy_streamer.channels.aggregates import SCHEMA  # noqa: E402
-from spy_streamer.compaction import BUCKET_ROWS, MEMORY_LIMIT, SPILL_FOLDER, THREADS, compact_day  # noqa: E402
-from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
+from spy_streamer.storage.compaction import BUCKET_ROWS, MEMORY_LIMIT, SPILL_FOLDER, THREADS, compact_day  # noqa: E402
+from spy_streamer.storage.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.peak_memory import peak_rss_bytes  # noqa: E402
 
 DAY = date(2025, 6, 10)
@@ -99,7 +99,7 @@ IN_MEMORY = """
 import sys, time, pyarrow as pa, pyarrow.parquet as pq
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from spy_streamer.compaction import first_received_per_key
+from spy_streamer.storage.compaction import first_received_per_key
 from spy_streamer.peak_memory import peak_rss_bytes
 started = time.monotonic()
 files = sorted(Path(sys.argv[1]).glob("*.parquet"))

@@ -25,7 +25,7 @@ import pyarrow as pa  # noqa: E402
 
 from spy_streamer.channels import SECOND_AGGREGATES  # noqa: E402
 from spy_streamer.channels.parsing import rows_with_reasons, ws_row  # noqa: E402
-from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
+from spy_streamer.storage.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.storage.iceberg_committer import IcebergCommitter  # noqa: E402
 from spy_streamer.storage.iceberg_maintenance import compact_partition, open_table  # noqa: E402
 from spy_streamer.storage.lake_catalog import LakeLocation, open_catalog  # noqa: E402

@@ -29,29 +29,29 @@ REQUIREMENTS = [
     ("Market hours: 09:30-16:00 America/New_York, Mon-Fri; NYSE holidays and early closes from built-in rules, "
      "Polygon `/v1/marketstatus/upcoming` authoritative for what it lists, kept on disk; pre-market and "
      "after-hours off; API failure warns, never crashes",
-     "`spy_streamer/market_hours.py` (`MarketCalendar.is_market_open`, `seconds_until_market_open`, "
-     "`seconds_until_market_close`), `spy_streamer/exchange_rules.py`, `spy_streamer/calendar_store.py`, "
-     "`spy_streamer/calendar_refresh.py`",
+     "`spy_streamer/market/market_hours.py` (`MarketCalendar.is_market_open`, `seconds_until_market_open`, "
+     "`seconds_until_market_close`), `spy_streamer/market/exchange_rules.py`, `spy_streamer/market/calendar_store.py`, "
+     "`spy_streamer/market/calendar_refresh.py`",
      ["tests/test_market_hours.py", "tests/test_calendar_xnys.py", "tests/test_calendar_refresh.py",
       "tests/test_status_command.py"]),
     ("Heartbeat: file every 5 min (atomic), alert when no message for 15 min while open, once per stall",
-     "`spy_streamer/heartbeat_monitor.py` (`HeartbeatMonitor.record_message`, `send_heartbeat`, "
-     "`check_stalled_stream`), `spy_streamer/health_check.py` (`check`)",
+     "`spy_streamer/monitoring/heartbeat_monitor.py` (`HeartbeatMonitor.record_message`, `send_heartbeat`, "
+     "`check_stalled_stream`), `spy_streamer/monitoring/health_check.py` (`check`)",
      ["tests/test_heartbeat_monitor.py", "tests/test_health_check.py",
       "tests/test_daemon_scenarios.py::test_heartbeat_updates_every_interval",
       "tests/test_daemon_scenarios.py::test_stall_alerts_once_and_recovers"]),
     ("Stream: polygon-api-client `WebSocketClient` subscribed to `A.SPY`, refuses when closed, reconnects with "
      "backoff and jitter, rejected key is fatal, gaps refilled from REST aggregates",
-     "`spy_streamer/polygon_client.py` (`PolygonStream.stream_realtime`), `spy_streamer/gap_backfill.py`",
+     "`spy_streamer/data_sources/polygon_client.py` (`PolygonStream.stream_realtime`), `spy_streamer/backfill/gap_backfill.py`",
      ["tests/test_polygon_client.py", "tests/test_faults.py"]),
     ("Parquet: micro-batch every 30 s on its own timer, atomic files, one row per (symbol, start), late and "
      "out-of-session bars dropped and counted, nothing lost on disk errors",
-     "`spy_streamer/batch_writer.py`, `spy_streamer/parquet_sink.py`, `spy_streamer/channels/`, "
-     "`spy_streamer/seen_bars.py`",
+     "`spy_streamer/capture/batch_writer.py`, `spy_streamer/storage/parquet_sink.py`, `spy_streamer/channels/`, "
+     "`spy_streamer/capture/seen_keys.py`",
      ["tests/test_batch_writer.py", "tests/test_daemon_scenarios.py::test_in_market_hours_stores_every_row_once"]),
     ("Runner: supervisor thread with `schedule`, session at open, graceful stop at close (early closes "
      "included), SIGTERM/SIGINT flush and exit 0",
-     "`spy_streamer/streaming_runner.py` (`StreamingRunner.run`, `reconcile`, `CaptureSession`)",
+     "`spy_streamer/orchestrator/streaming_runner.py` (`StreamingRunner.run`, `reconcile`, `CaptureSession`)",
      ["tests/test_streaming_runner.py", "tests/test_daemon_scenarios.py"]),
     ("Config: `config/settings.yaml`, validated at start-up, one message and exit 78 on a bad value",
      "`spy_streamer/config.py` (`load_config`, `require_api_key`)",

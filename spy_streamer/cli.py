@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
 from .exit_codes import EX_CONFIG, EX_LOCKED, EX_SOFTWARE
-from .health_check import (OK, UNKNOWN, WARNING, HeartbeatUnreadable, Verdict, evaluate_health, heartbeat_path,
+from .monitoring.health_check import (OK, UNKNOWN, WARNING, HeartbeatUnreadable, Verdict, evaluate_health, heartbeat_path,
                            load_heartbeat)
 from .log_setup import REDACTED, configure_logging
 
@@ -23,7 +23,7 @@ from .log_setup import REDACTED, configure_logging
 def _operator_calendar(config: Config):
     """For status and check: the daemon's calendar (exchange rules and Polygon's list as last saved), built
     without key or network; warnings go to stderr. The key, when set, lets `status` refresh the list."""
-    from .calendar_store import load_calendar
+    from .market.calendar_store import load_calendar
     api_key = os.environ.get(config.polygon.api_key_env, "").strip() or None
     configure_logging(None, secrets=(api_key or "",), level=logging.WARNING)
     return load_calendar(config), api_key
@@ -31,8 +31,8 @@ def _operator_calendar(config: Config):
 
 def _calendar_source(config: Config, calendar, api_key: str | None) -> str:
     """Status refreshes Polygon's list when it can (at most STATUS_TIMEOUT_SECONDS) and says what it used."""
-    from .calendar_refresh import STATUS_TIMEOUT_SECONDS, polygon_refresher
-    from .calendar_store import calendar_path, load_known_days
+    from .market.calendar_refresh import STATUS_TIMEOUT_SECONDS, polygon_refresher
+    from .market.calendar_store import calendar_path, load_known_days
     rules = config.market_hours.holiday_rules
     rules = "no exchange rules" if rules == "none" else f"{rules} rules"
     if api_key is not None and polygon_refresher(config, calendar, api_key, STATUS_TIMEOUT_SECONDS).refresh():
@@ -44,7 +44,7 @@ def _calendar_source(config: Config, calendar, api_key: str | None) -> str:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from .status_report import heartbeat_lines, market_lines, status_document
+    from .reports.status_report import heartbeat_lines, market_lines, status_document
     calendar, api_key = _operator_calendar(config)
     source = _calendar_source(config, calendar, api_key)
     now = datetime.now(timezone.utc)
@@ -73,9 +73,9 @@ def _keep_pandas_out() -> None:
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     _keep_pandas_out()
-    from .calendar_refresh import polygon_refresher
-    from .calendar_store import load_calendar
-    from .streaming_runner import StreamingRunner
+    from .market.calendar_refresh import polygon_refresher
+    from .market.calendar_store import load_calendar
+    from .orchestrator.streaming_runner import StreamingRunner
     api_key = require_api_key(config)
     configure_logging(config.paths.log_file, secrets=(api_key,))
     calendar = load_calendar(config)
@@ -106,7 +106,7 @@ def _health(config: Config) -> Verdict:
 
 def _market_open(config: Config, now: datetime) -> bool:
     """Only when the heartbeat is too old to say: the calendar (rules and the saved list, no network)."""
-    from .calendar_store import load_calendar
+    from .market.calendar_store import load_calendar
     return load_calendar(config).is_market_open(now)
 
 
@@ -132,8 +132,8 @@ def _within_seconds(seconds: float, judge) -> Verdict:
 
 def cmd_compact(config: Config, args: argparse.Namespace) -> int:
     """Needs no API key: the calendar (rules and Polygon's list as last saved) knows the day's close."""
-    from .calendar_store import load_calendar
-    from .compaction import CompactionError, Outcome, compact_day, compaction_refusal, describe
+    from .market.calendar_store import load_calendar
+    from .storage.compaction import CompactionError, Outcome, compact_day, compaction_refusal, describe
     refusal = compaction_refusal(load_calendar(config), args.date, datetime.now(timezone.utc))
     if refusal is not None:
         print(f"spy-streamer: not compacting: {refusal}", file=sys.stderr)
@@ -159,10 +159,10 @@ def _channel_names() -> tuple[str, ...]:
 
 
 def cmd_report(config: Config, args: argparse.Namespace) -> int:
-    from .calendar_store import load_calendar
+    from .market.calendar_store import load_calendar
     from .channels.subscriptions import symbols_of
-    from .coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
-    from .report_progress import file_progress  # rich: only here, never on the daemon's path
+    from .reports.coverage_report import CoverageError, format_coverage, load_coverage, session_bounds
+    from .reports.report_progress import file_progress  # rich: only here, never on the daemon's path
     calendar = load_calendar(config)
     now = datetime.now(timezone.utc)
     day = args.date or calendar.trading_day(now)
@@ -196,14 +196,14 @@ def cmd_expire_snapshots(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    from .completeness import verify_command
+    from .reports.verify import verify_command
     configure_logging(None, secrets=(os.environ.get(config.polygon.api_key_env, ""),), level=logging.WARNING)
     return verify_command(config, args.date, args.channel, args.repair)
 
 
 def cmd_demo(config: None, args: argparse.Namespace) -> int:
     """Needs neither key nor config: the demo writes its own settings into a fresh folder."""
-    from .demo import run_demo  # the replay server (asyncio, websockets) loads for the demo only
+    from .demo.launch import run_demo  # the replay server (asyncio, websockets) loads for the demo only
     try:
         return run_demo(args.seconds, Path(args.output))
     except KeyboardInterrupt:  # a second Ctrl-C

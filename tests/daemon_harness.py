@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT, TEST_API_KEY, merge_settings, settings, write_settings
 from fake_polygon import FakePolygon
-from spy_streamer.demo import midday_zone  # noqa: F401 (tests import it from here too)
+from spy_streamer.demo.launch import midday_zone  # noqa: F401 (tests import it from here too)
 
 ALL_DAYS = [0, 1, 2, 3, 4, 5, 6]
 

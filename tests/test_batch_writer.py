@@ -27,17 +27,17 @@ import pytest
 from conftest import FakeClock, ny
 from spy_streamer.clock import FrozenClock
 from fake_polygon import agg_event, session_timeline
-from spy_streamer import parquet_sink
+from spy_streamer.storage import parquet_sink
 from spy_streamer.channels.aggregates import SCHEMA
-from spy_streamer.batch_writer import BatchWriter
-from spy_streamer.gap_backfill import Gap
+from spy_streamer.capture.batch_writer import BatchWriter
+from spy_streamer.backfill.gap_backfill import Gap
 from spy_streamer.config import MarketHoursConfig
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.parquet_sink import ParquetSink
-from spy_streamer.pipeline_stats import WriterStats
-from spy_streamer.queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.storage.parquet_sink import ParquetSink
+from spy_streamer.capture.pipeline_stats import WriterStats
+from spy_streamer.capture.queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
 from spy_streamer.channels import channel_for
-from spy_streamer.seen_bars import SeenKeys, SeenSlots, key_hashes
+from spy_streamer.capture.seen_keys import SeenKeys, SeenSlots, key_hashes
 
 NEW_YORK = ZoneInfo("America/New_York")
 HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
@@ -573,7 +573,7 @@ def test_end_of_stream_ends_run_after_a_final_flush(data_dir):
 def test_run_parses_ahead_yet_keeps_queue_order_and_the_first_received_row(data_dir, monkeypatch):
     """Batches of two frames, each parsed while the one before is accepted: a repeat in a later batch is
     dropped, the first received kept; a REST page and a gap marker between frames keep their place."""
-    monkeypatch.setattr("spy_streamer.batch_writer.MAX_FRAMES_PER_PARSE", 2)
+    monkeypatch.setattr("spy_streamer.capture.batch_writer.MAX_FRAMES_PER_PARSE", 2)
     rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), interval_seconds=60)
     bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 9)
     changed = dict(bars[0], v=bars[0]["v"] + 1)

@@ -9,11 +9,11 @@ from datetime import date
 import pytest
 
 from conftest import REPO_ROOT, ny, settings, write_settings
-from spy_streamer.calendar_store import KnownDays, save_known_days
-from spy_streamer.compaction import compaction_refusal
+from spy_streamer.market.calendar_store import KnownDays, save_known_days
+from spy_streamer.storage.compaction import compaction_refusal
 from spy_streamer.config import load_config
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.special_days import SpecialDay
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.market.special_days import SpecialDay
 
 HOURS = load_config(REPO_ROOT / "config" / "settings.yaml").market_hours
 EARLY_CLOSE = date(2025, 11, 28)
@@ -68,7 +68,7 @@ def test_compact_covers_every_subscribed_channel(tmp_path):
     from fake_polygon import session_timeline
     from spy_streamer import cli
     from channel_parsing import events_one_by_one
-    from spy_streamer.parquet_sink import ParquetSink
+    from spy_streamer.storage.parquet_sink import ParquetSink
     path = write_settings(tmp_path, settings(tmp_path, polygon={"subscriptions": ["A.SPY", "T.SPY"]}))
     bars = session_timeline(int(ny(2026, 11, 24, 10, 0).timestamp() * 1000), 20)
     table, _ = events_one_by_one(bars, "A")

@@ -12,13 +12,13 @@ import pytest
 
 from conftest import FakeClock, REPO_ROOT, TEST_API_KEY, ny, settings, write_settings
 from fake_polygon import FakePolygon, holiday_rows
-from spy_streamer.calendar_refresh import PolygonCalendarRefresher, polygon_refresher
-from spy_streamer.calendar_store import (KnownDays, calendar_path, load_calendar, load_known_days, merge_days,
+from spy_streamer.market.calendar_refresh import PolygonCalendarRefresher, polygon_refresher
+from spy_streamer.market.calendar_store import (KnownDays, calendar_path, load_calendar, load_known_days, merge_days,
                                          save_known_days)
 from spy_streamer.config import load_config
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.polygon_rest import fetch_upcoming_holidays, make_rest_client
-from spy_streamer.special_days import SpecialDay
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.data_sources.polygon_rest import fetch_upcoming_holidays, make_rest_client
+from spy_streamer.market.special_days import SpecialDay
 
 HOURS = load_config(REPO_ROOT / "config" / "settings.yaml").market_hours
 UPCOMING = "/v1/marketstatus/upcoming"

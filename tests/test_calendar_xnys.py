@@ -17,8 +17,8 @@ import pytest
 
 from conftest import NY, REPO_ROOT
 from spy_streamer.config import load_config
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.special_days import SpecialDay, parse_polygon_rows
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.market.special_days import SpecialDay, parse_polygon_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:Series.values returning an ndarray")  # inside exchange_calendars
 

@@ -14,9 +14,9 @@ from conftest import TEST_API_KEY
 from fake_polygon import FakePolygon, agg_event, quote_event, quote_result, trade_event, trade_result
 from spy_streamer.channels import CHANNELS, NAMES, channel_for
 from spy_streamer.config import ConfigError, load_config
-from spy_streamer.gap_backfill import Gap
-from spy_streamer.polygon_rest import iter_tick_pages, make_rest_client
-from spy_streamer.queue_items import GAP_POSSIBLE, RestBars
+from spy_streamer.backfill.gap_backfill import Gap
+from spy_streamer.data_sources.polygon_rest import iter_tick_pages, make_rest_client
+from spy_streamer.capture.queue_items import GAP_POSSIBLE, RestBars
 from test_batch_writer import Rig, data_dir, frame, ms, ny  # noqa: F401 (fixture data_dir)
 
 ALL = ("A.SPY", "AM.SPY", "T.SPY", "Q.SPY")

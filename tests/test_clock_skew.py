@@ -1,7 +1,7 @@
 """A wall clock a day off used to reject every bar with no warning; now one WARNING once it lasts."""
 from __future__ import annotations
 
-from spy_streamer.clock_skew import ClockSkewDetector
+from spy_streamer.monitoring.clock_skew import ClockSkewDetector
 
 BAR_END_MS = 1_764_000_000_000
 DAY_NS = 86_400 * 10**9

@@ -28,12 +28,12 @@ from daemon_harness import wait_for
 from fake_polygon import agg_event
 from channel_parsing import events_one_by_one, rest_table
 from spy_streamer.channels.aggregates import SCHEMA
-from spy_streamer import compaction
-from spy_streamer.compaction import (SPILL_FOLDER, CompactionError, CompactionKeys, Outcome, compact_day,
+from spy_streamer.storage import compaction
+from spy_streamer.storage.compaction import (SPILL_FOLDER, CompactionError, CompactionKeys, Outcome, compact_day,
                                      compaction_refusal, day_file_name, merge_files, verify_compacted)
 from spy_streamer.config import load_config
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.parquet_sink import ParquetSink
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.storage.parquet_sink import ParquetSink
 
 DAY = date(2025, 6, 10)
 OPEN_MS = int(ny(2025, 6, 10, 9, 30).timestamp() * 1000)
@@ -331,7 +331,7 @@ def blocking_input(data_dir):
 def merging_children(parent=None):
     process = psutil.Process(parent) if parent else psutil.Process()
     return [child for child in process.children(recursive=True)
-            if "spy_streamer.compaction" in " ".join(child.cmdline())]
+            if "spy_streamer.storage.compaction" in " ".join(child.cmdline())]
 
 
 def assert_nothing_changed(data_dir, before):
@@ -360,7 +360,7 @@ def test_the_child_of_a_killed_compaction_exits_and_the_next_run_merges_everythi
     fifo = blocking_input(data_dir)
     before = names(data_dir)
     parent = subprocess.Popen([sys.executable, "-c", "import sys; from datetime import date; from pathlib import Path; "
-                               "from spy_streamer.compaction import compact_day; "
+                               "from spy_streamer.storage.compaction import compact_day; "
                                f"compact_day(Path({str(data_dir)!r}), date(2025, 6, 10))"], cwd=REPO_ROOT)
     try:
         children = wait_for(lambda: merging_children(parent.pid), timeout=20, what="the merging child")

@@ -371,7 +371,7 @@ class FakeRunner:
 def test_run_says_why_it_stopped_in_one_line_on_stderr(config_file, monkeypatch, capsys, code, reason, line):
     """For supervisord's and journald's logs: the runner's exit_reason, else a line by exit code."""
     monkeypatch.setenv("POLYGON_API_KEY", TEST_API_KEY)
-    monkeypatch.setattr("spy_streamer.streaming_runner.StreamingRunner",
+    monkeypatch.setattr("spy_streamer.orchestrator.streaming_runner.StreamingRunner",
                         type("Runner", (FakeRunner,), {"code": code, "reason": reason}))
     monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
     assert cli.main(["run", "--config", str(config_file())]) == code

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from spy_streamer.cli import build_parser
-from spy_streamer.demo import DEFAULT_OUTPUT
+from spy_streamer.demo.launch import DEFAULT_OUTPUT
 
 
 def dockerfile() -> list[tuple[str, str]]:

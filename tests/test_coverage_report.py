@@ -18,11 +18,11 @@ from conftest import NY, REPO_ROOT, ny, settings, write_settings
 from fake_polygon import agg_event
 import channel_parsing
 from spy_streamer.channels.subscriptions import symbols_of
-from spy_streamer.compaction import compact_day
+from spy_streamer.storage.compaction import compact_day
 from spy_streamer.config import MarketHoursConfig
-from spy_streamer.coverage_report import day_coverage, find_gaps, format_coverage, load_coverage, session_bounds
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.parquet_sink import ParquetSink
+from spy_streamer.reports.coverage_report import day_coverage, find_gaps, format_coverage, load_coverage, session_bounds
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.storage.parquet_sink import ParquetSink
 
 DAY = date(2025, 6, 10)
 OPEN = ny(2025, 6, 10, 9, 30)
@@ -172,8 +172,8 @@ def test_report_command_defaults_and_bad_arguments(tmp_path):
 def test_report_reads_any_channel(tmp_path):
     """Trades have no `end`: each covers its own instant; repeats are told by the channel's dedup key."""
     from fake_polygon import trade_event
-    from spy_streamer.parquet_sink import ParquetSink
-    from spy_streamer.coverage_report import load_coverage
+    from spy_streamer.storage.parquet_sink import ParquetSink
+    from spy_streamer.reports.coverage_report import load_coverage
     open_ms = int(ny(2025, 6, 10, 9, 30).timestamp() * 1000)
     trades, _ = channel_parsing.events_one_by_one([trade_event(open_ms + 1000, trade_id="1"), trade_event(open_ms + 9000, trade_id="2")], "T")
     day = ny(2025, 6, 10, 12).date()
@@ -191,7 +191,7 @@ def test_report_reads_any_channel(tmp_path):
 
 def write_ledger(data_dir, outcomes):
     """A gap ledger for DAY with (symbol, first second, last second, outcome) entries."""
-    from spy_streamer.gap_ledger import Gap, GapLedger
+    from spy_streamer.backfill.gap_ledger import Gap, GapLedger
     book = GapLedger(data_dir, DAY, ("A",), step_of=lambda channel: 1000)
     for symbol, first, last, outcome in sorted(outcomes, key=lambda outcome: outcome[3] == "pending"):
         book.add(Gap(symbol, OPEN_MS + first * 1000, OPEN_MS + last * 1000))
@@ -217,7 +217,7 @@ def test_the_unfilled_gaps_are_listed_with_both_clocks_and_why(data_dir):
 
 
 def test_a_wildcards_many_unfilled_gaps_are_counted_and_the_first_listed(data_dir):
-    from spy_streamer.coverage_report import UNFILLED_SHOWN
+    from spy_streamer.reports.coverage_report import UNFILLED_SHOWN
     write_ledger(data_dir, [(f"S{i:03d}", 300, 344, "HTTP 429") for i in range(UNFILLED_SHOWN + 7)])
     text = format_coverage(load_coverage(data_dir, DAY, SESSION, 1.0), NY)
     assert f"unfilled gaps (gap ledger): {UNFILLED_SHOWN + 7}" in text and "  ... and 7 more" in text
@@ -275,5 +275,5 @@ def test_report_draws_a_progress_bar_on_a_terminal(data_dir, tmp_path):
 
 def test_the_daemon_never_imports_rich():
     """rich is for `report` at a terminal: the daemon's import path stays without it."""
-    code = "import spy_streamer.streaming_runner, spy_streamer.cli, sys; assert 'rich' not in sys.modules"
+    code = "import spy_streamer.orchestrator.streaming_runner, spy_streamer.cli, sys; assert 'rich' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=60)

@@ -20,8 +20,8 @@ from websockets.sync.client import connect
 from conftest import REPO_ROOT
 from daemon_harness import wait_for
 from spy_streamer import cli
-from spy_streamer.demo import market_hours, midday_zone, new_demo_folder, upcoming_rows
-from spy_streamer.replay_server import FakePolygon
+from spy_streamer.demo.launch import market_hours, midday_zone, new_demo_folder, upcoming_rows
+from spy_streamer.demo.replay_server import FakePolygon
 
 PATH_LINE = re.compile(r"^  (config|parquet|heartbeat|log):\s+(\S+)", re.MULTILINE)
 

@@ -24,7 +24,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from conftest import REPO_ROOT, TEST_API_KEY, write_settings
 from daemon_harness import wait_for, window_settings
-from spy_streamer.streaming_runner import SHUTDOWN_DEADLINE_SECONDS
+from spy_streamer.orchestrator.streaming_runner import SHUTDOWN_DEADLINE_SECONDS
 
 SHIPPED_SUPERVISORD = REPO_ROOT / "config" / "supervisord.conf"
 SHIPPED_UNIT = REPO_ROOT / "config" / "spy-streamer.service"

@@ -8,7 +8,7 @@ from datetime import date
 import pyarrow.dataset as ds
 
 from fake_polygon import agg_event, trade_event
-from spy_streamer.market_hours import MarketCalendar
+from spy_streamer.market.market_hours import MarketCalendar
 from test_batch_writer import HOURS, Rig, data_dir, ms, ny  # noqa: F401 (fixture data_dir)
 
 EXTENDED = dataclasses.replace(HOURS, extended_hours=True)

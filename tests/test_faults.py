@@ -212,7 +212,7 @@ def test_a_gap_still_open_at_the_close_is_filled_from_rest(start, fake):
 
 def ledger_gaps(run) -> list[tuple]:
     """The gap ledger of today's A partition, as (symbol, from_ms, to_ms, state)."""
-    from spy_streamer.gap_ledger import read_entries
+    from spy_streamer.backfill.gap_ledger import read_entries
     return [(entry.symbol, entry.from_ms, entry.to_ms, entry.state)
             for path in run.data_dir.glob("A/date=*/.gaps.json") for entry in read_entries(path)]
 

@@ -22,7 +22,7 @@ from conftest import FakeClock
 from fake_polygon import agg_event
 from channel_parsing import events_one_by_one, frames_to_table, rules as channel_rules
 from spy_streamer.channels import REASONS
-from spy_streamer.queue_items import RestBars
+from spy_streamer.capture.queue_items import RestBars
 from test_batch_writer import SESSION_NOW, Rig, ms, ny
 
 OPEN_MS = ms(ny(2025, 6, 10, 9, 30))

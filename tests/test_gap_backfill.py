@@ -9,9 +9,9 @@ import pytest
 
 from conftest import FakeClock, TEST_API_KEY, ny
 from fake_polygon import FakePolygon, session_timeline
-from spy_streamer.gap_backfill import Gap, GapBackfiller, RequestPacer
-from spy_streamer.pipeline_stats import BackfillStats
-from spy_streamer.polygon_rest import RestAnswerError, fetch_second_aggs, iter_aggs_pages, make_rest_client
+from spy_streamer.backfill.gap_backfill import Gap, GapBackfiller, RequestPacer
+from spy_streamer.capture.pipeline_stats import BackfillStats
+from spy_streamer.data_sources.polygon_rest import RestAnswerError, fetch_second_aggs, iter_aggs_pages, make_rest_client
 
 START_MS = int(ny(2026, 11, 24, 10, 0).timestamp() * 1000)
 AGGS = "/v2/aggs/ticker/SPY/range/1/second/"

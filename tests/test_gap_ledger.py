@@ -12,11 +12,11 @@ from datetime import date
 import pytest
 
 from conftest import FakeClock, ny
-from spy_streamer.gap_backfill import GapBackfiller
-from spy_streamer.gap_ledger import MAX_FILLED_KEPT, Gap, GapLedger, ledger_path, read_entries
-from spy_streamer.pipeline_stats import BackfillStats
-from spy_streamer.polygon_rest import RestAnswerError
-from spy_streamer.queue_items import RestBars
+from spy_streamer.backfill.gap_backfill import GapBackfiller
+from spy_streamer.backfill.gap_ledger import MAX_FILLED_KEPT, Gap, GapLedger, ledger_path, read_entries
+from spy_streamer.capture.pipeline_stats import BackfillStats
+from spy_streamer.data_sources.polygon_rest import RestAnswerError
+from spy_streamer.capture.queue_items import RestBars
 from test_batch_writer import gap_rig
 
 DAY = date(2026, 11, 24)

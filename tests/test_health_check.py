@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from conftest import REPO_ROOT, ny
-from spy_streamer.health_check import (CRITICAL, OK, UNKNOWN, WARNING, HeartbeatUnreadable, evaluate_health,
+from spy_streamer.monitoring.health_check import (CRITICAL, OK, UNKNOWN, WARNING, HeartbeatUnreadable, evaluate_health,
                                        load_heartbeat)
 from test_heartbeat_monitor import FRIDAY_EVENING, TUESDAY_11, Rig, config  # noqa: F401 (fixture)
 
@@ -194,7 +194,7 @@ def test_holiday_and_early_close_afternoon_are_ok_and_named(config, now, words):
 
 def test_status_calls_a_stale_heartbeat_of_a_dead_process_what_it_is(config):
     """Seen: `status` showed `streaming, connected: True` for a process killed with -9."""
-    from spy_streamer.status_report import heartbeat_lines
+    from spy_streamer.reports.status_report import heartbeat_lines
     rig = streaming(Rig(config, TUESDAY_11))
     heartbeat = load_heartbeat(rig.path)
     heartbeat["pid"] = 2 ** 22 + 12345                      # beyond pid_max: no such process

@@ -15,10 +15,10 @@ import pytest
 
 from conftest import FakeClock, ny
 from spy_streamer.config import load_config
-from spy_streamer.health_check import heartbeat_path
-from spy_streamer.heartbeat_monitor import HeartbeatMonitor
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.pipeline_stats import ReaderStats, WriterStats
+from spy_streamer.monitoring.health_check import heartbeat_path
+from spy_streamer.monitoring.heartbeat_monitor import HeartbeatMonitor
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.capture.pipeline_stats import ReaderStats, WriterStats
 
 # 2025-06-10 is a Tuesday, 2025-06-13 a Friday, 2025-06-16 a Monday; no US market holiday near them.
 TUESDAY_11 = ny(2025, 6, 10, 11, 0)

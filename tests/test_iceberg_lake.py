@@ -29,8 +29,8 @@ pytest.importorskip("pyiceberg")
 moto_server = pytest.importorskip("moto.server")
 
 from channel_parsing import events_one_by_one, rest_table  # noqa: E402
-from spy_streamer.compaction import compact_day  # noqa: E402
-from spy_streamer.parquet_sink import ParquetSink  # noqa: E402
+from spy_streamer.storage.compaction import compact_day  # noqa: E402
+from spy_streamer.storage.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.storage import iceberg_committer  # noqa: E402
 from spy_streamer.storage.iceberg_committer import BATCHES_PROPERTY, IcebergCommitter, import_local  # noqa: E402
 from spy_streamer.storage.iceberg_maintenance import (  # noqa: E402

@@ -39,7 +39,7 @@ def extra_keys(path: Path) -> list[tuple[int, str]]:
                     continue
                 # `**{key: ... for key in CONSTANT}`: check the constant's names
                 if key is None and isinstance(value, ast.DictComp) and isinstance(value.generators[0].iter, ast.Name):
-                    module = module or importlib.import_module(f"spy_streamer.{path.stem}")
+                    module = module or importlib.import_module(".".join(("spy_streamer", *path.relative_to(PACKAGE).with_suffix("").parts)))
                     keys += [(node.lineno, name) for name in getattr(module, value.generators[0].iter.id)]
                     continue
                 if key is None and isinstance(value, ast.Name) and value.id in literal_dicts \

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import REPO_ROOT, ny, settings, write_settings
 from spy_streamer.config import ConfigError, load_config
-from spy_streamer.exchange_rules import nyse_special_days
-from spy_streamer.market_hours import MarketCalendar, SpecialDay
-from spy_streamer.special_days import parse_polygon_rows, special_day_from_row, special_day_to_row
+from spy_streamer.market.exchange_rules import nyse_special_days
+from spy_streamer.market.market_hours import MarketCalendar, SpecialDay
+from spy_streamer.market.special_days import parse_polygon_rows, special_day_from_row, special_day_to_row
 
 HOURS = load_config(REPO_ROOT / "config" / "settings.yaml").market_hours
 NO_RULES = replace(HOURS, holiday_rules="none")

@@ -7,7 +7,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from spy_streamer.metrics import MetricsPublisher
+from spy_streamer.monitoring.metrics import MetricsPublisher
 from test_heartbeat_monitor import TUESDAY_11, Rig, config  # noqa: F401 (fixture)
 
 
@@ -57,8 +57,8 @@ def test_metrics_port_serves_the_same_figures(config):
 
 def test_a_taken_metrics_port_is_a_config_error(tmp_path, config_file):
     from spy_streamer.config import load_config
-    from spy_streamer.market_hours import MarketCalendar
-    from spy_streamer.streaming_runner import EX_CONFIG, StreamingRunner
+    from spy_streamer.market.market_hours import MarketCalendar
+    from spy_streamer.orchestrator.streaming_runner import EX_CONFIG, StreamingRunner
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()

@@ -18,15 +18,15 @@ import pytest
 
 from channel_parsing import frames_to_table
 from conftest import TEST_API_KEY, ny
-from spy_streamer import replay_server
+from spy_streamer.demo import replay_server
 from spy_streamer.clock import FrozenClock
 from fake_polygon import FakePolygon, session_timeline
 from spy_streamer.config import MarketHoursConfig, PolygonConfig
-from spy_streamer.heartbeat_monitor import HeartbeatMonitor
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.pipeline_stats import ReaderStats, WriterStats
-from spy_streamer.polygon_client import AuthRejected, Backoff, PolygonStream
-from spy_streamer.queue_items import GAP_POSSIBLE
+from spy_streamer.monitoring.heartbeat_monitor import HeartbeatMonitor
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.capture.pipeline_stats import ReaderStats, WriterStats
+from spy_streamer.data_sources.polygon_client import AuthRejected, Backoff, PolygonStream
+from spy_streamer.capture.queue_items import GAP_POSSIBLE
 
 HOURS = MarketHoursConfig(timezone=ZoneInfo("America/New_York"), active_days=frozenset(range(5)),
                           start_time=clock_time(9, 30), end_time=clock_time(16, 0))

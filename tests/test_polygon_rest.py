@@ -4,7 +4,7 @@ import pytest
 
 from conftest import TEST_API_KEY
 from fake_polygon import FakePolygon, holiday_rows
-from spy_streamer.polygon_rest import RestAnswerError, fetch_upcoming_holidays, make_rest_client
+from spy_streamer.data_sources.polygon_rest import RestAnswerError, fetch_upcoming_holidays, make_rest_client
 
 UPCOMING = "/v1/marketstatus/upcoming"
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import TEST_API_KEY
-from spy_streamer.polygon_rest import RestAnswerError, fetch_second_aggs, make_rest_client, next_page_path
+from spy_streamer.data_sources.polygon_rest import RestAnswerError, fetch_second_aggs, make_rest_client, next_page_path
 
 BASE = "https://api.polygon.io"
 

@@ -2,7 +2,7 @@
 early) takes effect at once: within one reconcile, logged once, no backfill for a day that is closed."""
 from __future__ import annotations
 
-from spy_streamer.special_days import SpecialDay
+from spy_streamer.market.special_days import SpecialDay
 from test_streaming_runner import TUESDAY, make_runner, ny, transition_in_seconds  # noqa: F401 (fixture)
 
 

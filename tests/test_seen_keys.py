@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spy_streamer import seen_bars
+from spy_streamer.capture import seen_keys as seen_bars
 from spy_streamer.channels import channel_for
-from spy_streamer.seen_bars import BUCKET_MS, SeenSlots, SeenTicks, seen_rows_for
+from spy_streamer.capture.seen_keys import BUCKET_MS, SeenSlots, SeenTicks, seen_rows_for
 
 TRADES = channel_for("T")
 QUOTES = channel_for("Q")
@@ -138,8 +138,8 @@ def test_a_restart_reads_the_day_a_bounded_part_at_a_time(tmp_path, monkeypatch)
     100M trades, is gigabytes of keys) before a single row was written."""
     from datetime import date
 
-    from spy_streamer import parquet_sink
-    from spy_streamer.batch_writer import Lane
+    from spy_streamer.storage import parquet_sink
+    from spy_streamer.capture.batch_writer import Lane
 
     monkeypatch.setattr(parquet_sink, "READ_WHOLE_ROWS", 100)
     sink = parquet_sink.ParquetSink(tmp_path)

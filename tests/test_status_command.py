@@ -11,9 +11,9 @@ import pytest
 from conftest import REPO_ROOT, TEST_API_KEY, write_settings
 from daemon_harness import midday_zone, window_settings
 from fake_polygon import FakePolygon, holiday_rows
-from spy_streamer.calendar_refresh import STATUS_TIMEOUT_SECONDS
-from spy_streamer.calendar_store import KnownDays, save_known_days
-from spy_streamer.special_days import SpecialDay
+from spy_streamer.market.calendar_refresh import STATUS_TIMEOUT_SECONDS
+from spy_streamer.market.calendar_store import KnownDays, save_known_days
+from spy_streamer.market.special_days import SpecialDay
 
 
 def run_command(command, config_path, api_key=TEST_API_KEY):

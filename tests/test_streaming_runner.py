@@ -13,9 +13,9 @@ from conftest import FakeClock, TEST_API_KEY, ny, settings, write_settings
 from daemon_harness import wait_for
 from fake_polygon import session_timeline
 from spy_streamer.config import load_config
-from spy_streamer.market_hours import MarketCalendar, SpecialDay
+from spy_streamer.market.market_hours import MarketCalendar, SpecialDay
 from spy_streamer.channels.subscriptions import symbols_of
-from spy_streamer.streaming_runner import StreamingRunner
+from spy_streamer.orchestrator.streaming_runner import StreamingRunner
 
 TUESDAY = date(2026, 11, 24)
 
@@ -121,7 +121,7 @@ def test_the_open_starts_a_session(make_runner, fake):
 def test_signal_handler_only_records_and_a_second_ctrl_c_exits_at_once(make_runner, monkeypatch):
     runner = make_runner(ny(2026, 11, 28, 12, 0))
     exits = []
-    monkeypatch.setattr("spy_streamer.streaming_runner.os._exit", exits.append)
+    monkeypatch.setattr("spy_streamer.orchestrator.streaming_runner.os._exit", exits.append)
     runner._on_signal(signal.SIGTERM, None)
     runner._on_signal(signal.SIGINT, None)
     assert exits == []                                   # recorded, acted on by the main loop

@@ -13,14 +13,14 @@ import pytest
 from conftest import FakeClock, TEST_API_KEY, ny, settings, write_settings
 from daemon_harness import wait_for
 from fake_polygon import session_timeline
-from spy_streamer.batch_writer import BatchWriter
+from spy_streamer.capture.batch_writer import BatchWriter
 from spy_streamer.config import load_config
-from spy_streamer.gap_backfill import GapBackfiller
-from spy_streamer.heartbeat_monitor import HeartbeatMonitor
-from spy_streamer.market_hours import MarketCalendar
-from spy_streamer.polygon_client import PolygonStream
-from spy_streamer.health_check import CRITICAL, evaluate_health
-from spy_streamer.streaming_runner import EX_SOFTWARE, StreamingRunner
+from spy_streamer.backfill.gap_backfill import GapBackfiller
+from spy_streamer.monitoring.heartbeat_monitor import HeartbeatMonitor
+from spy_streamer.market.market_hours import MarketCalendar
+from spy_streamer.data_sources.polygon_client import PolygonStream
+from spy_streamer.monitoring.health_check import CRITICAL, evaluate_health
+from spy_streamer.orchestrator.streaming_runner import EX_SOFTWARE, StreamingRunner
 
 IN_SESSION = ny(2026, 11, 24, 11, 0)
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)

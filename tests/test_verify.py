@@ -10,12 +10,12 @@ import pytest
 from conftest import TEST_API_KEY, ny, settings, write_settings
 from fake_polygon import session_timeline
 from spy_streamer import cli
-from spy_streamer.batch_writer import BatchWriter
-from spy_streamer.calendar_store import load_calendar
+from spy_streamer.capture.batch_writer import BatchWriter
+from spy_streamer.market.calendar_store import load_calendar
 from spy_streamer.clock import FrozenClock
 from spy_streamer.config import load_config
-from spy_streamer.parquet_sink import ParquetSink
-from spy_streamer.pipeline_stats import WriterStats
+from spy_streamer.storage.parquet_sink import ParquetSink
+from spy_streamer.capture.pipeline_stats import WriterStats
 
 TEN = int(ny(2026, 11, 24, 10, 0).timestamp() * 1000)        # a Tuesday; 10:00 New York
 MINUTE = 60_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 from fake_polygon import session_timeline
-from spy_streamer.special_days import SpecialDay
+from spy_streamer.market.special_days import SpecialDay
 from test_batch_writer import Rig, _info_logs, data_dir, events_named, ms, ny, stored_keys  # noqa: F401 (fixtures)
 
 DAY_NS = 86_400 * 10**9

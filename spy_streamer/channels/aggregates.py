@@ -53,7 +53,7 @@ def aggregate_channel(name: str, title: str, bar_ms: int, timespan: str) -> Chan
         row["end"] = row["start"] + bar_ms if row["start"] + bar_ms <= 2 ** 63 - 1 else row["start"]
 
     def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):
-        from ..polygon_rest import iter_aggs_pages  # the REST client loads only where a backfill runs
+        from ..data_sources.polygon_rest import iter_aggs_pages  # the REST client loads only where a backfill runs
         return iter_aggs_pages(client, symbol, timespan, from_ms, to_ms, pace=pace)
 
     return Channel(

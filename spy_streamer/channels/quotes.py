@@ -56,7 +56,7 @@ def _condition_column_as_lists(table: pa.Table) -> pa.Table:
 
 
 def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):
-    from ..polygon_rest import iter_tick_pages  # the REST client loads only where a backfill runs
+    from ..data_sources.polygon_rest import iter_tick_pages  # the REST client loads only where a backfill runs
     return iter_tick_pages(client, "quotes", symbol, from_ms, to_ms, pace=pace)
 
 

@@ -41,7 +41,7 @@ def trade_checks(col: dict[str, pa.Array]) -> Checks:
 
 
 def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):
-    from ..polygon_rest import iter_tick_pages  # the REST client loads only where a backfill runs
+    from ..data_sources.polygon_rest import iter_tick_pages  # the REST client loads only where a backfill runs
     return iter_tick_pages(client, "trades", symbol, from_ms, to_ms, pace=pace)
 
 

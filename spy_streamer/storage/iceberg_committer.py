@@ -39,8 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..clock import SystemClock
-from ..durable_files import fsync_directory
-from ..parquet_sink import ParquetSink, visible_parquet_files
+from .durable_files import fsync_directory
+from .parquet_sink import ParquetSink, visible_parquet_files
 from . import lake_tables
 from .lake_catalog import NAMESPACE
 

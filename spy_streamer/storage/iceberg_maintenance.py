@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from ..compaction import Outcome, first_received_per_key
+from .compaction import Outcome, first_received_per_key
 from . import lake_tables
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
-from ..parquet_sink import ParquetSink
+from .parquet_sink import ParquetSink
 from .lake_tables import NS_SUFFIX, table_name
 
 log = logging.getLogger(__name__)

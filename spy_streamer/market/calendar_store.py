@@ -18,8 +18,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import Config
-from .durable_files import write_json_atomically
+from ..config import Config
+from ..storage.durable_files import write_json_atomically
 from .market_hours import MarketCalendar
 from .special_days import SpecialDay, special_day_from_row, special_day_to_row
 

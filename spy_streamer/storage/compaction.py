@@ -2,7 +2,7 @@
 `<data_dir>/<channel>/date=YYYY-MM-DD/day-YYYY-MM-DD.parquet`, still one partition of the hive layout.
 
 Bounded memory, whatever the day's size (docs/ARCHITECTURE.md, *Storage layout and guarantees*): the merge
-runs in a child process (`python -m spy_streamer.compaction`, niced) where DuckDB sorts the day with a
+runs in a child process (`python -m spy_streamer.storage.compaction`, niced) where DuckDB sorts the day with a
 memory limit, spilling to a hidden folder beside the files, and streams the sorted rows back in batches;
 the first received row of each key is kept batch by batch and written with pyarrow (the day file keeps
 the micro-batches' Arrow schema). A day of more than BUCKET_ROWS rows is first copied, in one pass, into
@@ -53,8 +53,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .durable_files import fsync_directory
-from .market_hours import MarketCalendar
-from .peak_memory import peak_rss_bytes
+from ..market.market_hours import MarketCalendar
+from ..peak_memory import peak_rss_bytes
 from .parquet_sink import TEMP_SUFFIX, ParquetSink, visible_parquet_files
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ AGGREGATE_KEYS = CompactionKeys()
 
 def keys_for(channel: str) -> CompactionKeys:
     """The channel's keys, from the channel registry."""
-    from .channels import channel_for  # (loads the channel's module)
+    from ..channels import channel_for  # (loads the channel's module)
     spec = channel_for(channel)
     return CompactionKeys(tuple(spec.dedup_key), tuple(spec.sort_key))
 
@@ -218,7 +218,7 @@ def _row_count(path: Path) -> int:
 # --- this process: start the child, wait for it, put its file in place ---
 
 def _merge_in_child(inputs: list[Path], temp: Path, spill: Path, job: _Job) -> dict:
-    """Run `merge_files` in `python -m spy_streamer.compaction`; its summary, or CompactionError."""
+    """Run `merge_files` in `python -m spy_streamer.storage.compaction`; its summary, or CompactionError."""
     request = {"parent": os.getpid(), "inputs": [str(path) for path in inputs], "temp": str(temp), "spill": str(spill),
                "keys": asdict(job.keys), "memory_limit": job.memory_limit, "threads": job.threads,
                "bucket_rows": job.bucket_rows}

@@ -25,7 +25,7 @@ from datetime import date
 from pathlib import Path
 from typing import Callable
 
-from .durable_files import write_text_atomically
+from ..storage.durable_files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _entry_from_row(path: Path, channel, row) -> GapEntry:
 
 
 def _channel_step_ms(channel: str) -> int:
-    from .channels import channel_for  # pyarrow: only once a daemon merges gaps
+    from ..channels import channel_for  # pyarrow: only once a daemon merges gaps
     return channel_for(channel).gap_step_ms
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import psutil
 
-from .health_check import heartbeat_age_seconds, is_stale
-from .market_hours import MarketCalendar
+from ..monitoring.health_check import heartbeat_age_seconds, is_stale
+from ..market.market_hours import MarketCalendar
 
 
 def format_duration(seconds: float) -> str:

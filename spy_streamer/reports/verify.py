@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .parquet_sink import visible_parquet_files
+from ..storage.parquet_sink import visible_parquet_files
 
 MINUTE_MS = 60_000
 FIELDS = ("volume", "open", "close", "high", "low")
@@ -150,15 +150,15 @@ def verify_command(config, day: date, channel: str, repair: bool) -> int:
     """`spy-streamer verify`: exit 0 when every minute agrees (after a repair, if asked), 1 otherwise."""
     import time
 
-    from .batch_writer import BatchWriter
-    from .calendar_store import load_calendar
-    from .channels.subscriptions import symbols_of
-    from .clock import FrozenClock
-    from .config import require_api_key
-    from .parquet_sink import ParquetSink
-    from .pipeline_stats import WriterStats
-    from .polygon_rest import RestAnswerError, fetch_minute_aggs, fetch_second_aggs, make_rest_client
-    from .queue_items import RestBars
+    from ..capture.batch_writer import BatchWriter
+    from ..market.calendar_store import load_calendar
+    from ..channels.subscriptions import symbols_of
+    from ..clock import FrozenClock
+    from ..config import require_api_key
+    from ..storage.parquet_sink import ParquetSink
+    from ..capture.pipeline_stats import WriterStats
+    from ..data_sources.polygon_rest import RestAnswerError, fetch_minute_aggs, fetch_second_aggs, make_rest_client
+    from ..capture.queue_items import RestBars
 
     client = make_rest_client(require_api_key(config), config.polygon.rest_base_url)
     calendar = load_calendar(config)

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import psutil
 
-from .clock import SystemClock
-from .durable_files import write_json_atomically
-from .market_hours import MarketCalendar
-from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
+from ..clock import SystemClock
+from ..storage.durable_files import write_json_atomically
+from ..market.market_hours import MarketCalendar
+from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .channels import Channel, channel_for
-from .channels.base import SESSION
-from .channels.parsing import parse_frames, rest_results_with_reasons
-from .channels.rules import ChannelRules
-from .channels.subscriptions import channel_names, has_wildcard, symbols_of
-from .clock_skew import ClockSkewDetector
-from .gap_backfill import Gap
-from .market_hours import MarketCalendar
-from .parquet_sink import ParquetSink
+from ..channels import Channel, channel_for
+from ..channels.base import SESSION
+from ..channels.parsing import parse_frames, rest_results_with_reasons
+from ..channels.rules import ChannelRules
+from ..channels.subscriptions import channel_names, has_wildcard, symbols_of
+from ..monitoring.clock_skew import ClockSkewDetector
+from ..backfill.gap_backfill import Gap
+from ..market.market_hours import MarketCalendar
+from ..storage.parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
 from .queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
-from .seen_bars import seen_rows_for
+from .seen_keys import seen_rows_for
 
 log = logging.getLogger(__name__)
 

@@ -19,27 +19,27 @@ from typing import Callable
 import pyarrow as pa
 import schedule
 
-from .batch_writer import BatchWriter
-from .calendar_refresh import REFRESH_INTERVAL_SECONDS, RETRY_INTERVAL_SECONDS
-from .clock import SystemClock
-from .channels.subscriptions import channel_names
-from .compaction import CompactionError, compact_day
-from .config import Config
-from .exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
-from .health_check import heartbeat_path
-from .heartbeat_monitor import HeartbeatMonitor
-from .instance_lock import InstanceLock, InstanceLocked
-from .log_setup import reopen_log_files
-from .gap_backfill import GapBackfiller
-from .gap_ledger import GapLedger
-from .market_hours import MarketCalendar, Session
-from .metrics import MetricsPublisher
-from .parquet_sink import ParquetSink
-from .pipeline_stats import BackfillStats, ReaderStats, WriterStats
-from .polygon_client import AuthRejected, PolygonStream
-from .channels import channel_for
-from .polygon_rest import make_rest_client
-from .queue_items import END_OF_STREAM, FrameQueue
+from ..capture.batch_writer import BatchWriter
+from ..market.calendar_refresh import REFRESH_INTERVAL_SECONDS, RETRY_INTERVAL_SECONDS
+from ..clock import SystemClock
+from ..channels.subscriptions import channel_names
+from ..storage.compaction import CompactionError, compact_day
+from ..config import Config
+from ..exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
+from ..monitoring.health_check import heartbeat_path
+from ..monitoring.heartbeat_monitor import HeartbeatMonitor
+from ..instance_lock import InstanceLock, InstanceLocked
+from ..log_setup import reopen_log_files
+from ..backfill.gap_backfill import GapBackfiller
+from ..backfill.gap_ledger import GapLedger
+from ..market.market_hours import MarketCalendar, Session
+from ..monitoring.metrics import MetricsPublisher
+from ..storage.parquet_sink import ParquetSink
+from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
+from ..data_sources.polygon_client import AuthRejected, PolygonStream
+from ..channels import channel_for
+from ..data_sources.polygon_rest import make_rest_client
+from ..capture.queue_items import END_OF_STREAM, FrameQueue
 
 log = logging.getLogger(__name__)
 
@@ -498,8 +498,8 @@ class StreamingRunner:
 
 def _lake_committer(config: Config, clock):
     """The Iceberg committer (pyiceberg is an optional extra, imported only when the lake is configured)."""
-    from .storage.iceberg_committer import IcebergCommitter
-    from .storage.lake_catalog import location_of, open_catalog
+    from ..storage.iceberg_committer import IcebergCommitter
+    from ..storage.lake_catalog import location_of, open_catalog
     location = location_of(config)
     return IcebergCommitter(lambda: open_catalog(location, config.paths.data_dir), config.paths.data_dir,
                             location.namespace, clock=clock)
@@ -507,9 +507,9 @@ def _lake_committer(config: Config, clock):
 
 def _lake_backed_sink(config: Config, calendar: MarketCalendar):
     """The local sink, whose rows-already-stored also include what the committer moved into the table."""
-    from .channels import CHANNELS
-    from .storage.lake_catalog import location_of, open_catalog
-    from .storage.lake_keys import LakeBackedSink
+    from ..channels import CHANNELS
+    from ..storage.lake_catalog import location_of, open_catalog
+    from ..storage.lake_keys import LakeBackedSink
     location = location_of(config)
     return LakeBackedSink(config.paths.data_dir, lambda: open_catalog(location, config.paths.data_dir),
                           location.namespace, calendar.tz,

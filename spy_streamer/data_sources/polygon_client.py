@@ -21,11 +21,11 @@ from polygon import WebSocketClient
 from polygon.exceptions import AuthError
 from websockets.exceptions import ConnectionClosed
 
-from .config import PolygonConfig
-from .heartbeat_monitor import HeartbeatMonitor
-from .market_hours import MarketCalendar
-from .pipeline_stats import ReaderStats
-from .queue_items import GAP_POSSIBLE
+from ..config import PolygonConfig
+from ..monitoring.heartbeat_monitor import HeartbeatMonitor
+from ..market.market_hours import MarketCalendar
+from ..capture.pipeline_stats import ReaderStats
+from ..capture.queue_items import GAP_POSSIBLE
 
 log = logging.getLogger(__name__)
 

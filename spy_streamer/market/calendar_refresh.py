@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .calendar_store import KnownDays, calendar_path, load_known_days, merge_days, save_known_days
-from .clock import SystemClock
-from .config import Config
+from ..clock import SystemClock
+from ..config import Config
 from .market_hours import MarketCalendar
-from .polygon_rest import fetch_upcoming_holidays, make_rest_client
+from ..data_sources.polygon_rest import fetch_upcoming_holidays, make_rest_client
 from .special_days import parse_polygon_rows
 
 log = logging.getLogger(__name__)

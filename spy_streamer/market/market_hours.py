@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Mapping
 from zoneinfo import ZoneInfo
 
-from .config import MarketHoursConfig
+from ..config import MarketHoursConfig
 from .exchange_rules import RULE_SETS
 from .special_days import SpecialDay
 

@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from .exchange_rules import nyse_special_days
+from ..market.exchange_rules import nyse_special_days
 from .replay_server import FakePolygon
-from .special_days import special_day_to_row
+from ..market.special_days import special_day_to_row
 
 DEMO_KEY_ENV = "SPY_STREAMER_DEMO_KEY"  # not POLYGON_API_KEY: a real key is never read, let alone sent
 DEMO_KEY = "no-key-needed-for-the-replay"  # logs redact the key wherever it appears: not a word of a path

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from .channels import Channel, channel_for
-from .gap_ledger import FAILED, FILLED, GapEntry, LedgerUnreadable, ledger_path, read_entries
-from .market_hours import MarketCalendar, SpecialDay
-from .parquet_sink import ParquetSink, visible_parquet_files
+from ..channels import Channel, channel_for
+from ..backfill.gap_ledger import FAILED, FILLED, GapEntry, LedgerUnreadable, ledger_path, read_entries
+from ..market.market_hours import MarketCalendar, SpecialDay
+from ..storage.parquet_sink import ParquetSink, visible_parquet_files
 
 COLUMNS = ("symbol", "start", "end", "source")   # what day_coverage reads: every channel is brought to these
 LARGEST_GAPS_SHOWN = 5

@@ -15,8 +15,8 @@ import time
 from typing import Callable, Iterable, Iterator
 
 from .gap_ledger import Gap, GapEntry, GapLedger
-from .polygon_rest import RestAnswerError
-from .queue_items import RestBars
+from ..data_sources.polygon_rest import RestAnswerError
+from ..capture.queue_items import RestBars
 
 log = logging.getLogger(__name__)
 

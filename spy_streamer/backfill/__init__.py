@@ -1,0 +1,1 @@
+"""Refilling what the socket missed: the gap ledger and the REST backfiller."""

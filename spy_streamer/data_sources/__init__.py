@@ -1,0 +1,1 @@
+"""Polygon's two doors: the WebSocket reader and the REST client."""

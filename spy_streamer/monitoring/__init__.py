@@ -1,0 +1,1 @@
+"""What an operator sees: the heartbeat, `check`, Prometheus metrics and clock skew."""

@@ -1,0 +1,1 @@
+"""What the commands print: `status`, `report`, `verify` and the report's progress bar."""
