@@ -10,7 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
-LOCK_FILE_NAME = ".spy-streamer.lock"
+from .storage.layout import lock_path
+
 
 
 class InstanceLocked(Exception):
@@ -25,7 +26,7 @@ class InstanceLocked(Exception):
 
 class InstanceLock:
     def __init__(self, data_dir: Path):
-        self.path = data_dir / LOCK_FILE_NAME
+        self.path = lock_path(data_dir)
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import FakeClock, ny
 from spy_streamer.backfill.gap_backfill import GapBackfiller
-from spy_streamer.backfill.gap_ledger import MAX_FILLED_KEPT, Gap, GapLedger, ledger_path, read_entries
+from spy_streamer.storage.layout import gap_ledger_path
+from spy_streamer.backfill.gap_ledger import MAX_FILLED_KEPT, Gap, GapLedger, read_entries
 from spy_streamer.capture.pipeline_stats import BackfillStats
 from spy_streamer.data_sources.polygon_rest import RestAnswerError
 from spy_streamer.capture.queue_items import RestBars
@@ -29,7 +30,7 @@ def ledger(data_dir, channels=("A",)) -> GapLedger:
 
 def on_disk(data_dir, channel="A") -> list[tuple]:
     return [(e.symbol, e.from_ms, e.to_ms, e.state, e.attempts, e.reason)
-            for e in read_entries(ledger_path(data_dir, channel, DAY))]
+            for e in read_entries(gap_ledger_path(data_dir, channel, DAY))]
 
 
 def events(caplog, name):
@@ -108,7 +109,7 @@ def test_a_restart_requeues_pending_and_failed_gaps_not_filled_ones(tmp_path):
                                      b'{"version": 1, "channel": "A", "gaps": [["SPY", 5, 1, "pending", 0, null]]}',
                                      b'{"version": 1, "channel": "A", "gaps": [["SPY", 1, 5, "done", 0, null]]}', b"[]"])
 def test_a_damaged_ledger_is_set_aside_with_one_warning(tmp_path, caplog, content):
-    path = ledger_path(tmp_path, "A", DAY)
+    path = gap_ledger_path(tmp_path, "A", DAY)
     path.parent.mkdir(parents=True)
     path.write_bytes(content)
     book = ledger(tmp_path)
@@ -130,13 +131,13 @@ def test_the_ledger_stays_small_under_a_wildcard_with_many_symbols(tmp_path, rec
             book.add(Gap(symbol, T0 + reconnect * 10_000, T0 + reconnect * 10_000 + 15_000))
     assert len(book.unfinished()) == 5000
     book.save(durable=0)
-    size = ledger_path(tmp_path, "A", DAY).stat().st_size
+    size = gap_ledger_path(tmp_path, "A", DAY).stat().st_size
     assert size < 5000 * 60                                    # about 56 bytes an entry
     for _ in range(5000):
         entry = book.next_pending()
         book.filled(entry, 0)
     book.save(durable=0)
-    document = json.loads(ledger_path(tmp_path, "A", DAY).read_text())
+    document = json.loads(gap_ledger_path(tmp_path, "A", DAY).read_text())
     assert len(document["gaps"]) == MAX_FILLED_KEPT and document["filled_earlier"] == 5000 - MAX_FILLED_KEPT
     record_figure("gap ledger bytes, 5,000 symbols x 3 reconnects pending", size)
 

@@ -169,6 +169,8 @@ def test_heartbeat_write_failure_is_logged_once_per_streak_and_never_raised(tmp_
     rig.monitor.send_heartbeat()
     assert json.loads((blocker / "polygon.json").read_text())["source"] == "polygon"
     assert len(events(caplog, "heartbeat_write_failed")) == 1
+    (recovered,) = events(caplog, "heartbeat_write_recovered")  # the recovery is logged too, once
+    assert recovered.failures == 3
 
     rig.monitor.path = tmp_path / "polygon.json" / "nested" / "polygon.json"
     (tmp_path / "polygon.json").write_text("blocks again")

@@ -25,11 +25,12 @@ from datetime import date
 from pathlib import Path
 from typing import Callable
 
+from ..monitoring.failure_streak import FailureStreak
 from ..storage.durable_files import write_text_atomically
+from ..storage.layout import gap_ledger_path, set_aside_name
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = ".gaps.json"
 VERSION = 1
 PENDING, FILLED, FAILED = "pending", "filled", "failed"
 STATES = (PENDING, FILLED, FAILED)      # on disk; in memory also FETCHING (written as pending) and MERGED
@@ -65,10 +66,6 @@ class GapEntry:
 
 class LedgerUnreadable(ValueError):
     """A ledger file that is not one this module wrote."""
-
-
-def ledger_path(data_dir: Path, channel: str, day: date) -> Path:
-    return data_dir / channel / f"date={day.isoformat()}" / FILE_NAME
 
 
 def read_entries(path: Path) -> list[GapEntry]:
@@ -116,7 +113,8 @@ class GapLedger:
         self._filled: dict[str, deque[GapEntry]] = {}      # per channel, in the order they were filled
         self._filled_earlier: dict[str, int] = {}          # per channel: filled entries no longer listed
         self._dirty: set[str] = set()
-        self._save_failing = False
+        self._save_streak = FailureStreak("gap_ledger_write", log, "gap_ledger_write_failed",
+                                          "gap_ledger_write_recovered")
 
     # --- start: what an earlier process left ---
 
@@ -127,7 +125,7 @@ class GapLedger:
         if self.data_dir is None:
             return []
         for channel in self.channels:
-            for entry in self._read_or_set_aside(ledger_path(self.data_dir, channel, self.day)):
+            for entry in self._read_or_set_aside(gap_ledger_path(self.data_dir, channel, self.day)):
                 self._insert(entry)
                 if entry.state != FILLED:
                     entry.state = PENDING
@@ -138,7 +136,7 @@ class GapLedger:
         try:
             return read_entries(path)
         except LedgerUnreadable as exc:
-            hidden = path.with_name(f"{path.name}.corrupt")
+            hidden = set_aside_name(path)
             try:
                 path.replace(hidden)
             except OSError:
@@ -233,21 +231,18 @@ class GapLedger:
         except OSError as exc:
             self._save_failed(exc)
             return False
-        self._save_failing = False
+        self._save_streak.succeeded("the gap ledger is written again")
         return True
 
     def _save_channel(self, channel: str, durable: int) -> None:
         self._trim_filled(channel, durable)
-        write_text_atomically(ledger_path(self.data_dir, channel, self.day), self._text(channel, durable))
+        write_text_atomically(gap_ledger_path(self.data_dir, channel, self.day), self._text(channel, durable))
         filled = self._filled.get(channel)
         if not filled or filled[-1].delivered <= durable:  # else written again once the rows are durable
             self._dirty.discard(channel)
 
     def _save_failed(self, exc: OSError) -> None:
-        if not self._save_failing:
-            log.warning("cannot write the gap ledger (retrying): %s", exc.strerror or exc,
-                        extra={"event": "gap_ledger_write_failed"})
-        self._save_failing = True
+        self._save_streak.failed(exc, "cannot write the gap ledger (retrying)")
 
     def _trim_filled(self, channel: str, durable: int) -> None:
         filled = self._filled.get(channel, deque())

@@ -35,6 +35,7 @@ from ..backfill.gap_backfill import Gap
 from ..market.market_hours import MarketCalendar
 from ..storage.parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
+from ..monitoring.failure_streak import FailureStreak
 from .queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
 from .seen_keys import seen_rows_for
 
@@ -180,7 +181,7 @@ class BatchWriter:
         self._day_start_ms = 0
         self._session_bounds_ms: tuple[int, int] = (0, 0)
         self._regular_bounds_ms: tuple[int, int] | None = None   # set when the session has extended hours
-        self._flush_failing = False
+        self._flush_streak = FailureStreak("parquet_write", log, "write_failed", "write_recovered", logging.ERROR)
         self._skew = ClockSkewDetector()
         self._parsed_runs: deque | None = None   # run() parsed these runs of frames ahead, in order
         self._in_flight: tuple[Future, list, int] | None = None   # a flush: (outcomes, [(lane, table)], REST pages)
@@ -512,15 +513,11 @@ class BatchWriter:
     def _flush_failed(self, exc: OSError, rows: int) -> None:
         self.stats.write_errors += 1
         self.stats.last_write_error = f"{type(exc).__name__}: {exc.strerror or exc}"
-        if not self._flush_failing:  # one ERROR per failure streak; the heartbeat carries the count
-            log.error("cannot write Parquet batch (%d rows kept in memory, retrying every interval): %s",
-                      rows, self.stats.last_write_error, extra={"event": "write_failed", "rows_pending": rows})
-        self._flush_failing = True
+        self._flush_streak.failed(exc, "cannot write Parquet batch (%d rows kept in memory, retrying every "
+                                  "interval)", rows, rows_pending=rows)
 
     def _flush_succeeded(self, rows: int) -> None:
-        if self._flush_failing:
-            log.info("Parquet writes work again", extra={"event": "write_recovered", "rows": rows})
-        self._flush_failing = False
+        self._flush_streak.succeeded("Parquet writes work again", rows=rows)
         self.stats.last_write_error = None
         self.stats.rows_written += rows
         self.stats.batches_written += 1

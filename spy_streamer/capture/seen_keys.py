@@ -36,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..monitoring.failure_streak import FailureStreak
+
 log = logging.getLogger(__name__)
 
 MERGE_AT_LEAST = 65_536
@@ -295,6 +297,8 @@ class KeySpill:
     def __init__(self, directory=None):
         self.directory = directory
         self.usable = True
+        # No recovery: once refused, the spill stays off for the day, and the heartbeat says so until then.
+        self._streak = FailureStreak("key_spill", log, "key_spill_failed", "key_spill_recovered")
         self._file = None
         self._end = 0
         self._runs: dict[int, list[tuple[int, int, int]]] = {}   # bucket -> [(byte offset, length, arrays)]
@@ -326,8 +330,7 @@ class KeySpill:
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
             self.usable = False
-            log.warning("cannot spill stored keys to disk (%s): they stay in memory for the rest of the day",
-                        exc, extra={"event": "key_spill_failed"})
+            self._streak.failed(exc, "cannot spill stored keys to disk: they stay in memory for the rest of the day")
             return False
         self._runs[bucket] = [*runs, (self._end, len(arrays[0]), len(arrays))]
         self._end += len(data)

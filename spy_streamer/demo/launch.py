@@ -23,6 +23,7 @@ import yaml
 from ..market.exchange_rules import nyse_special_days
 from .replay_server import FakePolygon
 from ..market.special_days import special_day_to_row
+from ..storage.layout import heartbeat_path
 
 DEMO_KEY_ENV = "SPY_STREAMER_DEMO_KEY"  # not POLYGON_API_KEY: a real key is never read, let alone sent
 DEMO_KEY = "no-key-needed-for-the-replay"  # logs redact the key wherever it appears: not a word of a path
@@ -49,7 +50,7 @@ class DemoFolder:
 
     @property
     def heartbeat(self) -> Path:
-        return self.root / "heartbeat" / "polygon.json"
+        return heartbeat_path(self.root / "heartbeat")
 
     @property
     def log_file(self) -> Path:

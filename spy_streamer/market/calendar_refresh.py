@@ -22,6 +22,7 @@ from ..config import Config
 from .market_hours import MarketCalendar
 from ..data_sources.polygon_rest import fetch_upcoming_holidays, make_rest_client
 from .special_days import parse_polygon_rows
+from ..monitoring.failure_streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class PolygonCalendarRefresher:
         self._store_path = store_path
         self._clock = clock or SystemClock()
         self._merge_lock = threading.Lock()   # two refreshes must not lose each other's days
-        self._failing = False
+        self._streak = FailureStreak("calendar_refresh", log, "holidays_unavailable", "holidays_available")
 
     def refresh(self) -> bool:
         """One fetch; True when Polygon answered (the calendar then knows the new days at once)."""
@@ -66,18 +67,11 @@ class PolygonCalendarRefresher:
                         self._store_path, exc, extra={"event": "calendar_cache_unwritable"})
 
     def _report_failure(self, exc: Exception) -> None:
-        if self._failing:
-            log.debug("holiday calendar still unavailable: %s", exc)
-            return
-        self._failing = True
-        log.warning("Polygon's holiday calendar is unavailable (%s); using the exchange rules and %d days "
-                    "learned before", exc, len(self.calendar.polygon_days), extra={"event": "holidays_unavailable"})
+        self._streak.failed(exc, "Polygon's holiday calendar is unavailable; using the exchange rules and %d "
+                                 "days learned before", len(self.calendar.polygon_days))
 
     def _report_success(self, learned: int) -> None:
-        if self._failing:
-            self._failing = False
-            log.info("Polygon's holiday calendar is available again (%d special days listed)", learned,
-                     extra={"event": "holidays_available"})
+        self._streak.succeeded("Polygon's holiday calendar is available again (%d special days listed)", learned)
 
 
 def polygon_refresher(config: Config, calendar: MarketCalendar, api_key: str,

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..config import Config
+from ..storage import layout
 from ..storage.durable_files import write_json_atomically
 from .market_hours import MarketCalendar
 from .special_days import SpecialDay, special_day_from_row, special_day_to_row
 
 log = logging.getLogger(__name__)
 
-CALENDAR_FILE = "calendar.json"
 SOURCE = "polygon /v1/marketstatus/upcoming"
 
 
@@ -37,7 +37,7 @@ class KnownDays:
 
 
 def calendar_path(config: Config) -> Path:
-    return config.paths.heartbeat_dir / CALENDAR_FILE
+    return layout.calendar_path(config.paths.heartbeat_dir)
 
 
 def load_calendar(config: Config) -> MarketCalendar:

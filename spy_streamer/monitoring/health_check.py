@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from ..storage import layout
+
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 FUTURE_TOLERANCE_SECONDS = 60.0   # a heartbeat dated later than this is a wrong clock, not a fresh beat
@@ -27,12 +29,11 @@ PERFDATA = (("age", "age_seconds", "s"), ("messages", "messages_total", "c"), ("
 
 
 MAX_HEARTBEAT_BYTES = 1 << 20
-HEARTBEAT_FILE_NAME = "polygon.json"
 
 
 def heartbeat_path(config) -> Path:
     """Where the daemon writes its heartbeat (and every command reads it)."""
-    return config.paths.heartbeat_dir / HEARTBEAT_FILE_NAME
+    return layout.heartbeat_path(config.paths.heartbeat_dir)
 
 
 class HeartbeatUnreadable(ValueError):
@@ -141,7 +142,19 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
         return WARNING, f"{unfinished} gap(s) waiting for REST backfill"
     if hb.get("backfill_failures"):
         return WARNING, f"{hb['backfill_failures']} gap(s) could not be backfilled from REST"
-    return OK, None
+    return _failure_streaks(hb)
+
+
+def _failure_streaks(hb: dict[str, Any]) -> tuple[int, str | None]:
+    """Anything else that keeps failing (monitoring/failure_streak.py): one rule for every streak."""
+    failing = hb.get("failing")
+    if not isinstance(failing, dict) or not failing:
+        return OK, None
+    name, state = next(iter(failing.items()))
+    state = state if isinstance(state, dict) else {}
+    others = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+    return WARNING, (f"{name} failing since {state.get('since')}, {state.get('failures')} attempt(s): "
+                     f"{str(state.get('last_error'))[:80]}{others}")
 
 
 class _Facts:

@@ -19,6 +19,7 @@ from ..clock import SystemClock
 from ..storage.durable_files import write_json_atomically
 from ..market.market_hours import MarketCalendar
 from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
+from .failure_streak import FailureStreak, active_streaks
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class HeartbeatMonitor:
         self._messages_at_last_beat = 0
         self._session_started_mono: float | None = None
         self._stalled_since_mono: float | None = None
-        self._write_failing = False
+        self._write_streak = FailureStreak("heartbeat_write", log, "heartbeat_write_failed",
+                                           "heartbeat_write_recovered", logging.ERROR)
         self._failure: str | None = None
         # The heartbeat thread and the runner (at open, close and stop) both write the file.
         self._write_lock = threading.Lock()
@@ -174,6 +176,7 @@ class HeartbeatMonitor:
             **self._market_state(now),
             "heartbeat_interval_seconds": self.interval_seconds,
             "write_interval_seconds": self.write_interval_seconds,
+            "failing": active_streaks(),
         }
         heartbeat.pop("state")  # the reader's own state is folded into `status`
         if self.lake is not None:
@@ -199,12 +202,9 @@ class HeartbeatMonitor:
         try:
             write_json_atomically(self.path, heartbeat)
         except OSError as exc:
-            if not self._write_failing:  # one line per failure streak, not one per beat
-                log.error("cannot write heartbeat %s: %s", self.path, exc.strerror or exc,
-                          extra={"event": "heartbeat_write_failed"})
-            self._write_failing = True
+            self._write_streak.failed(exc, "cannot write heartbeat %s", self.path)
         else:
-            self._write_failing = False
+            self._write_streak.succeeded("the heartbeat is written again")
 
     def send_heartbeat(self, status: str | None = None) -> dict[str, Any]:
         """Write the heartbeat file and one summary log line; a failed write is logged, never raised."""

@@ -16,9 +16,11 @@ from typing import Any, Iterator
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..storage.layout import metrics_textfile_path
+from .failure_streak import FailureStreak
+
 log = logging.getLogger(__name__)
 
-TEXTFILE_NAME = "spy_streamer.prom"
 PREFIX = "spy_streamer_"
 STATUSES = ("streaming", "connecting", "reconnecting", "stalled", "market_closed", "stopped", "failed")
 
@@ -116,12 +118,13 @@ class MetricsPublisher:
     """Writes the textfile at each heartbeat; serves HTTP on `port` when one is given."""
 
     def __init__(self, heartbeat_dir: Path, port: int | None = None):
-        self.path = heartbeat_dir / TEXTFILE_NAME
+        self.path = metrics_textfile_path(heartbeat_dir)
         self.port = port
         self.collector = HeartbeatCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
-        self._write_failing = False
+        self._write_streak = FailureStreak("metrics_write", log, "metrics_write_failed", "metrics_write_recovered",
+                                           logging.ERROR)
 
     def start_server(self) -> None:
         """Serve /metrics on all interfaces, as exporters do; OSError when the port is taken."""
@@ -134,9 +137,6 @@ class MetricsPublisher:
         try:
             write_to_textfile(str(self.path), self.registry)   # a temp file renamed into place
         except OSError as exc:
-            if not self._write_failing:
-                log.error("cannot write the metrics file %s: %s", self.path, exc.strerror or exc,
-                          extra={"event": "metrics_write_failed"})
-            self._write_failing = True
+            self._write_streak.failed(exc, "cannot write the metrics file %s", self.path)
         else:
-            self._write_failing = False
+            self._write_streak.succeeded("the metrics file is written again")

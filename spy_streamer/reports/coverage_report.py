@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ..channels import Channel, channel_for
-from ..backfill.gap_ledger import FAILED, FILLED, GapEntry, LedgerUnreadable, ledger_path, read_entries
+from ..backfill.gap_ledger import FAILED, FILLED, GapEntry, LedgerUnreadable, read_entries
 from ..market.market_hours import MarketCalendar, SpecialDay
-from ..storage.parquet_sink import ParquetSink, visible_parquet_files
+from ..storage.layout import gap_ledger_path, partition_dir, visible_parquet_files
 
 COLUMNS = ("symbol", "start", "end", "source")   # what day_coverage reads: every channel is brought to these
 LARGEST_GAPS_SHOWN = 5
@@ -129,14 +129,14 @@ def load_coverage(data_dir: Path, day: date, session: tuple[datetime, datetime] 
                   expected_symbols: tuple[str, ...] = (), channel: str = "A", progress: Progress | None = None) -> Coverage:
     """Read the day's visible files of `channel` and its gap ledger, and describe them; CoverageError when
     the files cannot be read. `progress(total_files)` gives a context yielding `advance(files_read)`."""
-    folder = ParquetSink(data_dir).partition_dir(channel, day)
+    folder = partition_dir(data_dir, channel, day)
     files = visible_parquet_files(folder)
     chosen = channel_for(channel)
     key = tuple("start" if name == chosen.time_column else name for name in chosen.dedup_key)  # as read_day names it
     with (progress or (lambda total: nullcontext(lambda files_read: None)))(len(files)) as advance:
         table = read_day(files, chosen, advance)
     coverage = day_coverage(day, folder, files, table, session, gap_seconds, expected_symbols, key)
-    unfilled, problem = _unfilled_gaps(ledger_path(data_dir, channel, day))
+    unfilled, problem = _unfilled_gaps(gap_ledger_path(data_dir, channel, day))
     return dataclasses.replace(coverage, unfilled=unfilled, ledger_problem=problem)
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..storage.parquet_sink import visible_parquet_files
+from ..storage.layout import visible_parquet_files
 
 MINUTE_MS = 60_000
 FIELDS = ("volume", "open", "close", "high", "low")

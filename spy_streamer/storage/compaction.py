@@ -55,7 +55,8 @@ import pyarrow.parquet as pq
 from .durable_files import fsync_directory
 from ..market.market_hours import MarketCalendar
 from ..peak_memory import peak_rss_bytes
-from .parquet_sink import TEMP_SUFFIX, ParquetSink, visible_parquet_files
+from .layout import COMPACTION_SPILL_FOLDER as SPILL_FOLDER, day_file_name, partition_dir, visible_parquet_files
+from .parquet_sink import TEMP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ log = logging.getLogger(__name__)
 # minute covers that. A file landing later still loses nothing: it waits beside the day file for the next run.
 SETTLE_SECONDS = 60.0
 _READ_ORDER = "__read_order"  # temporary column: ties of `received_at` go to the file read first
-SPILL_FOLDER = ".compaction-spill"  # hidden: pyarrow's dataset reader and `*/*.parquet` globs pass it by
 MEMORY_LIMIT = "256MB"    # DuckDB's buffers; the child's RSS is about twice that (libraries, batches)
 THREADS = 2
 BATCH_ROWS = 131_072      # rows streamed from DuckDB at a time
@@ -132,10 +132,6 @@ class CompactionResult:
         return self.rows_read - self.rows
 
 
-def day_file_name(day: date) -> str:
-    return f"day-{day.isoformat()}.parquet"
-
-
 def compact_day(data_dir: Path, day: date, channel: str = "A",
                 verify: Callable[[Path, int], None] | None = None, keys: CompactionKeys | None = None,
                 cancel: threading.Event | None = None, memory_limit: str = MEMORY_LIMIT,
@@ -146,7 +142,7 @@ def compact_day(data_dir: Path, day: date, channel: str = "A",
     `verify(temp_path, expected_rows)`, if given, checks the new file again in this process before it
     replaces anything; tests pass a stricter or sabotaging one.
     """
-    folder = ParquetSink(data_dir).partition_dir(channel, day)
+    folder = partition_dir(data_dir, channel, day)
     final = folder / day_file_name(day)
     job = _Job(keys or keys_for(channel), verify, cancel, memory_limit, threads, bucket_rows)
     try:

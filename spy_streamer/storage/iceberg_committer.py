@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import re
 import socket
 import threading
 import time
@@ -40,7 +39,8 @@ import pyarrow.parquet as pq
 
 from ..clock import SystemClock
 from .durable_files import fsync_directory
-from .parquet_sink import ParquetSink, visible_parquet_files
+from .layout import micro_batch_stamp, partition_day_text, partition_dirs, visible_parquet_files
+from .parquet_sink import ParquetSink
 from . import lake_tables
 from .lake_catalog import NAMESPACE
 
@@ -53,7 +53,6 @@ MAX_BYTES_PER_COMMIT = 64 * 1024 * 1024  # ...without holding much of it in memo
 MAX_BACKLOG_BYTES = 1024 ** 3            # past this: a WARNING (never a deletion)
 BACKOFF_SECONDS = (1.0, 60.0)            # first and longest wait after a failed pass
 LEDGER_MARGIN_MS = 3_600_000             # snapshots older than the oldest staged file, minus this, are not read
-_PART_NAME = re.compile(r"part-(\d+)-")
 
 
 @dataclass
@@ -91,14 +90,14 @@ class StagedBatch:
 def staged_batches(data_dir: Path) -> list[StagedBatch]:
     """Every visible Parquet file of the hive layout under `data_dir`, oldest first."""
     batches = []
-    for folder in sorted(data_dir.glob("*/date=*")):
+    for folder in partition_dirs(data_dir):
         for path in visible_parquet_files(folder):
             try:
                 info = path.stat()
             except FileNotFoundError:  # committed and deleted meanwhile
                 continue
-            match = _PART_NAME.match(path.name)
-            stamp = int(match.group(1)) if match else info.st_mtime_ns
+            stamp = micro_batch_stamp(path.name)
+            stamp = info.st_mtime_ns if stamp is None else stamp
             batches.append(StagedBatch(path, folder.parent.name, stamp, info.st_size, info.st_mtime_ns))
     return sorted(batches, key=lambda batch: (batch.stamp_ns, batch.path.name))
 
@@ -255,7 +254,8 @@ class IcebergCommitter:
         writer may be about to write into it)."""
         cutoff = (self.clock.now() - timedelta(days=2)).date().isoformat()
         for folder in folders:
-            if folder.name.startswith("date=") and folder.name[len("date="):] < cutoff:
+            day = partition_day_text(folder)
+            if day is not None and day < cutoff:
                 try:
                     folder.rmdir()
                 except OSError:  # not empty: a late batch landed
@@ -318,7 +318,7 @@ def _read(batch: StagedBatch) -> pa.Table | None:
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as exc:
-        ParquetSink._set_aside(batch.path, exc)
+        ParquetSink.set_aside(batch.path, exc)
         return None
 
 

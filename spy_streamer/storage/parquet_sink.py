@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .durable_files import fsync_directory
+from .layout import micro_batch_name, partition_dir, set_aside_name, visible_parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,6 @@ def write_table_atomically(table: pa.Table, final: Path, verify: Callable[[Path]
         raise
 
 
-def visible_parquet_files(folder: Path) -> list[Path]:
-    """The files a reader sees: `*.parquet` minus hidden names (temporaries, `*.corrupt` set aside)."""
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.glob("*.parquet") if not path.name.startswith((".", "_")))
-
-
 READ_WHOLE_ROWS = 1_000_000   # a file up to this size is read at once; a larger one (a compacted day) in batches
 
 
@@ -83,14 +77,14 @@ class ParquetSink:
         self._sequence = 0
 
     def partition_dir(self, channel: str, day: date) -> Path:
-        return self.data_dir / channel / f"date={day.isoformat()}"
+        return partition_dir(self.data_dir, channel, day)
 
     def write(self, channel: str, day: date, table: pa.Table, stamp_ns: int) -> Path:
         """Write `table` as one new file of the day's partition; OSError when the disk refuses."""
         folder = self.partition_dir(channel, day)
         folder.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
-        name = f"part-{stamp_ns}-{os.getpid()}-{self._sequence:06d}.parquet"
+        name = micro_batch_name(stamp_ns, os.getpid(), self._sequence)
         final = folder / name
         write_table_atomically(table, final, **flush_write_options(table.schema))
         try:
@@ -110,17 +104,14 @@ class ParquetSink:
             try:
                 parts = _readable_parts(path, columns)
             except (pa.ArrowException, OSError) as exc:
-                self._set_aside(path, exc)
+                self.set_aside(path, exc)
                 continue
             yield from parts
 
     @staticmethod
-    def _set_aside(path: Path, exc: Exception) -> None:
-        """A file no reader can open would break every whole-folder read; hide it (kept for a person).
-
-        The new name neither starts like a data file nor ends in `.parquet`, so pyarrow and DuckDB globs
-        such as `*/*.parquet` (which match hidden names) both pass it by."""
-        hidden = path.with_name(f".{path.name}.corrupt")
+    def set_aside(path: Path, exc: Exception) -> None:
+        """A file no reader can open would break every whole-folder read; hide it (kept for a person)."""
+        hidden = set_aside_name(path)
         path.rename(hidden)
         log.error("unreadable Parquet file %s moved aside to %s: %s", path.name, hidden.name, exc,
                   extra={"event": "corrupt_file_set_aside"})
