@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +24,11 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("spy-streamer")
 
 NY = ZoneInfo("America/New_York")
+# Tests that start a real daemon, server or tool (integration): by the fixtures they use, or listed here.
+INTEGRATION_FIXTURES = {"start", "fake", "s3"}
+INTEGRATION_MODULES = {"test_daemon_scenarios", "test_faults", "test_lake_daemon", "test_deployment", "test_demo",
+                       "test_operator_signals", "test_thread_failures", "test_status_command",
+                       "test_calendar_commands", "test_packaging"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "test-key-0123456789abcdef"
 
@@ -99,3 +105,22 @@ def record_figure(request):
                 handle.write(json.dumps({"test": request.node.nodeid, "name": name, "value": value}) + "\n")
 
     return record
+
+
+@pytest.fixture
+def info_logs(caplog):
+    """INFO records captured (other tests, the CLI's, may leave the root logger at WARNING)."""
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def logged_events(caplog, name: str) -> list[logging.LogRecord]:
+    """The captured records whose `event` is `name`."""
+    return [record for record in caplog.records if getattr(record, "event", None) == name]
+
+
+def pytest_collection_modifyitems(items):
+    """`-m "not integration"` is the fast unit loop: no real daemon, server or external tool."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)

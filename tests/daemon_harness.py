@@ -1,11 +1,13 @@
-"""Running the real daemon as a user would: a config window around now, scripts/run_streamer.sh as a
-subprocess against the fake Polygon, then the Parquet, heartbeat and log read back."""
+"""Running the real daemon as a user would: a config window around now, `python -m spy_streamer run` (the
+running interpreter) as a subprocess against the fake Polygon, then the Parquet, heartbeat and log read
+back. scripts/run_streamer.sh itself is tested where it is the subject (tests/test_deployment.py, the demo)."""
 from __future__ import annotations
 
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -44,14 +46,14 @@ def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) 
 
 
 class Daemon:
-    """scripts/run_streamer.sh as a subprocess, with the test key in its environment."""
+    """`spy-streamer run` as a subprocess of this interpreter, with the test key in its environment."""
 
     def __init__(self, config_path: Path, api_key: str = TEST_API_KEY):
         env = dict(os.environ, POLYGON_API_KEY=api_key, PYTHONUNBUFFERED="1")
         env.pop("SPY_STREAMER_CONFIG", None)
         self.config_path = config_path
         self.process = subprocess.Popen(
-            ["bash", str(REPO_ROOT / "scripts" / "run_streamer.sh"), "--config", str(config_path)],
+            [sys.executable, "-m", "spy_streamer", "run", "--config", str(config_path)], cwd=REPO_ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def wait_exit(self, timeout: float) -> int:

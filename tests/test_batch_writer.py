@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FakeClock, ny
+from conftest import logged_events as events_named
 from spy_streamer.clock import FrozenClock
 from fake_polygon import agg_event, session_timeline
 from spy_streamer.storage import parquet_sink
@@ -38,6 +39,8 @@ from spy_streamer.capture.pipeline_stats import WriterStats
 from spy_streamer.capture.queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
 from spy_streamer.channels import channel_for
 from spy_streamer.capture.seen_keys import SeenKeys, SeenSlots, key_hashes
+
+pytestmark = pytest.mark.usefixtures("info_logs")  # the INFO records matter here
 
 NEW_YORK = ZoneInfo("America/New_York")
 HOURS = MarketHoursConfig(timezone=NEW_YORK, active_days=frozenset(range(5)),
@@ -67,13 +70,7 @@ def frame(events) -> str:
     return json.dumps(list(events))
 
 
-def events_named(caplog, name: str) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if getattr(record, "event", None) == name]
 
-
-@pytest.fixture(autouse=True)
-def _info_logs(caplog):
-    caplog.set_level(logging.INFO)
 
 
 class Rig:

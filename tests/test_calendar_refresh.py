@@ -166,10 +166,9 @@ def test_save_and_load_round_trip(store):
 # --- through the real REST client ---
 
 @pytest.fixture
-def fake():
-    with FakePolygon(api_key=TEST_API_KEY) as server:
-        server.holidays = MOURNING + HALF_DAY + holiday_rows("2027-01-01", "New Years Day")
-        yield server
+def fake(fake):
+    fake.holidays = MOURNING + HALF_DAY + holiday_rows("2027-01-01", "New Years Day")
+    return fake
 
 
 def rest_refresher(fake, store, timeout=5.0):

@@ -18,6 +18,7 @@ from polygon.exceptions import AuthError, BadResponse
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from conftest import TEST_API_KEY
 from fake_polygon import (
     MAX_CONNECTIONS_MESSAGE,
     FakePolygon,
@@ -26,7 +27,7 @@ from fake_polygon import (
     session_timeline,
 )
 
-KEY = "test-key"
+KEY = TEST_API_KEY
 T0 = 1_767_277_800_000  # 2026-01-01 14:30:00 UTC
 FAST_RECONNECT = {"reconnect_delays": lambda: itertools.repeat(0.05)}
 
@@ -94,12 +95,6 @@ class ClientRun:
         if not self.done.is_set():
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(timeout=3)
-
-
-@pytest.fixture
-def fake():
-    with FakePolygon(api_key=KEY) as f:
-        yield f
 
 
 @pytest.fixture

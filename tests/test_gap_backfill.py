@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import FakeClock, TEST_API_KEY, ny
-from fake_polygon import FakePolygon, session_timeline
+from fake_polygon import session_timeline
 from spy_streamer.backfill.gap_backfill import Gap, GapBackfiller, RequestPacer
 from spy_streamer.capture.pipeline_stats import BackfillStats
 from spy_streamer.data_sources.polygon_rest import RestAnswerError, fetch_second_aggs, iter_aggs_pages, make_rest_client
@@ -18,10 +18,9 @@ AGGS = "/v2/aggs/ticker/SPY/range/1/second/"
 
 
 @pytest.fixture
-def fake():
-    with FakePolygon(api_key=TEST_API_KEY) as server:
-        server.add_to_timeline(session_timeline(START_MS, 1000))
-        yield server
+def fake(fake):
+    fake.add_to_timeline(session_timeline(START_MS, 1000))
+    return fake
 
 
 def rest(fake):

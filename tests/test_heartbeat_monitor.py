@@ -14,11 +14,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import FakeClock, ny
+from conftest import logged_events as events
 from spy_streamer.config import load_config
 from spy_streamer.monitoring.health_check import heartbeat_path
 from spy_streamer.monitoring.heartbeat_monitor import HeartbeatMonitor
 from spy_streamer.market.market_hours import MarketCalendar
 from spy_streamer.capture.pipeline_stats import ReaderStats, WriterStats
+
+pytestmark = pytest.mark.usefixtures("info_logs")  # the INFO records matter here
 
 # 2025-06-10 is a Tuesday, 2025-06-13 a Friday, 2025-06-16 a Monday; no US market holiday near them.
 TUESDAY_11 = ny(2025, 6, 10, 11, 0)
@@ -70,14 +73,7 @@ def instant(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def events(caplog, name: str) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if getattr(record, "event", None) == name]
 
-
-@pytest.fixture(autouse=True)
-def _info_logs(caplog):
-    # Other tests (the CLI) may leave the root logger at WARNING; the INFO records matter here.
-    caplog.set_level(logging.INFO)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 
 from channel_parsing import frames_to_table
 from conftest import TEST_API_KEY, ny
+from conftest import logged_events as events_named
 from spy_streamer.demo import replay_server
 from spy_streamer.clock import FrozenClock
 from fake_polygon import FakePolygon, session_timeline
@@ -27,6 +28,8 @@ from spy_streamer.market.market_hours import MarketCalendar
 from spy_streamer.capture.pipeline_stats import ReaderStats, WriterStats
 from spy_streamer.data_sources.polygon_client import AuthRejected, Backoff, PolygonStream
 from spy_streamer.capture.queue_items import GAP_POSSIBLE
+
+pytestmark = pytest.mark.usefixtures("info_logs")  # the INFO records matter here
 
 HOURS = MarketHoursConfig(timezone=ZoneInfo("America/New_York"), active_days=frozenset(range(5)),
                           start_time=clock_time(9, 30), end_time=clock_time(16, 0))
@@ -46,9 +49,6 @@ def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def events_named(caplog, name: str) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if getattr(record, "event", None) == name]
-
 
 def reorder_status_keys(monkeypatch) -> None:
     """The fake Polygon sends its status messages with `message` first, longer than the first 64
@@ -59,15 +59,6 @@ def reorder_status_keys(monkeypatch) -> None:
     monkeypatch.setattr(replay_server, "_status", status)
 
 
-@pytest.fixture(autouse=True)
-def _info_logs(caplog):
-    caplog.set_level(logging.INFO)
-
-
-@pytest.fixture
-def fake():
-    with FakePolygon(api_key=TEST_API_KEY) as server:
-        yield server
 
 
 class StreamRig:

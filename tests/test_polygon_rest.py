@@ -10,10 +10,9 @@ UPCOMING = "/v1/marketstatus/upcoming"
 
 
 @pytest.fixture
-def fake():
-    with FakePolygon(api_key=TEST_API_KEY) as server:
-        server.holidays = holiday_rows("2026-11-26", "Thanksgiving")
-        yield server
+def fake(fake):
+    fake.holidays = holiday_rows("2026-11-26", "Thanksgiving")
+    return fake
 
 
 def test_rows_come_back_as_sent_with_the_key_in_the_header(fake):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT, TEST_API_KEY, write_settings
 from daemon_harness import midday_zone, window_settings
-from fake_polygon import FakePolygon, holiday_rows
+from fake_polygon import holiday_rows
 from spy_streamer.market.calendar_refresh import STATUS_TIMEOUT_SECONDS
 from spy_streamer.market.calendar_store import KnownDays, save_known_days
 from spy_streamer.market.special_days import SpecialDay
@@ -26,12 +26,6 @@ def run_command(command, config_path, api_key=TEST_API_KEY):
 
 def iso_z(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-@pytest.fixture
-def fake():
-    with FakePolygon(api_key=TEST_API_KEY) as server:
-        yield server
 
 
 def local_today():

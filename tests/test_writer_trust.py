@@ -2,11 +2,14 @@
 waiting since when, an early close learned mid-session. (Rig and helpers from test_batch_writer.)"""
 from __future__ import annotations
 
+import pytest
 
-
+from conftest import logged_events as events_named
 from fake_polygon import session_timeline
 from spy_streamer.market.special_days import SpecialDay
-from test_batch_writer import Rig, _info_logs, data_dir, events_named, ms, ny, stored_keys  # noqa: F401 (fixtures)
+from test_batch_writer import Rig, data_dir, ms, ny, stored_keys  # noqa: F401 (fixture data_dir)
+
+pytestmark = pytest.mark.usefixtures("info_logs")
 
 DAY_NS = 86_400 * 10**9
 
