@@ -31,6 +31,7 @@ INTEGRATION_MODULES = {"test_daemon_scenarios", "test_faults", "test_lake_daemon
                        "test_calendar_commands", "test_packaging"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "test-key-0123456789abcdef"
+ANY_TIME = (0, 2 ** 63 - 1)   # a REST page's requested range (ms) that no row's time leaves
 
 
 def ny(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

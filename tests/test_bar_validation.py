@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import ny
+from conftest import ANY_TIME, ny
 from fake_polygon import agg_event
 from channel_parsing import events_one_by_one, frames_to_table, rest_table, rules as channel_rules
 from spy_streamer.channels import REASONS
@@ -118,9 +118,9 @@ def test_rest_results_pass_the_same_rules(rig, data_dir):
 
     results = [result(0), result(1, v=-5), result(2, h=1.0), result(3, o=float("nan")), result(4, c=0),
                result(5, t=-1000), result(6, o="500")]
-    rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns())
-    rig.writer.accept_rest_results("IWM", [result(7)], rig.clock.time_ns())
-    rig.writer.accept_rest_results("../x", [result(8)], rig.clock.time_ns())
+    rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns(), "A", ANY_TIME)
+    rig.writer.accept_rest_results("IWM", [result(7)], rig.clock.time_ns(), "A", ANY_TIME)
+    rig.writer.accept_rest_results("../x", [result(8)], rig.clock.time_ns(), "A", ANY_TIME)
     assert rig.stats.rejected_reasons == {"bad_volume": 1, "bad_range": 1, "bad_price": 2, "bad_times": 1,
                                           "bad_type": 1, "unsubscribed": 1, "bad_symbol": 1}
     assert rig.writer.flush() is True

@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FakeClock, ny
+from conftest import ANY_TIME, FakeClock, ny
 from conftest import logged_events as events_named
 from spy_streamer.clock import FrozenClock
 from fake_polygon import agg_event, session_timeline
@@ -497,7 +497,7 @@ def test_a_rest_bar_whose_end_would_overflow_is_rejected_not_raised(rig, data_di
     """Regression: REST bars get end = start + 1000, which overflowed int64 and raised OverflowError."""
     results = [{"t": start, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1}]
     try:
-        rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns())
+        rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns(), "A", ANY_TIME)
     except Exception as exc:  # noqa: BLE001 - the bug being shown
         pytest.fail(f"accept_rest_results raised {type(exc).__name__}: {exc}")
     assert rig.stats.rejected_invalid == 1 and rig.stats.rows_pending == 0
@@ -505,7 +505,7 @@ def test_a_rest_bar_whose_end_would_overflow_is_rejected_not_raised(rig, data_di
 
 @pytest.mark.parametrize("results", [None, {"t": 1}, "text"])
 def test_rest_results_that_are_not_a_list_are_counted(rig, results):
-    rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns())
+    rig.writer.accept_rest_results("SPY", results, rig.clock.time_ns(), "A", ANY_TIME)
     assert rig.stats.rejected_reasons == {"bad_shape": 1}
 
 
@@ -812,7 +812,7 @@ def test_rest_bars_fill_the_gap_without_counting_overlap_as_repeats(data_dir):
     writer.accept_frame(0, frame(live))
     rest = [{"t": bar["s"], "o": bar["o"], "h": bar["h"], "l": bar["l"], "c": bar["c"], "v": bar["v"],
              "vw": bar["vw"], "n": 1} for bar in session_timeline(ms(ny(2025, 6, 10, 9, 30)), 15)]
-    writer.accept_items([RestBars("SPY", rest, 0)])
+    writer.accept_items([RestBars("SPY", rest, 0, requested=(rest[0]["t"], rest[-1]["t"]))])
     assert writer.flush()
     assert writer.stats.rows_written == 15 and writer.stats.rows_backfilled == 5 and writer.stats.duplicates == 0
     rows = sorted(stored(data_dir), key=lambda row: row["start"])

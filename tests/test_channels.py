@@ -67,7 +67,8 @@ def test_a_rest_trade_the_stream_delivered_is_not_stored_twice(data_dir):
     live = trade_event(T0)
     rig.send([live])
     missed = trade_event(T0 + 3, trade_id="9", sequence=9)
-    rig.writer.accept_items([RestBars("SPY", [trade_result(live), trade_result(missed)], 0, "T")])
+    rig.writer.accept_items([RestBars("SPY", [trade_result(live), trade_result(missed)], 0, "T",
+                                      requested=(T0, T0 + 3))])
     assert rig.stats.duplicates == 0 and rig.stats.rows_backfilled == 1
     assert rig.writer.flush()
     rest = read(data_dir, "T").filter(pa.compute.equal(pa.compute.field("source"), "rest"))
@@ -79,7 +80,8 @@ def test_a_rest_quote_is_keyed_by_its_sequence_number(data_dir):
     rig = Rig(data_dir, subscriptions=("Q.SPY",))
     rig.send([quote_event(T0, sequence=5)])
     rig.writer.accept_items([RestBars("SPY", [quote_result(quote_event(T0, sequence=5)),
-                                              quote_result(quote_event(T0 + 1, sequence=6))], 0, "Q")])
+                                              quote_result(quote_event(T0 + 1, sequence=6))], 0, "Q",
+                                      requested=(T0, T0 + 1))])
     assert rig.writer.flush() and read(data_dir, "Q").num_rows == 2 and rig.stats.rows_backfilled == 1
 
 

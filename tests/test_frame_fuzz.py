@@ -18,10 +18,11 @@ import duckdb
 import pyarrow.dataset as ds
 from hypothesis import event, given, settings, strategies as st
 
-from conftest import FakeClock
+from conftest import ANY_TIME, FakeClock
 from fake_polygon import agg_event
 from channel_parsing import events_one_by_one, frames_to_table, rules as channel_rules
 from spy_streamer.channels import REASONS
+from spy_streamer.channels.base import MAX_SHARES
 from spy_streamer.capture.queue_items import RestBars
 from test_batch_writer import SESSION_NOW, Rig, ms, ny
 
@@ -45,7 +46,7 @@ def valid_bars(draw, second: int) -> dict:
     low, high = sorted([draw(prices), draw(prices)])
     event = agg_event(OPEN_MS + second * 1000, draw(st.sampled_from(SUBSCRIBED)))
     event.update(l=low, h=high, o=draw(st.floats(low, high)), c=draw(st.floats(low, high)),
-                 v=draw(st.integers(0, 2 ** 40)), e=event["s"] + draw(st.sampled_from([1000, 60_000])))
+                 v=draw(st.integers(0, MAX_SHARES - 1)), e=event["s"] + draw(st.sampled_from([1000, 60_000])))
     for key in draw(st.sets(st.sampled_from(["vw", "a", "z", "op", "av"]))):
         del event[key]
     extra = draw(st.dictionaries(st.sampled_from(["n", "x", "i", "otc"]), json_values, max_size=2))
@@ -135,7 +136,8 @@ def sessions(draw) -> tuple[list, list[dict]]:
         items.append((draw(st.integers(0, 2 ** 62)), text))
         valid.extend(bars)
         if draw(st.integers(0, 5)) == 0:   # REST results that are garbage too: stored never, counted always
-            items.append(RestBars("SPY", draw(st.lists(json_values | breakages(agg_event(OPEN_MS)), max_size=3)), 0))
+            items.append(RestBars("SPY", draw(st.lists(json_values | breakages(agg_event(OPEN_MS)), max_size=3)), 0,
+                                   requested=ANY_TIME))
     return items, valid
 
 

@@ -280,7 +280,8 @@ def test_merged_requests_keep_requests_minus_finished_the_gaps_waiting(tmp_path)
 def test_the_writer_counts_rest_pages_durable_only_after_a_flush_succeeds(tmp_path):
     writer, _ = gap_rig(tmp_path / "data")
     bar = {"t": int(ny(2025, 6, 10, 9, 45).timestamp() * 1000), "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1}
-    writer.accept_items([RestBars("SPY", [bar], 0), RestBars("SPY", [], 0)])
+    writer.accept_items([RestBars("SPY", [bar], 0, requested=(bar["t"], bar["t"])),
+                         RestBars("SPY", [], 0, requested=(bar["t"], bar["t"]))])
     assert (writer.rest_pages_accepted, writer.rest_pages_durable) == (2, 0)
     writer.sink.write = lambda *args: (_ for _ in ()).throw(OSError(28, "No space left on device"))
     assert not writer.flush() and writer.rest_pages_durable == 0

@@ -85,3 +85,49 @@ def test_verify_without_a_key_is_exit_78(tmp_path, fake, monkeypatch, capsys):
     monkeypatch.delenv("POLYGON_API_KEY", raising=False)
     path = write_settings(tmp_path, settings(tmp_path, polygon={"rest_base_url": fake.rest_base_url}))
     assert cli.main(["verify", "--date", "2026-11-24", "--config", str(path)]) == 78
+
+
+def test_a_hostile_rest_answer_to_a_repair_is_refused_and_counted(day, fake, capsys):
+    """Measured: a repair against a hostile REST stored volume 2^62, prices of 1e308 and a low of 1e-300,
+    second bars at .500 s and bars of minutes nobody asked for. Now only the lost bar is stored."""
+    path, config, lost = day
+    minute_of_lost = lost["s"] - lost["s"] % MINUTE
+
+    def second(offset_ms: int, **fields) -> dict:
+        return {"t": minute_of_lost + offset_ms, "o": 500.0, "h": 500.5, "l": 499.5, "c": 500.2, "v": 10,
+                "vw": 500.1, "n": 1, **fields}
+
+    fake.extra_aggs[("SPY", "second")] = [
+        second(30_000, v=2 ** 62), second(31_000, o=1e308, h=1e308), second(32_000, l=1e-300),
+        second(17_500), second(MINUTE), second(-3 * MINUTE)]
+    assert verify(path, "--repair") == 0
+    out = capsys.readouterr().out
+    assert ("repair: 1 second bars stored from REST (source rest); 6 refused "
+            "(bad_price 2, bad_start 1, bad_volume 1, outside_request 2)") in out
+    rows = ds.dataset(config.paths.data_dir / "A", partitioning="hive").to_table().to_pylist()
+    assert [int(row["start"].timestamp() * 1000) for row in rows if row["source"] == "rest"] == [lost["s"]]
+    assert len(rows) == 300 and max(row["volume"] for row in rows) < 10 ** 12
+
+
+def test_a_repair_refuses_while_a_daemon_records_into_the_same_folder(start, fake, tmp_path, monkeypatch, capsys):
+    """Measured: a repair run beside the recording daemon stored 7 duplicate rows (it took no lock). Now it
+    refuses with one line, exit 75, and writes nothing."""
+    from daemon_harness import midday_zone, stored_rows, wait_for
+    from datetime import datetime, timezone
+
+    monkeypatch.setenv("POLYGON_API_KEY", TEST_API_KEY)
+    fake.replay_live(("SPY",), since_ms=(int(datetime.now(timezone.utc).timestamp()) - 90) * 1000, delay_seconds=0.2)
+    run = start(polygon={"subscriptions": ["A.SPY"]})
+    wait_for(lambda: run.data_dir.joinpath(".spy-streamer.lock").exists() and stored_rows(run.data_dir),
+             timeout=30, what="the daemon recording")
+    fake.minute_overrides.update({("SPY", (int(datetime.now(timezone.utc).timestamp()) // 60 - minutes) * MINUTE):
+                                  {"h": 999.0} for minutes in range(3)})     # minutes that disagree
+    today = datetime.now(timezone.utc).astimezone(midday_zone(datetime.now(timezone.utc))).date()
+    capsys.readouterr()
+    code = cli.main(["verify", "--date", today.isoformat(), "--config", str(run.config_path), "--repair"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 75, out
+    assert out[-1].startswith(f"spy-streamer: verify {today} --repair refused, nothing written: another "
+                              f"spy-streamer (pid {run.daemon.process.pid}")
+    assert not any(line.startswith("repair:") for line in out)
+    assert run.daemon.stop()[0] == 0

@@ -206,7 +206,8 @@ class GapBackfiller:
         """Each page goes to the writer as it comes (a retry's repeats are dropped there by key)."""
         rows = 0
         for results in self.fetch(gap, self.pace):
-            deliver(RestBars(gap.symbol, results, self.clock.time_ns(), gap.channel))
+            deliver(RestBars(gap.symbol, results, self.clock.time_ns(), gap.channel,
+                             requested=(gap.from_ms, gap.to_ms)))
             self._pages_delivered += 1
             rows += len(results) if type(results) is list else 0
             self._take_requests(wait=False)   # a long fetch must not hold back the record of new gaps

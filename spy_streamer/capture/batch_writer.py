@@ -297,7 +297,7 @@ class BatchWriter:
                 self.open_gaps()
             elif isinstance(item, RestBars):
                 self.rest_pages_accepted += 1
-                self.accept_rest_results(item.symbol, item.results, item.received_ns, item.channel)
+                self.accept_rest_results(item.symbol, item.results, item.received_ns, item.channel, item.requested)
         self._accept_frames(run)
 
     def accept_frame(self, received_ns: int, frame: str | bytes) -> None:
@@ -312,12 +312,14 @@ class BatchWriter:
         for name, table in tables.items():
             self._keep(self.lanes[name], table, "ws")
 
-    def accept_rest_results(self, symbol: str, results: list, received_ns: int, channel: str = "A") -> None:
+    def accept_rest_results(self, symbol: str, results: list, received_ns: int, channel: str,
+                            requested: tuple[int, int]) -> None:
+        """A REST page: the WebSocket's rules, and each row within the `requested` times (ms, inclusive)."""
         lane = self.lanes.get(channel)
         if lane is None:  # a backfill of a channel this session does not record: nothing to keep
             return
         table, rejected = rest_results_with_reasons(lane.channel, symbol, results, received_ns)
-        table = lane.rules.apply(table, rejected)
+        table = lane.rules.apply(table, rejected, requested)
         if rejected:
             self._count_rejected(rejected)
         self._keep(lane, table, "rest")

@@ -6,7 +6,7 @@ nothing else; the rare control items below are told apart by identity or type.
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 END_OF_STREAM = None          # the runner's last item: flush and stop
 # The reader lost its connection or dropped frames: bars may be missing from here on, so the writer
@@ -16,11 +16,15 @@ GAP_POSSIBLE = "gap possible"
 
 @dataclass(frozen=True)
 class RestBars:
-    """Rows fetched by the gap backfill, as Polygon's REST `results` of `channel` (bars, trades or quotes)."""
+    """Rows fetched by the gap backfill (or `verify --repair`), as Polygon's REST `results` of `channel` (bars,
+    trades or quotes). `requested`: the first and last row time asked for (ms, both inclusive); a row
+    outside it is refused and counted, whatever the server sends."""
     symbol: str
     results: list
     received_ns: int
     channel: str = "A"
+    _: KW_ONLY
+    requested: tuple[int, int]
 
 
 class FrameQueue(queue.Queue):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .base import (MS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, all_of, positive_prices,
-                   sizes_at_least_zero)
+from .base import (MS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, all_of, on_whole_units,
+                   prices_in_bounds, sizes_in_bounds)
 
 SCHEMA = pa.schema([
     ("symbol", pa.string()),
@@ -38,14 +38,17 @@ MAX_BAR_MS = 86_400_000
 _MAX_BAR = pa.scalar(MAX_BAR_MS, pa.duration("ms"))
 
 
-def bar_checks(col: dict[str, pa.Array]) -> Checks:
-    return [("bad_price", positive_prices([col[name] for name in PRICES])),
-            ("bad_volume", sizes_at_least_zero([col["volume"], col["accumulated_volume"], col["average_size"]])),
+def bar_checks(col: dict[str, pa.Array], bar_ms: int) -> Checks:
+    return [("bad_price", prices_in_bounds([col[name] for name in PRICES])),
+            ("bad_volume", sizes_in_bounds([col["volume"], col["accumulated_volume"], col["average_size"]])),
             ("bad_range", all_of([pc.less_equal(col["low"], col["open"]), pc.less_equal(col["low"], col["close"]),
                                   pc.less_equal(col["open"], col["high"]), pc.less_equal(col["close"], col["high"])])),
             # start >= 0 and end > start, so end - start cannot wrap around.
             ("bad_times", all_of([after_epoch(col["start"]), pc.greater(col["end"], col["start"]),
-                                  pc.less_equal(pc.subtract(col["end"], col["start"]), _MAX_BAR)]))]
+                                  pc.less_equal(pc.subtract(col["end"], col["start"]), _MAX_BAR)])),
+            # Polygon's bars start on a whole second (A) or minute (AM): one at 10:00:00.500 would be a
+            # second key for the second already stored at 10:00:00, and every sum over the day counts it twice.
+            ("bad_start", on_whole_units(col["start"], bar_ms))]
 
 
 def aggregate_channel(name: str, title: str, bar_ms: int, timespan: str) -> Channel:
@@ -59,6 +62,6 @@ def aggregate_channel(name: str, title: str, bar_ms: int, timespan: str) -> Chan
     return Channel(
         name=name, title=title, schema=SCHEMA, dedup_key=("symbol", "start"), sort_key=("symbol", "start"),
         time_column="start", ws_required=WS_REQUIRED, ws_optional=WS_OPTIONAL, rest_required=REST_REQUIRED,
-        rest_optional=REST_OPTIONAL, checks=bar_checks, fetch=fetch,
+        rest_optional=REST_OPTIONAL, checks=lambda columns: bar_checks(columns, bar_ms), fetch=fetch,
         rest_path=f"/v2/aggs/ticker/{{ticker}}/range/1/{timespan}/{{from}}/{{to}}", gap_step_ms=bar_ms,
         rest_complete=complete)

@@ -10,7 +10,6 @@ reason of REASONS.
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -34,12 +33,19 @@ REASONS = (
     "bad_type",       # a value of the wrong JSON type, or one no int64/float64 holds
     "bad_symbol",     # not a plausible ticker (TICKER_PATTERN)
     "unsubscribed",   # a plausible ticker nobody subscribed to on this channel
-    "bad_price",      # a price not finite or not > 0
-    "bad_volume",     # a volume or size below 0 or not finite
+    "bad_price",      # a price outside MIN_PRICE..MAX_PRICE (NaN and infinities included; a quote may be 0)
+    "bad_volume",     # a volume or size below 0, or not below MAX_SHARES (or not finite)
     "bad_range",      # bars: not low <= min(open, close) <= max(open, close) <= high
     "bad_times",      # a time before 1970, or a bar whose end is not after its start (or a day after it)
-    "bad_id",         # trades: an empty trade id; quotes: a negative sequence number
+    "bad_start",      # bars: a start not on a whole bar (second for A, minute for AM): it would count one twice
+    "bad_id",         # trades: an empty trade id; trades and quotes: a negative sequence number
+    "outside_request",  # REST: a row outside the range that was asked for
 )
+# Bounds no real print reaches (the README lists them): whatever a server sends beyond them is refused,
+# so a stored day never holds a price of 1e308 or a volume of 2^62 that would swamp every sum over it.
+MIN_PRICE = 1e-6          # OTC sub-penny quotes go to six decimals; 1e-300 is not a price
+MAX_PRICE = 1e7           # BRK.A, the dearest US share, trades under $1M: ten times that is no print
+MAX_SHARES = 10 ** 12     # a whole day of the whole US market is about 1.5e10 shares
 # Polygon stock tickers: capitals and digits, "." before a share class (BRK.B), "-" or a lower-case CQS
 # suffix for preferreds, rights, warrants, when-issued (ABC-P, BACpB, ABCw), ":" after a market prefix
 # (I:SPX). 1 to 24 characters: the longest form (an option, O: + root + 15) fits, a path or a blob does not.
@@ -97,7 +103,9 @@ EPOCH_MS = pa.scalar(0, MS_UTC)
 # Compute calls take Arrow scalars: given a Python value, pyarrow converts it anew on every call (and may
 # probe sys.path for an optional dateutil each time), a fixed cost paid by every batch on every check.
 TRUE, FALSE = pa.scalar(True), pa.scalar(False)
-ZERO_INT, ZERO_FLOAT, INFINITY = pa.scalar(0, pa.int64()), pa.scalar(0.0), pa.scalar(math.inf)
+ZERO_INT, ZERO_FLOAT = pa.scalar(0, pa.int64()), pa.scalar(0.0)
+LOWEST_PRICE, HIGHEST_PRICE = pa.scalar(MIN_PRICE), pa.scalar(MAX_PRICE)
+SHARES_LIMIT = {"int": pa.scalar(MAX_SHARES, pa.int64()), "float": pa.scalar(float(MAX_SHARES))}
 
 
 def present_or(check: pa.Array) -> pa.Array:
@@ -116,19 +124,42 @@ def all_of(checks: list) -> pa.Array | bool:
     return result
 
 
-def positive_prices(columns: list[pa.Array], optional: bool = True) -> pa.Array | bool:
-    """Every price > 0 (refuses NaN and -inf) and the row's largest finite (refuses +inf)."""
+def prices_in_bounds(columns: list[pa.Array], optional: bool = True, zero_allowed: bool = False) -> pa.Array | bool:
+    """Every price within MIN_PRICE..MAX_PRICE (refuses NaN and infinities); with `zero_allowed`, 0 too
+    (a quote's "no bid")."""
     wrap = present_or if optional else (lambda check: check)
-    return all_of([wrap(pc.greater(price, ZERO_FLOAT)) for price in columns]
-                  + [pc.less(pc.max_element_wise(*columns), INFINITY)])
-
-
-def sizes_at_least_zero(columns: list[pa.Array]) -> pa.Array | bool:
-    """Volumes and sizes >= 0 and finite (floats) where present."""
-    checks = [present_or(pc.greater_equal(size, ZERO_FLOAT if pa.types.is_floating(size.type) else ZERO_INT))
-              for size in columns]
-    checks += [present_or(pc.less(size, INFINITY)) for size in columns if pa.types.is_floating(size.type)]
+    checks = []
+    for price in columns:
+        bounded = pc.and_(pc.greater_equal(price, LOWEST_PRICE), pc.less_equal(price, HIGHEST_PRICE))
+        checks.append(wrap(pc.or_(bounded, pc.equal(price, ZERO_FLOAT)) if zero_allowed else bounded))
     return all_of(checks)
+
+
+def sizes_in_bounds(columns: list[pa.Array]) -> pa.Array | bool:
+    """Volumes and sizes where present: 0 <= size < MAX_SHARES (refuses NaN and infinities)."""
+    checks = []
+    for size in columns:
+        floating = pa.types.is_floating(size.type)
+        zero, limit = (ZERO_FLOAT, SHARES_LIMIT["float"]) if floating else (ZERO_INT, SHARES_LIMIT["int"])
+        checks.append(present_or(pc.and_(pc.greater_equal(size, zero), pc.less(size, limit))))
+    return all_of(checks)
+
+
+def sequence_at_least_zero(column: pa.Array) -> pa.Array:
+    """Polygon's sequence numbers count up from 0; a negative one is no sequence number (null passes)."""
+    return present_or(pc.greater_equal(column, ZERO_INT))
+
+
+def on_whole_units(column: pa.Array, unit_ms: int) -> pa.Array:
+    """A time (ms) on a whole `unit_ms` (integer division truncates: start - start // unit * unit == 0)."""
+    times, unit = pc.cast(column, pa.int64()), pa.scalar(unit_ms, pa.int64())
+    return pc.equal(pc.subtract(times, pc.multiply(pc.divide(times, unit), unit)), ZERO_INT)
+
+
+def within(times_ms: pa.Array, first_ms: int, last_ms: int) -> pa.Array:
+    """first_ms <= time <= last_ms, row by row."""
+    return pc.and_(pc.greater_equal(times_ms, pa.scalar(first_ms, pa.int64())),
+                   pc.less_equal(times_ms, pa.scalar(last_ms, pa.int64())))
 
 
 def after_epoch(column: pa.Array) -> pa.Array:

@@ -4,14 +4,15 @@ Times as for trades: WebSocket milliseconds, REST nanoseconds, stored as timesta
 sends one condition (`c`, an int), REST a list (`conditions`): stored as a list either way.
 Dedup key (symbol, sequence_number): Polygon's sequence number is unique per ticker and day.
 A bid or ask of 0 means no bid or ask (a one-sided market) and is kept; negative or infinite is not.
+Crossed (bid > ask) and locked (bid == ask) quotes are real market states and are kept.
 """
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .base import INT_LIST, NS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, all_of, present_or, \
-    sizes_at_least_zero
+from .base import INT_LIST, NS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, prices_in_bounds, \
+    sequence_at_least_zero, sizes_in_bounds
 
 SCHEMA = pa.schema([
     ("symbol", pa.string()),
@@ -35,12 +36,11 @@ MS_TO_NS = 1_000_000
 
 
 def quote_checks(col: dict[str, pa.Array]) -> Checks:
-    prices = [col["bid_price"], col["ask_price"]]
-    return [("bad_price", all_of([present_or(pc.greater_equal(price, 0.0)) for price in prices]
-                                 + [present_or(pc.less(price, float("inf"))) for price in prices])),
-            ("bad_volume", sizes_at_least_zero([col["bid_size"], col["ask_size"]])),
+    # A bid above the ask (crossed) or equal to it (locked) is a real market state: kept as sent.
+    return [("bad_price", prices_in_bounds([col["bid_price"], col["ask_price"]], zero_allowed=True)),
+            ("bad_volume", sizes_in_bounds([col["bid_size"], col["ask_size"]])),
             ("bad_times", after_epoch(col["sip_timestamp"])),
-            ("bad_id", pc.greater_equal(col["sequence_number"], 0))]
+            ("bad_id", sequence_at_least_zero(col["sequence_number"]))]
 
 
 def _one_condition_as_list(column: str, value):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .base import INT_LIST, NS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, positive_prices, \
-    sizes_at_least_zero
+from .base import INT_LIST, NS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, all_of, prices_in_bounds, \
+    sequence_at_least_zero, sizes_in_bounds
 
 SCHEMA = pa.schema([
     ("symbol", pa.string()),
@@ -34,10 +34,11 @@ MS_TO_NS = 1_000_000
 
 
 def trade_checks(col: dict[str, pa.Array]) -> Checks:
-    return [("bad_price", positive_prices([col["price"]], optional=False)),
-            ("bad_volume", sizes_at_least_zero([col["size"]])),
+    return [("bad_price", prices_in_bounds([col["price"]], optional=False)),
+            ("bad_volume", sizes_in_bounds([col["size"]])),
             ("bad_times", after_epoch(col["sip_timestamp"])),
-            ("bad_id", pc.greater(pc.utf8_length(col["trade_id"]), 0))]
+            ("bad_id", all_of([pc.greater(pc.utf8_length(col["trade_id"]), 0),
+                               sequence_at_least_zero(col["sequence_number"])]))]
 
 
 def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):

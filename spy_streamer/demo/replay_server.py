@@ -224,6 +224,9 @@ class FakePolygon:
         self.timeline: dict[tuple[str, int], dict] = {}
         self.minute_overrides: dict[tuple[str, int], dict] = {}   # (symbol, minute start ms) -> fields
         self.ticks: dict[tuple[str, str], list[dict]] = {}         # ("trades" | "quotes", symbol) -> REST rows
+        # (symbol, "second" | "minute") -> raw results added to the first page of every /v2/aggs answer,
+        # whatever range was asked: a hostile server's rows (a test's).
+        self.extra_aggs: dict[tuple[str, str], list] = {}
         self.holidays: list[dict] = []
         self.rest_requests: list[tuple[str, dict]] = []
         self._lock = threading.RLock()
@@ -636,9 +639,10 @@ class FakePolygon:
         adjusted = query.get("adjusted", "true") != "false"
         body: dict[str, Any] = {"ticker": sym, "queryCount": len(page),
                                 "resultsCount": len(page), "adjusted": adjusted}
-        if page:  # like Polygon, "results" is absent when nothing matches
-            body["results"] = [{"v": e["v"], "vw": e["vw"], "o": e["o"], "c": e["c"],
-                                "h": e["h"], "l": e["l"], "t": e["s"], "n": 1} for e in page]
+        results = [{"v": e["v"], "vw": e["vw"], "o": e["o"], "c": e["c"], "h": e["h"], "l": e["l"], "t": e["s"],
+                    "n": 1} for e in page] + (self.extra_aggs.get((sym, span), []) if after is None else [])
+        if results:  # like Polygon, "results" is absent when nothing matches
+            body["results"] = results
         body.update(status="OK", request_id="fake", count=len(page))
         if len(rows) > limit:
             # _paginate_iter keeps only path+query of next_url and prepends its BASE.

@@ -140,25 +140,30 @@ def format_audit(audit: Audit, tz, channel: str, limit: int = 50) -> str:
 
 
 def repair_minutes(minutes: list[tuple[str, int]], fetch_seconds: Callable[[str, int, int], list],
-                   store: Callable[[str, list], None]) -> None:
-    """Refetch each disagreeing minute as REST second bars and hand them to `store(symbol, results)`."""
+                   store: Callable[[str, list, tuple[int, int]], None]) -> None:
+    """Refetch each disagreeing minute as REST second bars and hand them to `store(symbol, results,
+    requested)`, `requested` being the first and last second asked for (a row outside it is refused)."""
     for symbol, minute in minutes:
-        store(symbol, fetch_seconds(symbol, minute, minute + MINUTE_MS - 1000))
+        requested = (minute, minute + MINUTE_MS - 1000)
+        store(symbol, fetch_seconds(symbol, *requested), requested)
+
+
+def format_refusals(rejected: dict[str, int]) -> str:
+    """"; 3 refused (bad_price 1, outside_request 2)", or "" when REST sent nothing to refuse."""
+    if not rejected:
+        return ""
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items()))
+    return f"; {sum(rejected.values())} refused ({reasons})"
 
 
 def verify_command(config, day: date, channel: str, repair: bool) -> int:
-    """`spy-streamer verify`: exit 0 when every minute agrees (after a repair, if asked), 1 otherwise."""
-    import time
-
-    from ..capture.batch_writer import BatchWriter
+    """`spy-streamer verify`: exit 0 when every minute agrees (after a repair, if asked), 1 otherwise;
+    a repair refused because a daemon records into the same data_dir: EX_LOCKED."""
     from ..market.calendar_store import load_calendar
     from ..channels.subscriptions import symbols_of
-    from ..clock import FrozenClock
     from ..config import require_api_key
     from ..storage.parquet_sink import ParquetSink
-    from ..capture.pipeline_stats import WriterStats
-    from ..data_sources.polygon_rest import RestAnswerError, fetch_minute_aggs, fetch_second_aggs, make_rest_client
-    from ..capture.queue_items import RestBars
+    from ..data_sources.polygon_rest import RestAnswerError, fetch_minute_aggs, make_rest_client
 
     client = make_rest_client(require_api_key(config), config.polygon.rest_base_url)
     calendar = load_calendar(config)
@@ -180,17 +185,54 @@ def verify_command(config, day: date, channel: str, repair: bool) -> int:
         print(format_audit(result, calendar.tz, channel))
         if not repair or not result.disagreements:
             return 1 if result.disagreements else 0
-        writer = BatchWriter(None, sink, calendar, WriterStats(), 60.0, FrozenClock(session.open),
-                             subscriptions=config.polygon.subscriptions)
-        writer.start_day()
-        repair_minutes(result.minutes_to_repair(), lambda *span: fetch_second_aggs(client, *span),
-                       lambda symbol, results: writer.accept_items([RestBars(symbol, results, time.time_ns())]))
-        if not writer.flush():
-            raise VerifyError(f"could not write the repaired bars: {writer.stats.last_write_error}")
-        print(f"repair: {writer.stats.rows_written} second bars stored from REST (source rest); verifying again")
+        refused = _repair_locked(config, sink, calendar, session, client, result)
+        if refused is not None:
+            return refused
         result = audit()
         print(format_audit(result, calendar.tz, channel))
     except (RestAnswerError, VerifyError) as exc:
         print(f"spy-streamer: verify {day}: {exc}")
         return 1
     return 1 if result.disagreements else 0
+
+
+def _repair_locked(config, sink, calendar, session, client, result: Audit) -> int | None:
+    """The repair under the daemon's own data_dir lock, so it never writes beside a recording daemon
+    (both would store the same rows, each unaware of the other's keys); EX_LOCKED when it is held."""
+    from ..exit_codes import EX_LOCKED
+    from ..instance_lock import InstanceLock, InstanceLocked
+
+    lock = InstanceLock(config.paths.data_dir)
+    try:
+        lock.acquire()
+    except (InstanceLocked, OSError) as exc:
+        print(f"spy-streamer: verify {result.day} --repair refused, nothing written: {exc}")
+        return EX_LOCKED
+    try:
+        _repair(config, sink, calendar, session, client, result)
+    finally:
+        lock.release()
+    return None
+
+
+def _repair(config, sink, calendar, session, client, result: Audit) -> None:
+    """REST second bars of the disagreeing minutes through the writer: the same rules as the stream's
+    bars, each within the minute asked for, the day's stored keys kept once."""
+    import time
+
+    from ..capture.batch_writer import BatchWriter
+    from ..capture.pipeline_stats import WriterStats
+    from ..capture.queue_items import RestBars
+    from ..clock import FrozenClock
+    from ..data_sources.polygon_rest import fetch_second_aggs
+
+    writer = BatchWriter(None, sink, calendar, WriterStats(), 60.0, FrozenClock(session.open),
+                         subscriptions=config.polygon.subscriptions)
+    writer.start_day()
+    repair_minutes(result.minutes_to_repair(), lambda *span: fetch_second_aggs(client, *span),
+                   lambda symbol, results, requested: writer.accept_items(
+                       [RestBars(symbol, results, time.time_ns(), requested=requested)]))
+    if not writer.flush():
+        raise VerifyError(f"could not write the repaired bars: {writer.stats.last_write_error}")
+    print(f"repair: {writer.stats.rows_written} second bars stored from REST (source rest)"
+          f"{format_refusals(writer.stats.rejected_reasons)}; verifying again")
