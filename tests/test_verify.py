@@ -113,12 +113,13 @@ def test_a_repair_refuses_while_a_daemon_records_into_the_same_folder(start, fak
     """Measured: a repair run beside the recording daemon stored 7 duplicate rows (it took no lock). Now it
     refuses with one line, exit 75, and writes nothing."""
     from daemon_harness import midday_zone, stored_rows, wait_for
+    from spy_streamer.storage.layout import lock_path
     from datetime import datetime, timezone
 
     monkeypatch.setenv("POLYGON_API_KEY", TEST_API_KEY)
     fake.replay_live(("SPY",), since_ms=(int(datetime.now(timezone.utc).timestamp()) - 90) * 1000, delay_seconds=0.2)
     run = start(polygon={"subscriptions": ["A.SPY"]})
-    wait_for(lambda: run.data_dir.joinpath(".spy-streamer.lock").exists() and stored_rows(run.data_dir),
+    wait_for(lambda: lock_path(run.data_dir).exists() and stored_rows(run.data_dir),
              timeout=30, what="the daemon recording")
     fake.minute_overrides.update({("SPY", (int(datetime.now(timezone.utc).timestamp()) // 60 - minutes) * MINUTE):
                                   {"h": 999.0} for minutes in range(3)})     # minutes that disagree
