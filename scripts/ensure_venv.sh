@@ -1,19 +1,29 @@
-# Sourced by run_streamer.sh and test.sh: create .venv and install the project on first use, and again
-# only when the packaging files change. Non-interactive, so supervisord can run it.
-# Usage: ensure_venv <extras>   (e.g. "" or "test")
+# Sourced by setup.sh, run_streamer.sh and test.sh. The project's venv is `.venv`; a stamp file names the
+# packaging files it was installed from, so a change to setup.cfg or pyproject.toml makes it stale.
+# Only setup.sh and test.sh install: the daemon's start never does (see run_streamer.sh).
+
+# The stamp of an install with `extras` ("" for the plain one) from the packaging files as they are now.
+venv_stamp() {
+    local packaging_hash
+    packaging_hash="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+    echo "$ROOT/.venv/.installed-$packaging_hash-${1:-base}"
+}
+
+# True when .venv holds an up-to-date install with `extras` (any install satisfies the plain one).
+venv_ready() {
+    local stamp
+    stamp="$(venv_stamp "$1")"
+    [ -x "$ROOT/.venv/bin/python" ] || return 1
+    [ -f "$stamp" ] || { [ -z "$1" ] && compgen -G "${stamp%-base}-*" >/dev/null; }
+}
+
+# Create .venv and install the project (with `extras`) from the package index, unless already up to date.
 ensure_venv() {
     local extras="$1"
-    local venv="$ROOT/.venv"
-    local packaging_hash stamp
-    packaging_hash="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
-    stamp="$venv/.installed-$packaging_hash-${extras:-base}"
-    # The base install is also satisfied by an install with extras (e.g. the test venv).
-    if [ -f "$stamp" ] || { [ -z "$extras" ] && compgen -G "$venv/.installed-$packaging_hash-*" >/dev/null; }; then
-        return 0
+    venv_ready "$extras" && return 0
+    if [ ! -x "$ROOT/.venv/bin/python" ]; then
+        "${PYTHON:-python3}" -m venv "$ROOT/.venv"
     fi
-    if [ ! -x "$venv/bin/python" ]; then
-        "${PYTHON:-python3}" -m venv "$venv"
-    fi
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}" >&2
-    touch "$stamp"
+    "$ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}" >&2
+    touch "$(venv_stamp "$extras")"
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -20,14 +21,17 @@ import xmlrpc.client
 from pathlib import Path
 
 import pytest
+import yaml
 from supervisor.xmlrpc import SupervisorTransport
 
 from conftest import REPO_ROOT, TEST_API_KEY, write_settings
 from daemon_harness import wait_for, window_settings
+from spy_streamer.config import load_config
 from spy_streamer.orchestrator.streaming_runner import SHUTDOWN_DEADLINE_SECONDS
 
 SHIPPED_SUPERVISORD = REPO_ROOT / "config" / "supervisord.conf"
 SHIPPED_UNIT = REPO_ROOT / "config" / "spy-streamer.service"
+SYSTEMD_SETTINGS = REPO_ROOT / "config" / "settings.systemd.yaml"
 SUPERVISORD = Path(sys.executable).with_name("supervisord")
 RUN_STREAMER = REPO_ROOT / "scripts" / "run_streamer.sh"
 # supervisord acts on an EXITED process in the next pass of its loop (about once a second) or never: only
@@ -40,23 +44,25 @@ def shipped_program_section() -> str:
     return text[text.index("[program:spy-streamer]"):]
 
 
-def substituted(section: str, name: str, command: str, stdout_log: Path) -> str:
-    """The shipped section with its name, directory, command and log path replaced, and no `user=` (the
-    test does not run as that user). Each line must be there exactly once."""
+def substituted(section: str, name: str, command: str, stdout_log: Path | None) -> str:
+    """The shipped section with its name, directory, command and log path replaced (the log path kept when
+    `stdout_log` is None), and `user=` the user running the test (supervisord refuses a user name that does
+    not exist, and only root may switch to another). Each line must be there exactly once."""
     replacements = [
         (r"^\[program:spy-streamer\]$", f"[program:{name}]"),
         (r"^directory=.*$", f"directory={REPO_ROOT}"),
         (r"^command=.*$", f"command={command}"),
-        (r"^user=.*\n", ""),
-        (r"^stdout_logfile=.*$", f"stdout_logfile={stdout_log}"),
+        (r"^user=.*$", f"user={pwd.getpwuid(os.getuid()).pw_name}"),
     ]
+    if stdout_log is not None:
+        replacements.append((r"^stdout_logfile=.*$", f"stdout_logfile={stdout_log}"))
     for pattern, replacement in replacements:
         section, count = re.subn(pattern, replacement, section, flags=re.MULTILINE)
         assert count == 1, f"the shipped section has no single line matching {pattern!r}"
     return section
 
 
-def supervisord_conf(workdir: Path, programs: dict[str, str]) -> str:
+def supervisord_conf(workdir: Path, programs: dict[str, str], shipped_log: bool = False) -> str:
     head = f"""[supervisord]
 nodaemon=true
 logfile={workdir}/supervisord.log
@@ -71,17 +77,18 @@ file={workdir}/supervisor.sock
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 """
-    return head + "\n".join(substituted(shipped_program_section(), name, command, workdir / f"{name}.out")
+    return head + "\n".join(substituted(shipped_program_section(), name, command,
+                                        None if shipped_log else workdir / f"{name}.out")
                             for name, command in programs.items())
 
 
 class Supervisord:
     """A real supervisord in the foreground, asked about its programs over its XML-RPC socket."""
 
-    def __init__(self, workdir: Path, programs: dict[str, str]):
+    def __init__(self, workdir: Path, programs: dict[str, str], shipped_log: bool = False):
         self.workdir = workdir
         conf = workdir / "supervisord.conf"
-        conf.write_text(supervisord_conf(workdir, programs))
+        conf.write_text(supervisord_conf(workdir, programs, shipped_log))
         env = dict(os.environ, POLYGON_API_KEY=TEST_API_KEY)  # programs inherit supervisord's environment
         env.pop("SPY_STREAMER_CONFIG", None)
         self.process = subprocess.Popen([str(SUPERVISORD), "-c", str(conf)], env=env,
@@ -190,6 +197,23 @@ def test_shipped_supervisord_section_does_not_restart_exit_78_but_restarts_a_cra
         supervisord.stop()
 
 
+def test_the_shipped_section_runs_on_a_new_host_as_shipped(tmp_path, short_dir, fake):
+    """Measured: supervisord refused its whole configuration until /var/log/spy-streamer existed. Now only
+    what the install section sets up is replaced (the checkout's folder and the `spy` user); the program's
+    log stays as shipped, and supervisord starts the daemon and shows its output."""
+    (tmp_path / "run").mkdir()
+    config = write_settings(tmp_path / "run", window_settings(tmp_path / "run", fake, open_now=False))
+    supervisord = Supervisord(short_dir, {"spy-streamer": f"{RUN_STREAMER} --config {config}"}, shipped_log=True)
+    try:
+        wait_for(lambda: supervisord.info("spy-streamer")["statename"] == "RUNNING"
+                 and (tmp_path / "run" / "heartbeat" / "polygon.json").exists(),
+                 timeout=30, interval=0.2, what="the daemon to run and write its heartbeat")
+        assert Path(supervisord.info("spy-streamer")["stdout_logfile"]).parent == short_dir
+    finally:
+        supervisord.stop()
+    assert "stopped: spy-streamer (exit status 0)" in supervisord.log()
+
+
 def test_shipped_supervisord_settings():
     section = configparser.RawConfigParser(inline_comment_prefixes=(";",))
     section.read_string(shipped_program_section())
@@ -202,7 +226,8 @@ def test_shipped_supervisord_settings():
 
 
 def read_unit(text: str) -> configparser.RawConfigParser:
-    unit = configparser.RawConfigParser(strict=True, delimiters=("=",), comment_prefixes=("#", ";"))
+    # Not strict: systemd adds up repeated list settings (SystemCallFilter= allow, then ~deny); the last wins here.
+    unit = configparser.RawConfigParser(strict=False, delimiters=("=",), comment_prefixes=("#", ";"))
     unit.optionxform = str  # systemd keys are case-sensitive
     unit.read_string(text)
     return unit
@@ -211,19 +236,33 @@ def read_unit(text: str) -> configparser.RawConfigParser:
 def test_systemd_unit_settings():
     unit = read_unit(SHIPPED_UNIT.read_text())
     service = unit["Service"]
+    assert service["Type"] == "notify" and 0 < float(service["WatchdogSec"]) <= 300
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"].split() == ["78"]
     assert service["KillSignal"] == "SIGTERM"
     assert float(service["TimeoutStopSec"]) > SHUTDOWN_DEADLINE_SECONDS
-    assert service["ExecStart"].split()[0].endswith("/scripts/run_streamer.sh")
-    assert service["ExecStart"].split()[0].startswith(service["WorkingDirectory"] + "/")
+    assert service["ExecStart"].split()[0] == "/opt/spy-streamer/scripts/run_streamer.sh"
+    assert service["ExecStart"].split()[1:] == ["--config", "/etc/spy-streamer/settings.yaml"]
+    assert (service["StateDirectory"], service["LogsDirectory"], service["ConfigurationDirectory"]) == \
+        ("spy-streamer",) * 3
     assert "POLYGON_API_KEY" not in SHIPPED_UNIT.read_text().replace("POLYGON_API_KEY=...", "")
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_accepts_the_unit(tmp_path):
-    """systemd's own parser, on the shipped unit with its paths pointed at this checkout."""
+def test_the_systemd_settings_write_only_where_systemd_lets_the_service_write():
+    """config/settings.systemd.yaml (/etc/spy-streamer/settings.yaml) is config/settings.yaml with its paths
+    in StateDirectory= and LogsDirectory=, the only writable places under ProtectSystem=strict."""
+    systemd = yaml.safe_load(SYSTEMD_SETTINGS.read_text())
+    default = yaml.safe_load((REPO_ROOT / "config" / "settings.yaml").read_text())
+    assert {**systemd, "paths": None} == {**default, "paths": None}
+    config = load_config(SYSTEMD_SETTINGS)
+    assert config.paths.data_dir.is_relative_to("/var/lib/spy-streamer")
+    assert config.paths.heartbeat_dir.is_relative_to("/var/lib/spy-streamer")
+    assert config.paths.log_file.is_relative_to("/var/log/spy-streamer")
+
+
+def unit_for_this_host(tmp_path: Path) -> Path:
+    """The shipped unit with its checkout and key file pointed at this one, as root (no `spy` user here)."""
     env_file = tmp_path / "env"
     env_file.write_text("POLYGON_API_KEY=x\n")
     text = (SHIPPED_UNIT.read_text().replace("/opt/spy-streamer", str(REPO_ROOT))
@@ -231,7 +270,49 @@ def test_systemd_accepts_the_unit(tmp_path):
     text = re.sub(r"(?m)^(User|Group)=.*$", r"\1=root", text)
     path = tmp_path / "spy-streamer.service"
     path.write_text(text)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_accepts_the_unit(tmp_path):
+    """systemd's own parser, on the shipped unit with its paths pointed at this checkout."""
+    path = unit_for_this_host(tmp_path)
     result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     # verify exits 0 even for unknown keys or bad values; it names the file in each complaint.
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if path.name in line]
     assert result.returncode == 0 and complaints == [], result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_security_scores_the_unit_ok(tmp_path):
+    """`systemd-analyze security` on the unit file itself (as shipped, User=spy): at most 3.0 ("OK"); the
+    unit of before scored 9.0 UNSAFE."""
+    path = tmp_path / SHIPPED_UNIT.name
+    path.write_text(SHIPPED_UNIT.read_text())
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    assert float(found[1]) <= 3.0, result.stdout
+
+
+SHIPPED_LOGROTATE = REPO_ROOT / "config" / "logrotate.conf"
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate is not installed")
+def test_the_shipped_logrotate_rule_rotates_on_a_host_without_the_spy_user(start, tmp_path):
+    """Measured: `create 0640 spy spy` made logrotate skip the log on a host without that user. The shipped
+    rule, its paths pointed at a running daemon's log, rotates it, and the daemon writes on in a new file."""
+    run = start(streaming={"monitoring": {"heartbeat_interval_seconds": 0.3}})
+    wait_for(lambda: run.log_file.exists() and run.events("heartbeat"), timeout=20, what="first lines")
+    rules = tmp_path / "logrotate.conf"
+    rules.write_text(SHIPPED_LOGROTATE.read_text()
+                     .replace("/var/log/spy-streamer/spy_streamer.log", str(run.log_file))
+                     .replace("/opt/spy-streamer/var/log/spy_streamer.log", str(tmp_path / "absent.log")))
+    result = subprocess.run(["logrotate", "--force", "--state", str(tmp_path / "state"), str(rules)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert run.log_file.with_name(run.log_file.name + ".1").exists()
+    wait_for(lambda: run.log_file.exists() and run.events("heartbeat"), timeout=20, what="lines in a new file")
+    assert run.daemon.stop()[0] == 0
+    assert run.events("stopped")

@@ -190,6 +190,7 @@ class BatchWriter:
         # gap ledger records a gap as filled only once its pages are on disk (the backfill counts them alike).
         self.rest_pages_accepted = 0
         self.rest_pages_durable = 0
+        self.turns = 0   # turns of run()'s loop, read by the supervisor (a hung flush stops the count)
 
     # --- thread body ---
 
@@ -209,6 +210,7 @@ class BatchWriter:
                 ThreadPoolExecutor(1, thread_name_prefix="parquet-flush") as flusher:
             ahead: deque = deque()   # (items, future of their parsed runs): the batches being parsed, in order
             while True:
+                self.turns += 1
                 wait = max(0.0, next_flush - self.clock.monotonic())
                 if ahead or self._in_flight is not None:
                     wait = min(wait, LINGER_SECONDS if self._in_flight is None else FLUSH_POLL_SECONDS)

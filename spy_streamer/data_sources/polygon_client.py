@@ -34,6 +34,7 @@ CLOSE_TIMEOUT_SECONDS = 2.0
 # timeout (websockets pings every 20 s), so a burst slows the sender instead of costing data.
 FULL_QUEUE_PATIENCE_SECONDS = 2.0
 FULL_QUEUE_POLL_SECONDS = 0.002
+TURN_SECONDS = 1.0   # the event loop counts a turn this often (the systemd watchdog's proof that it runs)
 # Every data frame Polygon sends starts `[{"ev":"A"`, its first event's name first: such a frame cannot be
 # a status message (that needs every element to say `"ev":"status"`), so it is passed on after a look at
 # its first few characters (a regex match: 0.15 us); searching all of every data frame (tens of KB under
@@ -83,6 +84,7 @@ class PolygonStream:
         self._dropping = False
         self._gap_unnoted = False   # a GAP_POSSIBLE marker is owed to the writer
         self._forced_reason: str | None = None
+        self.turns = 0   # event-loop turns, read by the supervisor (a blocked loop stops counting)
 
     # --- called from other threads ---
 
@@ -122,6 +124,18 @@ class PolygonStream:
     async def _stream(self, until: datetime) -> None:
         self._stop_event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        counting = asyncio.ensure_future(self._count_turns())
+        try:
+            await self._connect_until(until)
+        finally:
+            counting.cancel()
+
+    async def _count_turns(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(TURN_SECONDS)
+
+    async def _connect_until(self, until: datetime) -> None:
         delays = self.backoff.delays()
         while not self._stop_requested:
             started = self.clock.monotonic()

@@ -34,6 +34,7 @@ from ..backfill.gap_backfill import GapBackfiller
 from ..backfill.gap_ledger import GapLedger
 from ..market.market_hours import MarketCalendar, Session
 from ..monitoring.metrics import MetricsPublisher
+from ..monitoring.systemd_notify import notify, start_watchdog
 from ..storage.parquet_sink import ParquetSink
 from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
 from ..data_sources.polygon_client import AuthRejected, PolygonStream
@@ -73,6 +74,12 @@ class CaptureSession:
             self._start_thread("rest-backfill", self.backfiller.run),
             self._start_thread("ws-reader", lambda: self.stream.stream_realtime(until=self.market_session.close)),
         ]
+
+    def progress(self) -> dict[str, int]:
+        """The turn counters of the capture loops still running (the systemd watchdog's proof of progress)."""
+        counters = {"parquet-writer": lambda: self.writer.turns, "ws-reader": lambda: self.stream.turns}
+        return {thread.name: counters[thread.name]() for thread in self._threads
+                if thread.name in counters and thread.is_alive()}
 
     def stop(self, deadline: float, monotonic: Callable[[], float]) -> list[str]:
         """Producers first, then drain the queue to its end marker and flush; the names of the threads
@@ -215,6 +222,8 @@ class StreamingRunner:
         try:
             self._refresh_calendar_in_background()
             self.reconcile()
+            notify("READY=1")
+            start_watchdog(self.scheduler, self._capture_progress, 2 * self.config.batching.write_interval_seconds + 1)
             while self._exit_code is None:
                 self.scheduler.run_pending()
                 self._wait_for_event(self._seconds_to_next_job())
@@ -275,6 +284,7 @@ class StreamingRunner:
 
     def _shutdown(self, heartbeat_thread: threading.Thread) -> None:
         deadline = self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS
+        notify("STOPPING=1")
         self._stopping.set()
         if self._session is not None:
             self._end_session("shutdown", deadline)
@@ -489,6 +499,10 @@ class StreamingRunner:
         if session is None:
             return 0, 0.0
         return session.frames.items_waiting(), session.frames.qsize() / QUEUE_MAX_BYTES
+
+    def _capture_progress(self) -> dict[str, int]:
+        session = self._session
+        return {} if session is None else session.progress()
 
     def _on_stall(self) -> None:
         session = self._session

@@ -1,0 +1,89 @@
+"""Set-up is a separate step: scripts/setup.sh installs, scripts/run_streamer.sh (what supervisord and systemd
+start) never does. A missing or stale .venv is exit 78 naming the one command to run, without pip.
+
+Each test runs the real scripts from a copy of scripts/ in a scratch checkout whose .venv holds stand-ins
+that record how they were called, so nothing is installed and the real .venv is untouched."""
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from spy_streamer.exit_codes import EX_CONFIG
+
+RECORDER = """#!/bin/sh
+echo "$(basename "$0") $*" >> "{calls}"
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """scripts/ and the packaging files of this repo, and a .venv of stand-ins (python, spy-streamer)."""
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO_ROOT / "scripts", root / "scripts")
+    for name in ("setup.cfg", "pyproject.toml"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "spy-streamer"):
+        recorder = bin_dir / name
+        recorder.write_text(RECORDER.format(calls=tmp_path / "calls"))
+        recorder.chmod(recorder.stat().st_mode | stat.S_IXUSR)
+    return root
+
+
+def calls(checkout: Path) -> list[str]:
+    path = checkout.parent / "calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def run(checkout: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(checkout / "scripts" / "run_streamer.sh"), *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def stamp(checkout: Path, extras: str = "base") -> Path:
+    result = subprocess.run(["bash", "-c", f'ROOT="{checkout}"; source "$ROOT/scripts/ensure_venv.sh"; '
+                             f'venv_stamp "{extras}"'], capture_output=True, text=True, check=True)
+    return Path(result.stdout.strip())
+
+
+def assert_refused_with_the_setup_command(result: subprocess.CompletedProcess, checkout: Path) -> None:
+    assert result.returncode == EX_CONFIG
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]          # one line, for supervisord
+    assert result.stderr.startswith("spy-streamer: ") and f"run: {checkout}/scripts/setup.sh" in result.stderr
+    assert calls(checkout) == []                                                     # no pip, no daemon
+
+
+def test_a_stale_environment_exits_78_with_the_command_and_runs_no_pip(checkout):
+    """Measured: after an update that changed setup.cfg, the start ran pip (and, without the package index,
+    exited 1 within a second: supervisord respawned it about once a second)."""
+    (checkout / ".venv" / ".installed-0123456789abcdef-base").touch()   # made from other packaging files
+    assert_refused_with_the_setup_command(run(checkout, "--config", "x.yaml"), checkout)
+
+
+def test_a_missing_environment_exits_78_with_the_command(checkout):
+    shutil.rmtree(checkout / ".venv")
+    assert_refused_with_the_setup_command(run(checkout), checkout)
+
+
+@pytest.mark.parametrize("extras", ["base", "test"])
+def test_an_up_to_date_environment_execs_the_daemon(checkout, extras):
+    stamp(checkout, extras).touch()   # set up by setup.sh (base) or by test.sh (test extras)
+    assert run(checkout, "--config", "x.yaml").returncode == 0
+    assert run(checkout, "--demo", "--seconds", "5").returncode == 0
+    assert calls(checkout) == ["spy-streamer run --config x.yaml", "spy-streamer demo --seconds 5"]
+
+
+def test_setup_installs_into_the_venv_and_stamps_it(checkout):
+    """setup.sh is the step that installs (here the stand-in python records the pip call)."""
+    result = subprocess.run(["bash", str(checkout / "scripts" / "setup.sh")], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert calls(checkout)[0] == f"python -m pip install --quiet --disable-pip-version-check -e {checkout}"
+    assert stamp(checkout).exists()
+    assert run(checkout).returncode == 0
