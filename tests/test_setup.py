@@ -52,11 +52,12 @@ def stamp(checkout: Path, extras: str = "base") -> Path:
     return Path(result.stdout.strip())
 
 
-def assert_refused_with_the_setup_command(result: subprocess.CompletedProcess, checkout: Path) -> None:
+def assert_refused_with_the_setup_command(result: subprocess.CompletedProcess, checkout: Path,
+                                          calls_before: int = 0) -> None:
     assert result.returncode == EX_CONFIG
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]          # one line, for supervisord
     assert result.stderr.startswith("spy-streamer: ") and f"run: {checkout}/scripts/setup.sh" in result.stderr
-    assert calls(checkout) == []                                                     # no pip, no daemon
+    assert calls(checkout)[calls_before:] == []                                      # no pip, no daemon
 
 
 def test_a_stale_environment_exits_78_with_the_command_and_runs_no_pip(checkout):
@@ -87,3 +88,12 @@ def test_setup_installs_into_the_venv_and_stamps_it(checkout):
     assert calls(checkout)[0] == f"python -m pip install --quiet --disable-pip-version-check -e {checkout}"
     assert stamp(checkout).exists()
     assert run(checkout).returncode == 0
+
+
+def test_a_change_to_pytest_settings_is_no_reason_to_set_up_again(checkout):
+    stamp(checkout).touch()
+    setup_cfg = checkout / "setup.cfg"
+    setup_cfg.write_text(setup_cfg.read_text().replace("[tool:pytest]\n", "[tool:pytest]\nmarkers =\n    slow: x\n"))
+    assert run(checkout).returncode == 0
+    setup_cfg.write_text(setup_cfg.read_text().replace("install_requires =\n", "install_requires =\n    six\n"))
+    assert_refused_with_the_setup_command(run(checkout), checkout, calls_before=1)

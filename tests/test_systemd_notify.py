@@ -4,6 +4,7 @@ WatchdogSec/2 from the supervisor loop (closed market included, and no more ofte
 is hung, again once it moves; STOPPING=1 at a stop."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -160,11 +161,14 @@ def test_notify_speaks_to_a_socket_path_and_an_abstract_name(tmp_path):
             short.unlink(missing_ok=True)
 
 
-def test_notify_outside_systemd_does_nothing_and_a_gone_socket_is_a_warning(caplog):
+def test_notify_outside_systemd_does_nothing_and_a_gone_socket_is_one_warning(caplog, notify_socket):
+    caplog.set_level(logging.INFO)
     assert notify("READY=1", {}) is False
     assert notify("READY=1", {"NOTIFY_SOCKET": "vsock:2:1234"}) is False
     assert notify("READY=1", {"NOTIFY_SOCKET": "/nonexistent/notify"}) is False
-    assert [record.event for record in caplog.records] == ["systemd_notify_failed"]
+    assert notify("WATCHDOG=1", {"NOTIFY_SOCKET": "/nonexistent/notify"}) is False
+    assert notify("WATCHDOG=1", {"NOTIFY_SOCKET": notify_socket.name}) is True
+    assert [record.event for record in caplog.records] == ["systemd_notify_failed", "systemd_notify_recovered"]
 
 
 def test_watchdog_seconds_follows_systemd_and_its_pid():

@@ -15,9 +15,12 @@ import socket
 import time
 from typing import Callable, Mapping
 
+from .failure_streak import FailureStreak
+
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 1.0   # a full receive queue must not hold up the supervisor thread for long
+_SENDING = FailureStreak("systemd_notify", log, "systemd_notify_failed", "systemd_notify_recovered")
 
 
 def notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -30,9 +33,9 @@ def notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
             sock.settimeout(SEND_TIMEOUT_SECONDS)
             sock.sendto(state.encode(), address)
     except OSError as exc:
-        log.warning("cannot notify systemd (%s): %s", state.split("=")[0], exc.strerror or exc,
-                    extra={"event": "systemd_notify_failed"})
+        _SENDING.failed(exc, "cannot notify systemd (%s)", state.split("=")[0])
         return False
+    _SENDING.succeeded("systemd notifications work again")
     return True
 
 
@@ -63,7 +66,7 @@ class Watchdog:
 
     `progress()` maps a thread's name to a counter its loop increments (empty while no session runs: then
     every pet goes out). A counter that stands still longer than `stall_seconds` withholds the pets (one
-    ERROR and a STATUS= line for `systemctl status`) until it moves again."""
+    ERROR, the heartbeat's `failing`, a STATUS= line for `systemctl status`) until it moves again."""
 
     def __init__(self, stall_seconds: float, progress: Callable[[], Mapping[str, int]],
                  monotonic: Callable[[], float] = time.monotonic, send: Callable[[str], bool] = notify):
@@ -72,17 +75,17 @@ class Watchdog:
         self.monotonic = monotonic
         self.send = send
         self._seen: dict[str, tuple[int, float]] = {}   # name -> (counter, when it last moved)
-        self._withheld = False
+        self._withheld = FailureStreak("systemd_watchdog", log, "watchdog_withheld", "watchdog_resumed",
+                                       level=logging.ERROR)
 
     def pet(self) -> None:
         stalled = self.stalled_threads()
         if stalled:
             self._withhold(stalled)
             return
-        if self._withheld:
-            log.info("capture threads move again; systemd watchdog pets resumed", extra={"event": "watchdog_resumed"})
+        if self._withheld.failing:
             self.send("STATUS=capturing")
-            self._withheld = False
+            self._withheld.succeeded("capture threads move again; systemd watchdog pets resumed")
         self.send("WATCHDOG=1")
 
     def stalled_threads(self) -> list[str]:
@@ -93,13 +96,11 @@ class Watchdog:
         return sorted(name for name, (_, moved) in self._seen.items() if now - moved > self.stall_seconds)
 
     def _withhold(self, stalled: list[str]) -> None:
-        if self._withheld:
-            return
-        self._withheld = True
-        names = ", ".join(stalled)
-        log.error("no progress from %s for over %.0f s; no more watchdog pets, so systemd restarts the daemon",
-                  names, self.stall_seconds, extra={"event": "watchdog_withheld", "thread_names": stalled})
-        self.send(f"STATUS=stalled: {names} made no progress for over {self.stall_seconds:.0f} s")
+        why = f"{', '.join(stalled)} made no progress for over {self.stall_seconds:.0f} s"
+        if not self._withheld.failing:
+            self.send(f"STATUS=stalled: {why}")
+        self._withheld.failed(why, "no more systemd watchdog pets, so systemd restarts the daemon",
+                              thread_names=stalled)
 
 
 def start_watchdog(scheduler, progress: Callable[[], Mapping[str, int]], min_stall_seconds: float,
