@@ -2,11 +2,15 @@
 the commands they run are parsed by the real CLI parser, and the files they copy are really sent."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
+import sys
 from fnmatch import fnmatch
 
 import yaml
+from packaging.requirements import Requirement
 
 from conftest import REPO_ROOT
 from spy_streamer.cli import build_parser
@@ -39,15 +43,56 @@ def exec_form(text: str) -> list[str]:
     return argv
 
 
+INIT = ["/usr/bin/tini", "--"]
+
+
+def entrypoint() -> list[str]:
+    """The ENTRYPOINT after its init (tini)."""
+    argv = exec_form(arguments("ENTRYPOINT")[-1])
+    assert argv[:len(INIT)] == INIT, argv
+    return argv[len(INIT):]
+
+
 def spy_streamer_args(argv: list[str]):
     assert argv[0] == "spy-streamer", argv
     return build_parser().parse_args(argv[1:])
 
 
-def test_image_is_slim_python_311_and_runs_the_daemon():
-    assert arguments("FROM") == ["python:3.11-slim"]
-    argv = exec_form(arguments("ENTRYPOINT")[-1]) + exec_form(arguments("CMD")[-1])
-    assert spy_streamer_args(argv).command == "run"  # exec form: the daemon is PID 1 and gets the signal
+def test_image_is_python_311_slim_pinned_to_a_full_version_and_runs_the_daemon():
+    """Measured: `python:3.11-slim` floated (a rebuild could bring another Python and Debian)."""
+    (base,) = arguments("FROM")
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
+    argv = entrypoint() + exec_form(arguments("CMD")[-1])
+    assert spy_streamer_args(argv).command == "run"  # exec form: tini runs the daemon and passes it signals
+
+
+def test_tini_is_pid_1_and_installed_by_the_image():
+    """An init for `docker run` without `--init`: it reaps the compaction child and forwards SIGTERM."""
+    installs = [args for args in arguments("RUN") if "apt-get install" in args]
+    assert any(re.search(r"\btini\b", args) for args in installs)
+    assert "init" not in compose_service()   # compose's own init would put a second one in front
+
+
+def test_dependencies_are_installed_in_a_layer_before_the_source():
+    """Measured: one `pip install` ran after the whole source was copied, so any code change reinstalled
+    pyarrow, DuckDB and the rest. Now only setup.cfg comes before the dependencies' layer."""
+    instructions = dockerfile()
+    deps = next(i for i, (name, args) in enumerate(instructions) if name == "RUN" and "pip install -r" in args)
+    source = next(i for i, (name, args) in enumerate(instructions) if name == "COPY" and "spy_streamer" in args)
+    copied_before = [args.split()[:-1] for name, args in instructions[:deps] if name == "COPY"]
+    assert deps < source and copied_before == [["setup.cfg"]]
+    package = next(args for name, args in instructions[source:] if name == "RUN" and "pip install" in args)
+    assert "--no-deps" in package
+
+
+def test_the_dependency_layer_installs_what_the_package_requires(tmp_path):
+    """The layer's own command, run here on this setup.cfg, lists the package's requirements."""
+    command = next(args for name, args in dockerfile() if name == "RUN" and "pip install -r" in args)
+    script = re.search(r'python -c "(.*?)" >', command)[1].replace("/src/setup.cfg", str(REPO_ROOT / "setup.cfg"))
+    listed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    required = [r for r in importlib.metadata.requires("spy-streamer") if "extra ==" not in r]
+    assert sorted(Requirement(line).name for line in listed.splitlines() if line.strip()) == \
+        sorted(Requirement(line).name for line in required)
 
 
 def test_runs_as_a_non_root_user():
@@ -81,8 +126,7 @@ def compose_service() -> dict:
 def test_compose_runs_the_demo_offline_with_var_as_a_volume():
     service = compose_service()
     assert service["build"] in (".", {"context": "."})
-    entrypoint = exec_form(arguments("ENTRYPOINT")[-1])
-    assert spy_streamer_args(entrypoint + service["command"]).command == "demo"
+    assert spy_streamer_args(entrypoint() + service["command"]).command == "demo"
     assert any(volume.endswith(":/app/var") for volume in service["volumes"])
     assert service["network_mode"] == "none"  # the replay is on loopback: the demo needs no network
     assert service["stop_signal"] == "SIGTERM"
