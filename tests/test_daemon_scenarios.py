@@ -8,10 +8,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from conftest import TEST_API_KEY, write_settings
 from daemon_harness import (Daemon, events_named, log_events, midday_zone, recent_start_ms, stored_keys,
                             stored_rows, wait_for, window_settings)
 from fake_polygon import holiday_rows, session_timeline
+from spy_streamer.data_sources.client_library import CHOICE_ENV, DISTRIBUTIONS
 from test_status_command import iso_z, run_command
 
 
@@ -32,10 +35,14 @@ def test_outside_market_hours_opens_no_connection(start, fake, record_figure):
     record_figure("shutdown seconds", round(seconds, 2))
 
 
-# 2. Started in market hours: connects, subscribes A.SPY, every row sent is stored once.
-def test_in_market_hours_stores_every_row_once(start, fake, record_figure):
+# 2. Started in market hours: connects, subscribes A.SPY, every row sent is stored once. On either client
+# library: polygon-api-client (the default) and its successor massive, both installed with the test extras.
+@pytest.mark.parametrize("client", ["polygon", "massive"])
+def test_in_market_hours_stores_every_row_once(start, fake, record_figure, monkeypatch, client):
+    monkeypatch.setenv(CHOICE_ENV, client)   # the daemon subprocess inherits it
     run = start()
     assert fake.wait_for_subscribers(1, timeout=15)
+    assert run.events("started")[0]["client"].startswith(DISTRIBUTIONS[client] + " ")
     assert fake.subscriptions == ["A.SPY"]
     timeline = session_timeline(recent_start_ms(300), 3000)
     fake.push(timeline[:1000], frame_size=1)        # Polygon's usual one bar per frame

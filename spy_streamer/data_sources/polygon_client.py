@@ -1,4 +1,4 @@
-"""The reader: polygon-api-client's WebSocketClient in its own event loop, feeding the bounded queue.
+"""The reader: the client library's WebSocketClient in its own event loop, feeding the bounded queue.
 
 The message callback only counts and enqueues the raw frame (`raw=True`: no per-event objects), because
 Polygon disconnects consumers that fall behind. Every end of a connection (the library's `connect()`
@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator
 
-from polygon import WebSocketClient
-from polygon.exceptions import AuthError
 from websockets.exceptions import ConnectionClosed
 
 from ..config import PolygonConfig
@@ -26,6 +24,7 @@ from ..monitoring.heartbeat_monitor import HeartbeatMonitor
 from ..market.market_hours import MarketCalendar
 from ..capture.pipeline_stats import ReaderStats
 from ..capture.queue_items import GAP_POSSIBLE
+from .client_library import LIBRARY
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ class PolygonStream:
         self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
-        self._client: WebSocketClient | None = None
+        self._client: LIBRARY.WebSocketClient | None = None
         self._max_connections_seen = False
         self._dropping = False
         self._gap_unnoted = False   # a GAP_POSSIBLE marker is owed to the writer
@@ -164,7 +163,7 @@ class PolygonStream:
     async def _one_connection(self) -> str:
         """Run one WebSocketClient.connect() to its end; the reason it ended, for the log and heartbeat."""
         self.stats.state = "connecting"
-        self._client = WebSocketClient(
+        self._client = LIBRARY.WebSocketClient(
             api_key=self.api_key, feed=self.polygon.ws_feed, market="stocks", raw=True,
             subscriptions=list(self.polygon.subscriptions), secure=self.polygon.ws_secure,
             max_reconnects=0,  # every reconnect goes through our loop, with our backoff
@@ -186,7 +185,7 @@ class PolygonStream:
         if connection.cancelled():
             return "stopped"
         exc = connection.exception()
-        if isinstance(exc, AuthError):
+        if isinstance(exc, LIBRARY.AuthError):
             log.error("Polygon rejected the API key: %s", exc, extra={"event": "auth_failed"})
             raise AuthRejected(str(exc))
         forced, self._forced_reason = self._forced_reason, None

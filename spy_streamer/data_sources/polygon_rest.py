@@ -1,7 +1,7 @@
-"""Polygon REST access through polygon-api-client's RESTClient, with answers validated before use.
+"""Polygon REST access through the client library's RESTClient, with answers validated before use.
 
-RESTClient silently turns a body that is not JSON into `[]` and never applies its own timeouts, so this
-module fetches raw responses, sets the timeouts on the connection pool itself and checks the shape.
+RESTClient silently turns a body that is not JSON into `[]`, and polygon-api-client never applies its own
+timeouts, so this module fetches raw responses, gives the connection pool its timeouts and checks the shape.
 """
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlsplit
 
 import urllib3
-from polygon import RESTClient
+
+from .client_library import LIBRARY, ClientLibrary
+
+RESTClient = LIBRARY.RESTClient
 
 # Hard bounds on one request: a hung server costs at most REST_TOTAL_SECONDS, so the thread that asked
 # (the backfill) stops within the shutdown deadline. No retries inside the client: callers retry on
@@ -27,13 +30,17 @@ class RestAnswerError(Exception):
     """Polygon's REST API failed or answered something that is not what Polygon sends."""
 
 
-def make_rest_client(api_key: str, base_url: str, timeout_seconds: float = REST_TOTAL_SECONDS) -> RESTClient:
-    client = RESTClient(api_key=api_key, base=base_url.rstrip("/"), retries=REST_RETRIES)
-    # RESTClient builds a Timeout but never passes it to its PoolManager; without this a hung
-    # server would block the caller forever.
-    client.client.connection_pool_kw["timeout"] = urllib3.Timeout(
-        connect=min(REST_CONNECT_SECONDS, timeout_seconds), read=min(REST_READ_SECONDS, timeout_seconds),
-        total=timeout_seconds)
+def make_rest_client(api_key: str, base_url: str, timeout_seconds: float = REST_TOTAL_SECONDS,
+                     library: ClientLibrary = LIBRARY) -> RESTClient:
+    timeout = urllib3.Timeout(connect=min(REST_CONNECT_SECONDS, timeout_seconds),
+                              read=min(REST_READ_SECONDS, timeout_seconds), total=timeout_seconds)
+    arguments = {"api_key": api_key, "base": base_url.rstrip("/"), "retries": REST_RETRIES}
+    if library.rest_takes_pool_options:   # massive: a public constructor argument
+        return library.RESTClient(**arguments, connection_pool_kw={"timeout": timeout})
+    client = library.RESTClient(**arguments)
+    # polygon-api-client builds a Timeout but never passes it to its PoolManager; without this a hung server
+    # would block the caller forever. A private attribute: tests/test_client_library.py fails if it goes.
+    client.client.connection_pool_kw["timeout"] = timeout
     return client
 
 

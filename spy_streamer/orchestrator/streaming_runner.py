@@ -37,6 +37,7 @@ from ..monitoring.metrics import MetricsPublisher
 from ..monitoring.systemd_notify import notify, start_watchdog
 from ..storage.parquet_sink import ParquetSink
 from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
+from ..data_sources.client_library import LIBRARY
 from ..data_sources.polygon_client import AuthRejected, PolygonStream
 from ..channels import channel_for
 from ..data_sources.polygon_rest import make_rest_client
@@ -212,7 +213,8 @@ class StreamingRunner:
         # gives more of them back, which keeps the daemon's resident memory lower over a long session.
         pa.set_memory_pool(pa.system_memory_pool())
         log.info("spy-streamer started (config %s)", self.config.source,
-                 extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions)})
+                 extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions),
+                        "client": str(LIBRARY)})
         self.sink.remove_temp_files()
         heartbeat_thread = self._start_thread("heartbeat", lambda: self.monitor.run(self._heartbeat_stop))
         if self.lake is not None:  # for the whole process: batches flushed after the close go up overnight
