@@ -236,6 +236,30 @@ def test_status_frames_are_told_from_data_by_what_they_say_not_where(make_rig):
     assert rig.stats.connected is True
 
 
+def test_data_frames_in_any_json_spelling_pass_without_being_decoded_whole(make_rig, monkeypatch):
+    """Spaced, reordered or escaped data frames are told from status frames by their first element alone:
+    a frame with an escape was once decoded whole on the reader's loop (json.loads of every frame)."""
+    import asyncio
+    from spy_streamer.data_sources import polygon_client
+    decoded_whole = []
+    status_messages = polygon_client._status_messages
+    monkeypatch.setattr(polygon_client, "_status_messages",
+                        lambda frame: decoded_whole.append(frame) or status_messages(frame))
+    rig = make_rig()
+    events = session_timeline(BAR_START_MS, 50)
+    spellings = [
+        json.dumps(events),                                                   # "ev": "A"
+        json.dumps([dict(reversed(list(event.items()))) for event in events]),  # "ev" last
+        json.dumps(events, separators=(",", ":")).replace('"SPY"', '"\\u0053PY"'),  # an escape inside
+        json.dumps([{**event, "note": "status"} for event in events]),       # the word, not the key
+        ' [ { "ev" : "\\u0041" , "sym" : "SPY" } ]',                            # escaped name
+    ]
+    for frame in spellings:
+        asyncio.run(rig.stream._on_frame(frame))
+    assert [raw for _, raw in rig.drain()] == spellings
+    assert decoded_whole == []
+
+
 def test_a_status_frame_naming_itself_late_is_neither_a_message_nor_a_rejected_row(make_rig, fake, monkeypatch):
     reorder_status_keys(monkeypatch)
     rig = make_rig().start()

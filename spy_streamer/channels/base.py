@@ -10,6 +10,8 @@ reason of REASONS.
 """
 from __future__ import annotations
 
+import functools
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -92,9 +94,18 @@ class Channel:
         return column if unit == "ms" else pc.divide(column, {"us": 1000, "ns": 1_000_000}[unit])
 
     def marker(self) -> str:
-        """Text every compact frame of this channel holds: frames with exactly one channel's marker take
-        the fast path (a frame with none, or several, is parsed event by event)."""
+        """Text every compact frame of this channel holds (Polygon's form): with several channels
+        subscribed, a frame holding it is routed to this channel's fast path at once."""
         return f'"ev":"{self.name}"'
+
+    def spaced_marker(self) -> re.Pattern:
+        """The same with any JSON spacing (`"ev" : "A"`): routes a frame the compact marker missed."""
+        return _spaced_marker(self.name)
+
+
+@functools.lru_cache(maxsize=None)
+def _spaced_marker(name: str) -> re.Pattern:
+    return re.compile(r'"ev"\s*:\s*"%s"' % re.escape(name))
 
 
 # --- shared checks (vectorized; a check is (reason, ok per row) or True when every row passes) ---

@@ -36,11 +36,17 @@ FULL_QUEUE_POLL_SECONDS = 0.002
 TURN_SECONDS = 1.0   # the event loop counts a turn this often (the systemd watchdog's proof that it runs)
 # Every data frame Polygon sends starts `[{"ev":"A"`, its first event's name first: such a frame cannot be
 # a status message (that needs every element to say `"ev":"status"`), so it is passed on after a look at
-# its first few characters (a regex match: 0.15 us); searching all of every data frame (tens of KB under
-# a wildcard) cost 7% of the GIL. Any other frame is checked with care, as JSON keys come in no promised
-# order: a status message may name itself anywhere (`[{"message":"...","ev":"status","status":"success"}]`).
-DATA_EVENT_HEAD = re.compile(r'\[\{"ev":"(?!status")[^"\\]{1,16}"')  # a plain name, no escapes, not status
+# its first few characters (a regex match: 0.15 us), whatever its JSON spacing; searching all of every
+# data frame (tens of KB under a wildcard) cost 7% of the GIL. Any other frame has its first element
+# parsed alone (`_may_be_status`): JSON keys come in no promised order, so a status message may name
+# itself anywhere (`[{"message":"...","ev":"status","status":"success"}]`).
+_SPACE = "[ \t\n\r]*"   # JSON's whitespace
+DATA_EVENT_HEAD = re.compile(_SPACE + r'\[' + _SPACE + r'\{' + _SPACE + r'"ev"' + _SPACE + ":" + _SPACE +
+                             r'"(?!status")[^"\\]{1,16}"')   # a plain name, no escapes, not status
 _DATA_EVENT_HEAD_BYTES = re.compile(DATA_EVENT_HEAD.pattern.encode())
+_ARRAY_OPENING = re.compile(_SPACE + r"\[" + _SPACE)
+# Numbers are never read here: kept as text, so no digit limit or precision applies.
+_STATUS_DECODER = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str)
 
 
 class AuthRejected(Exception):
@@ -290,16 +296,24 @@ class PolygonStream:
 
 
 def _may_be_status(frame: str | bytes) -> bool:
-    """False when the frame cannot hold the word `status` as a JSON string: not literally, nor escaped."""
-    if type(frame) is str:
-        return "status" in frame or "\\" in frame
-    return b"status" in frame or b"\\" in frame
+    """False when the frame cannot be a status frame: an array whose first element, parsed alone, is not a
+    status message (a few microseconds whatever the frame's length, spacing or escapes: decoding every
+    data frame whole on the reader's loop would cost more than the writer's parse of it)."""
+    text = frame if type(frame) is str else frame.decode("utf-8", "replace")
+    opening = _ARRAY_OPENING.match(text)
+    if opening is None:   # one message alone, or not JSON: only its words can say
+        return "status" in text or "\\" in text
+    try:
+        first, _ = _STATUS_DECODER.raw_decode(text, opening.end())
+    except (ValueError, RecursionError):   # not JSON, or nested deeper than the parser goes: not a status
+        return False
+    return type(first) is dict and first.get("ev") == "status"
 
 
 def _status_messages(frame: str | bytes) -> list[dict] | None:
     """The frame's status messages when every element is one (`"ev":"status"`, keys in any order), else None."""
-    try:  # numbers are never read here: kept as text, so no digit limit or precision applies
-        decoded = json.loads(frame, parse_int=str, parse_float=str, parse_constant=str)
+    try:
+        decoded = _STATUS_DECODER.decode(frame if type(frame) is str else frame.decode("utf-8"))
     except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested deeper than the parser goes
         return None
     messages = [decoded] if type(decoded) is dict else decoded
