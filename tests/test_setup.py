@@ -8,11 +8,14 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT
+from daemon_harness import wait_for
+from test_deployment import HOLD_SECONDS, Supervisord, short_dir  # noqa: F401 (a fixture)
 from spy_streamer.exit_codes import EX_CONFIG
 
 RECORDER = """#!/bin/sh
@@ -97,3 +100,20 @@ def test_a_change_to_pytest_settings_is_no_reason_to_set_up_again(checkout):
     assert run(checkout).returncode == 0
     setup_cfg.write_text(setup_cfg.read_text().replace("install_requires =\n", "install_requires =\n    six\n"))
     assert_refused_with_the_setup_command(run(checkout), checkout, calls_before=1)
+
+
+def test_under_a_real_supervisord_a_stale_environment_is_spawned_once_and_stays_down(checkout, short_dir):
+    """What supervisord makes of it with the shipped section: exit 78 is expected, so one spawn and EXITED,
+    not a respawn about once a second."""
+    (checkout / ".venv" / ".installed-0123456789abcdef-base").touch()
+    supervisord = Supervisord(short_dir, {"stale": f"{checkout}/scripts/run_streamer.sh"})
+    try:
+        wait_for(lambda: supervisord.info("stale")["statename"] == "EXITED", timeout=30, interval=0.2,
+                 what="the program to exit")
+        time.sleep(HOLD_SECONDS)
+        info = supervisord.info("stale")
+        assert (info["statename"], info["exitstatus"], supervisord.spawns("stale")) == ("EXITED", 78, 1)
+        assert "scripts/setup.sh" in supervisord.program_output("stale")
+    finally:
+        supervisord.stop()
+    assert calls(checkout) == []
