@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import reprlib
-import stat
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from .storage.durable_files import read_regular_file
 
 DEFAULT_CONFIG_PATH = Path("config/settings.yaml")
 CONFIG_PATH_ENV = "SPY_STREAMER_CONFIG"
@@ -351,19 +352,10 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{path}: cannot read config file: not a regular file")
-        if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: config file is larger than {MAX_CONFIG_BYTES:,} bytes")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)  # it may have grown since stat()
+    try:   # an operator's symlink (a ConfigMap) is followed; a FIFO is refused, never waited on
+        return read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', None) or exc}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: config file is larger than {MAX_CONFIG_BYTES:,} bytes")
-    return data
 
 
 def _decode(path: Path, data: bytes) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..monitoring.failure_streak import FailureStreak
-from ..storage.durable_files import write_text_atomically
+from ..storage.durable_files import read_regular_file, write_text_atomically
 from ..storage.layout import gap_ledger_path, set_aside_name
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ STATES = (PENDING, FILLED, FAILED)      # on disk; in memory also FETCHING (writ
 FETCHING, MERGED = "fetching", "merged"
 COLUMNS = ("symbol", "from_ms", "to_ms", "state", "attempts", "reason")
 MAX_FILLED_KEPT = 1000     # per channel file: a filled gap needs nothing more, its rows say `source: rest`
+MAX_LEDGER_BYTES = 16 << 20   # about 60 bytes an entry: a pending gap for every US symbol fits 20 times over
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,11 @@ class LedgerUnreadable(ValueError):
 def read_entries(path: Path) -> list[GapEntry]:
     """The entries of one ledger file ([] when there is none); LedgerUnreadable when it is damaged."""
     try:
-        document = json.loads(path.read_bytes())
+        document = json.loads(read_regular_file(path, MAX_LEDGER_BYTES))   # a FIFO or symlink: refused, no hang
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
-        raise LedgerUnreadable(f"{path}: {exc}") from None
+        raise LedgerUnreadable(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
     if type(document) is not dict or document.get("version") != VERSION or type(document.get("gaps")) is not list:
         raise LedgerUnreadable(f"{path}: not a version {VERSION} gap ledger")
     channel = document.get("channel")

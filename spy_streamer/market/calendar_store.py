@@ -20,13 +20,14 @@ from typing import Any, Mapping
 
 from ..config import Config
 from ..storage import layout
-from ..storage.durable_files import write_json_atomically
+from ..storage.durable_files import read_regular_file, write_json_atomically
 from .market_hours import MarketCalendar
 from .special_days import SpecialDay, special_day_from_row, special_day_to_row
 
 log = logging.getLogger(__name__)
 
 SOURCE = "polygon /v1/marketstatus/upcoming"
+MAX_CALENDAR_BYTES = 1_000_000   # a few hundred bytes a year of special days; more is not ours
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,10 @@ def merge_days(*layers: Mapping[date, SpecialDay]) -> dict[date, SpecialDay]:
 
 
 def load_known_days(path: Path) -> KnownDays:
-    if not path.exists():
+    try:   # a FIFO, a symlink or a huge file is refused (an OSError), never waited on
+        return _parse_document(json.loads(read_regular_file(path, MAX_CALENDAR_BYTES)))
+    except FileNotFoundError:
         return KnownDays()
-    try:
-        return _parse_document(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.warning("calendar cache %s is unreadable (%s); using the exchange rules only until the next "
                     "refresh", path, exc, extra={"event": "calendar_cache_unreadable"})

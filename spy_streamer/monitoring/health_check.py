@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..storage import layout
+from ..storage.durable_files import read_regular_file
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -43,15 +44,12 @@ class HeartbeatUnreadable(ValueError):
 def load_heartbeat(path: Path) -> dict[str, Any] | None:
     """The heartbeat document; None when there is no file yet; HeartbeatUnreadable when it is not one."""
     try:
-        with open(path, "rb") as handle:
-            text = handle.read(MAX_HEARTBEAT_BYTES + 1)
+        text = read_regular_file(path, MAX_HEARTBEAT_BYTES)   # a FIFO or a symlink planted there: refused, no hang
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise HeartbeatUnreadable(f"heartbeat {path} is unreadable: {exc.strerror or exc}") from None
     try:
-        if len(text) > MAX_HEARTBEAT_BYTES:
-            raise ValueError("larger than a heartbeat can be")
         heartbeat = json.loads(text)
     except (ValueError, RecursionError) as exc:   # UnicodeDecodeError is a ValueError
         raise HeartbeatUnreadable(f"heartbeat {path} is not JSON: {str(exc)[:80]}") from None

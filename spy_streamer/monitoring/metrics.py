@@ -13,9 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..storage.durable_files import write_bytes_atomically
 from ..storage.layout import metrics_textfile_path
 from .failure_streak import FailureStreak
 
@@ -135,7 +136,8 @@ class MetricsPublisher:
     def publish(self, heartbeat: dict[str, Any]) -> None:
         self.collector.update(heartbeat)
         try:
-            write_to_textfile(str(self.path), self.registry)   # a temp file renamed into place
+            # not prometheus-client's write_to_textfile: its temp name (`<path>.<pid>.<thread>`) is predictable
+            write_bytes_atomically(self.path, generate_latest(self.registry))
         except OSError as exc:
             self._write_streak.failed(exc, "cannot write the metrics file %s", self.path)
         else:

@@ -52,11 +52,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .durable_files import fsync_directory
+from .durable_files import fsync_directory, new_temp_beside, open_temp
 from ..market.market_hours import MarketCalendar
 from ..peak_memory import peak_rss_bytes
 from .layout import COMPACTION_SPILL_FOLDER as SPILL_FOLDER, day_file_name, partition_dir, visible_parquet_files
-from .parquet_sink import TEMP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +177,11 @@ def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> Compacti
             rows = _row_count(final)
             return CompactionResult(day, Outcome.ALREADY_COMPACTED, final, 1, rows, rows, final.stat().st_size)
         started = time.monotonic()
-        temp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
         try:
-            merged = _merge_in_child(inputs, temp, folder / SPILL_FOLDER, job)
-            _replace_day_file(temp, final, merged["rows"], job.verify)
+            with new_temp_beside(final) as temp:   # removed unless renamed into place
+                merged = _merge_in_child(inputs, temp, folder / SPILL_FOLDER, job)
+                _replace_day_file(temp, final, merged["rows"], job.verify)
         finally:
-            temp.unlink(missing_ok=True)
             shutil.rmtree(folder / SPILL_FOLDER, ignore_errors=True)
         _remove_merged(folder, [path for path in inputs if path != final])
         return CompactionResult(day, Outcome.COMPACTED, final, len(inputs), merged["rows_read"], merged["rows"],
@@ -551,7 +549,7 @@ def _same_key_as_previous(batch: pa.RecordBatch, previous: pa.RecordBatch | None
 def _write_sorted(batches: Iterable[pa.RecordBatch], schema: pa.Schema, temp: Path) -> int:
     """Write to `temp` in row groups of ROW_GROUP_ROWS, fsync; the number of rows written."""
     rows, pending, pending_rows = 0, [], 0
-    with open(temp, "wb") as handle:
+    with open_temp(temp) as handle:
         with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
             for batch in batches:
                 pending.append(batch)

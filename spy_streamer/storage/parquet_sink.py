@@ -1,7 +1,7 @@
 """Durable Parquet files under `<data_dir>/<channel>/date=YYYY-MM-DD/`.
 
 One complete file per flush, written to a hidden temporary name (pyarrow's dataset reader skips names
-starting with "."), fsynced, renamed into place and the folder fsynced: a reader or a crash never sees
+starting with "."; durable_files makes it, exclusively and under an unpredictable name), fsynced, renamed into place and the folder fsynced: a reader or a crash never sees
 half a file under a `.parquet` name.
 """
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .durable_files import fsync_directory
+from .durable_files import TEMP_SUFFIX, fsync_directory, write_atomically
 from .layout import micro_batch_name, partition_dir, set_aside_name, visible_parquet_files
 
 log = logging.getLogger(__name__)
 
-TEMP_SUFFIX = ".tmp"
 # Columns of few distinct values, dictionary-encoded in a flush's file. Encoding every column (pyarrow's
 # default) hashes each price and id: a flush cost 0.21 us a row of `A` and 0.33 of `T` that way, 0.18 and
 # 0.21 like this (statistics skipped for floats too). The price: an `A` file holds about 30 bytes a row
@@ -37,23 +36,13 @@ def flush_write_options(schema: pa.Schema) -> dict:
 
 def write_table_atomically(table: pa.Table, final: Path, verify: Callable[[Path], None] | None = None,
                            **write_options) -> None:
-    """Write `table` to a hidden temporary beside `final`, fsync it, `verify(temp)` if given, rename it over `final`.
+    """`table` written to `final` by durable_files' one routine; `verify(temp)`, if given, may refuse it.
 
     Any error (`verify` raising included) removes the temporary and leaves `final` as it was. The caller
     fsyncs the folder afterwards: what a failure there means differs between a flush and a compaction.
     """
-    temp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
-    try:
-        with open(temp, "wb") as handle:
-            pq.write_table(table, handle, **write_options)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if verify is not None:
-            verify(temp)
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_atomically(final, lambda handle: pq.write_table(table, handle, **write_options), verify=verify,
+                     sync_folder=False)
 
 
 READ_WHOLE_ROWS = 1_000_000   # a file up to this size is read at once; a larger one (a compacted day) in batches
