@@ -2,4 +2,4 @@
 EX_OK = 0          # graceful stop
 EX_SOFTWARE = 70   # a thread crashed, or threads were abandoned at the shutdown deadline
 EX_LOCKED = 75     # another instance holds the data_dir lock (EX_TEMPFAIL)
-EX_CONFIG = 78     # configuration, missing or rejected API key: not worth a restart
+EX_CONFIG = 78     # configuration, missing or rejected API key, an unsafe lock file: not worth a restart

@@ -677,7 +677,7 @@ def test_a_failed_write_leaves_no_partial_file(rig, data_dir, monkeypatch):
     assert rig.writer.flush() is False
     # While being written, the file has a hidden temporary name, never a .parquet one.
     (names,) = seen_during_write
-    assert len(names) == 1 and names[0].startswith(".") and names[0].endswith(".parquet.tmp")
+    assert len(names) == 1 and names[0].startswith(".") and names[0].endswith(".tmp") and ".parquet." in names[0]
     # After the failure the temporary is gone and nothing half-written is visible.
     assert list(partition(data_dir).iterdir()) == []
     assert "No space left" in rig.stats.last_write_error

@@ -2,10 +2,14 @@
 instance started by mistake, a SIGTERM while a REST request hangs. The real daemon, as a subprocess."""
 from __future__ import annotations
 
+import os
 import signal
 import time
 
-from daemon_harness import Daemon, recent_start_ms, stored_keys, wait_for
+import pytest
+
+from conftest import write_settings
+from daemon_harness import Daemon, recent_start_ms, stored_keys, wait_for, window_settings
 from fake_polygon import session_timeline
 
 AGGS = "/v2/aggs/ticker/SPY/range/1/second/"
@@ -46,6 +50,28 @@ def test_a_second_instance_on_the_same_data_dir_exits_75_naming_the_holder(start
     run.restart()                                         # ...so a restart after a crash is not refused
     assert fake.wait_for_subscribers(1, timeout=15)
     assert run.daemon.stop()[0] == 0
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_a_planted_lock_file_is_refused_with_exit_78_and_left_untouched(tmp_path, fake, planted):
+    """Measured: with the lock file a symlink to another file, the daemon truncated that file and wrote
+    its pid into it."""
+    config_path = write_settings(tmp_path, window_settings(tmp_path, fake))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = tmp_path / "data" / ".spy-streamer.lock"
+    lock.parent.mkdir()
+    lock.symlink_to(victim) if planted == "symlink" else os.mkfifo(lock)
+    daemon = Daemon(config_path)
+    try:
+        assert daemon.wait_exit(timeout=60) == 78
+    finally:
+        daemon.kill()
+    _, stderr = daemon.output()
+    assert len(stderr.strip().splitlines()) == 1 and str(lock) in stderr
+    assert ("symbolic link" if planted == "symlink" else "not a regular file") in stderr
+    assert victim.read_text() == "precious\n"
+    assert fake.connections_total == 0
 
 
 def test_sigterm_during_a_hung_backfill_keeps_every_live_row(start, fake):

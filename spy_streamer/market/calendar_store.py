@@ -58,7 +58,7 @@ def merge_days(*layers: Mapping[date, SpecialDay]) -> dict[date, SpecialDay]:
 def load_known_days(path: Path) -> KnownDays:
     try:   # a FIFO, a symlink or a huge file is refused (an OSError), never waited on
         return _parse_document(json.loads(read_regular_file(path, MAX_CALENDAR_BYTES)))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):   # nothing saved yet (the folder may be missing too)
         return KnownDays()
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.warning("calendar cache %s is unreadable (%s); using the exchange rules only until the next "

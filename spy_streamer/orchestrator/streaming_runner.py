@@ -28,7 +28,7 @@ from ..config import Config
 from ..exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
 from ..monitoring.health_check import heartbeat_path
 from ..monitoring.heartbeat_monitor import HeartbeatMonitor
-from ..instance_lock import InstanceLock, InstanceLocked
+from ..instance_lock import InstanceLock, InstanceLocked, UnsafeLockFile
 from ..log_setup import reopen_log_files
 from ..backfill.gap_backfill import GapBackfiller
 from ..backfill.gap_ledger import GapLedger
@@ -184,6 +184,10 @@ class StreamingRunner:
             self.exit_reason = str(exc)
             log.error("%s", exc, extra={"event": "already_running", "holder_pid": exc.holder_pid})
             return EX_LOCKED
+        except UnsafeLockFile as exc:   # a planted symlink: a person must look, a restart would not help
+            self.exit_reason = str(exc)
+            log.error("%s", exc, extra={"event": "lock_file_refused"})
+            return EX_CONFIG
         except OSError as exc:
             # The disk refuses even the lock file (full, read-only, not mounted yet): capture anyway, holding
             # rows in memory until writes work, rather than lose the session; the writes will say more.

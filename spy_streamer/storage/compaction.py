@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .durable_files import fsync_directory, new_temp_beside, open_temp
+from .durable_files import fsync_directory, open_temp, temp_beside
 from ..market.market_hours import MarketCalendar
 from ..peak_memory import peak_rss_bytes
 from .layout import COMPACTION_SPILL_FOLDER as SPILL_FOLDER, day_file_name, partition_dir, visible_parquet_files
@@ -177,11 +177,12 @@ def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> Compacti
             rows = _row_count(final)
             return CompactionResult(day, Outcome.ALREADY_COMPACTED, final, 1, rows, rows, final.stat().st_size)
         started = time.monotonic()
+        temp = temp_beside(final)   # the child creates it, exclusively
         try:
-            with new_temp_beside(final) as temp:   # removed unless renamed into place
-                merged = _merge_in_child(inputs, temp, folder / SPILL_FOLDER, job)
-                _replace_day_file(temp, final, merged["rows"], job.verify)
+            merged = _merge_in_child(inputs, temp, folder / SPILL_FOLDER, job)
+            _replace_day_file(temp, final, merged["rows"], job.verify)
         finally:
+            temp.unlink(missing_ok=True)
             shutil.rmtree(folder / SPILL_FOLDER, ignore_errors=True)
         _remove_merged(folder, [path for path in inputs if path != final])
         return CompactionResult(day, Outcome.COMPACTED, final, len(inputs), merged["rows_read"], merged["rows"],

@@ -2,12 +2,12 @@
 the folder they live in (the daemon often runs as root; whoever can write into its folders must not turn
 a write into an overwrite of another file, or a read into a hang).
 
-Writes: one routine, `write_atomically`. The content goes to a hidden temporary beside the file, created
-exclusively under an unpredictable name (O_CREAT|O_EXCL|O_NOFOLLOW, via `tempfile.mkstemp`: a symlink
-planted under a guessed name is never followed, the create fails and another name is tried), fsynced,
-renamed over the file (a rename replaces a symlink there, never its target), and the folder fsynced. Any
-error removes the temporary. Compaction, whose writer is a child process, uses the same two halves
-(`new_temp_beside`, `open_temp`).
+Writes: one routine, `write_atomically`. The content goes to a hidden temporary beside the file, under a
+name nobody can guess, created exclusively (O_CREAT|O_EXCL|O_NOFOLLOW: whatever is planted there, a
+symlink included, is never followed nor written), fsynced, renamed over the file (a rename replaces a
+symlink there, never its target), and the folder fsynced. Any error removes the temporary. Compaction,
+whose writer is a child process, uses the same two halves (`temp_beside` in the parent, `open_temp` in
+the child).
 
 Reads: `read_regular_file` opens with O_NOFOLLOW|O_NONBLOCK and refuses, with `RefusedFile`, a symlink,
 anything that is not a regular file (a FIFO never blocks it) or a file over the caller's bound.
@@ -19,7 +19,7 @@ import errno
 import json
 import os
 import stat
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -58,40 +58,40 @@ def write_atomically(path: Path, fill: Callable[[IO[bytes]], object], *,
     fsynced (a caller may want to treat a failure there apart: the file is in place). Readers see the old
     file or the new one, never half. Any error removes the temporary and leaves `path` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with new_temp_beside(path) as temp:
-        with open_temp(temp) as handle:
+    temp = temp_beside(path)
+    handle = open_temp(temp)   # raises before anything is ours to remove
+    try:
+        with handle:
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         if verify is not None:
             verify(temp)
         os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()   # unlinks the entry itself, never a symlink's target
+        raise
     if sync_folder:
         fsync_directory(path.parent)
 
 
-@contextlib.contextmanager
-def new_temp_beside(final: Path) -> Iterator[Path]:
-    """A new, empty, hidden temporary in `final`'s folder, created exclusively under an unpredictable name;
-    removed if the block raises (the block renames it into place when it succeeds)."""
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent)
-    temp = Path(name)
-    try:
-        os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
-    try:
-        yield temp
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()   # unlinks the entry itself, even if someone swapped in a symlink
-        raise
+def temp_beside(final: Path) -> Path:
+    """A hidden name in `final`'s folder that nobody can guess (64 random bits); `open_temp` creates it."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
 
 
 def open_temp(temp: Path) -> IO[bytes]:
-    """The temporary `new_temp_beside` made, opened for writing without following a symlink: if the name
-    was swapped for one meanwhile, the write fails instead of landing elsewhere."""
-    return os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "wb")
+    """`temp` created exclusively and opened for writing (O_CREAT|O_EXCL|O_NOFOLLOW): whatever is already
+    there, a symlink included, makes it fail rather than write elsewhere. Compaction's child process
+    writes its day file through it too."""
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def fsync_directory(directory: Path) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from datetime import date, datetime, timedelta, timezone
 
-from ..exit_codes import EX_LOCKED
-from ..instance_lock import InstanceLock, InstanceLocked
+from ..exit_codes import EX_CONFIG, EX_LOCKED
+from ..instance_lock import InstanceLock, InstanceLocked, UnsafeLockFile
 from .lake_catalog import location_of, open_catalog
 from .lake_tables import TABLE_NAMES
 
@@ -45,6 +45,9 @@ def import_local_command(config, keep_local: bool) -> int:
         print(f"spy-streamer: {exc}; stop it first (with storage.kind iceberg its committer moves these files "
               f"itself)", file=sys.stderr)
         return EX_LOCKED
+    except UnsafeLockFile as exc:
+        print(f"spy-streamer: {exc}", file=sys.stderr)
+        return EX_CONFIG
     except Exception as exc:  # the store or the catalog: nothing moved is lost, run it again
         return _fail(f"import stopped ({type(exc).__name__}: {exc}); what was committed stays, run it again")
     verb = "copied" if keep_local else "moved"
