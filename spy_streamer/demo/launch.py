@@ -7,7 +7,6 @@ session opened a couple of minutes ago, so the daemon also backfills those minut
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -21,6 +20,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from ..market.exchange_rules import nyse_special_days
+from ..monitoring.health_check import load_heartbeat
 from .replay_server import FakePolygon
 from ..market.special_days import special_day_to_row
 from ..storage.layout import heartbeat_path
@@ -199,7 +199,7 @@ def _wait(daemon: subprocess.Popen, seconds: float, signals: queue.SimpleQueue, 
 
 def _progress(folder: DemoFolder) -> str:
     try:
-        beat = json.loads(folder.heartbeat.read_text())
+        beat = load_heartbeat(folder.heartbeat)   # None before the first: a TypeError below
         return f"{beat['status']}, {beat['messages_total']} messages, {beat['rows_written']} rows written"
     except (OSError, ValueError, KeyError, TypeError):
         return "no heartbeat yet"
