@@ -31,6 +31,7 @@ from spy_streamer.orchestrator.streaming_runner import SHUTDOWN_DEADLINE_SECONDS
 
 SHIPPED_SUPERVISORD = REPO_ROOT / "config" / "supervisord.conf"
 SHIPPED_UNIT = REPO_ROOT / "config" / "spy-streamer.service"
+README = REPO_ROOT / "README.md"
 SYSTEMD_SETTINGS = REPO_ROOT / "config" / "settings.systemd.yaml"
 SUPERVISORD = Path(sys.executable).with_name("supervisord")
 RUN_STREAMER = REPO_ROOT / "scripts" / "run_streamer.sh"
@@ -294,6 +295,14 @@ def test_systemd_security_scores_the_unit_ok(tmp_path):
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
     assert found, result.stdout + result.stderr
     assert float(found[1]) <= 3.0, result.stdout
+    assert f"`systemd-analyze security` scores it {found[1]} OK" in README.read_text()   # what the README says
+
+
+def test_the_readme_says_what_the_unit_has():
+    service = read_unit(SHIPPED_UNIT.read_text())["Service"]
+    notes = README.read_text()
+    assert f"`WatchdogSec={service['WatchdogSec']}`" in notes
+    assert f"WATCHDOG=1 every {int(service['WatchdogSec']) // 2} s" in notes
 
 
 SHIPPED_LOGROTATE = REPO_ROOT / "config" / "logrotate.conf"
