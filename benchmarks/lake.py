@@ -95,8 +95,8 @@ def catch_up(catalog, data_dir: Path, files: int) -> tuple[float, int]:
 def visibility(location: LakeLocation, data_dir: Path, probes: int, interval: float) -> list[float]:
     """Flush -> visible to a reader (its own catalog object), with the committer thread polling every `interval`."""
     committer = IcebergCommitter(open_catalog(location, data_dir), data_dir)
-    stop = threading.Event()
-    thread = threading.Thread(target=committer.run, args=(stop, interval), name="iceberg-commit", daemon=True)
+    committer.interval_seconds = interval
+    thread = threading.Thread(target=committer.run, name="iceberg-commit", daemon=True)
     thread.start()
     reader = open_table(open_catalog(location, data_dir), "spy_streamer", "A")
     sink, delays = ParquetSink(data_dir), []
@@ -109,7 +109,7 @@ def visibility(location: LakeLocation, data_dir: Path, probes: int, interval: fl
             time.sleep(0.02)
         delays.append(time.perf_counter() - flushed)
         time.sleep(interval * (n % 3) / 3)  # flushes land at different points of the poll cycle
-    stop.set()
+    committer.stop()
     thread.join()
     return delays
 

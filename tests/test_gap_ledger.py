@@ -257,12 +257,12 @@ def test_the_close_fills_what_the_thread_had_not_reached_and_marks_the_rest_fail
     filler = backfiller(tmp_path, rest)
     filler.request(Gap("SPY", T0, T0 + 9000))              # handed over, never taken: the thread has stopped
     filler.stop()
-    delivered = []
-    filler.fill_remaining([Gap("QQQ", T0, T0 + 9000)], delivered.append)
+    closing, delivered = filler.for_close(), []
+    closing.fill_remaining([Gap("QQQ", T0, T0 + 9000)], delivered.append)
     assert sorted(page.symbol for page in delivered) == ["QQQ", "SPY"]
     rest.down = True
-    filler.fill_remaining([Gap("IWM", T0, T0 + 9000)], delivered.append)    # one try, no wait
-    filler.save_ledger()
+    closing.fill_remaining([Gap("IWM", T0, T0 + 9000)], delivered.append)    # one try, no wait
+    closing.save_ledger()
     assert sorted((row[0], row[3], row[4]) for row in on_disk(tmp_path)) == [
         ("IWM", "failed", 1), ("QQQ", "filled", 1), ("SPY", "filled", 1)]
     assert filler.stats.backfill_requests == filler.stats.backfill_finished == 3
@@ -297,11 +297,11 @@ def test_the_close_still_paces_its_requests_until_the_daemon_stops(tmp_path):
     filler.stop()
     gaps = [Gap(symbol, T0, T0 + 9000) for symbol in ("SPY", "QQQ", "IWM", "DIA")]
     started = time.monotonic()
-    filler.fill_remaining(gaps, [].append)
+    filler.for_close().fill_remaining(gaps, [].append)
     assert time.monotonic() - started >= 0.25                       # 4 requests at 10/s: 3 waits of 0.1 s
-    stopping = threading.Event()
-    stopping.set()
+    stopping = filler.for_close()
+    stopping.stop()
     more = [Gap(symbol, T0 + 20_000, T0 + 29_000) for symbol in ("SPY", "QQQ", "IWM", "DIA")]
     started = time.monotonic()
-    filler.fill_remaining(more, [].append, cancel=stopping)           # the daemon is stopping: no waits
+    stopping.fill_remaining(more, [].append)                         # the daemon is stopping: no waits
     assert time.monotonic() - started < 0.2

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -223,7 +222,7 @@ def test_messages_since_last_heartbeat_resets_after_each_beat(config):
 # --------------------------------------------------------------------------------------------------
 
 class SimulatedStop:
-    """Stands in for threading.Event in run(stop): wait(t) advances the fake clock by t, no real sleep."""
+    """Stands in for the monitor's stop_requested Event: wait(t) advances the fake clock by t, no real sleep."""
 
     def __init__(self, clock: FakeClock, run_for_seconds: float, on_tick=None):
         self.clock = clock
@@ -262,7 +261,8 @@ def test_run_beats_at_start_and_every_300_seconds(config):
     beats = record_beats(rig)
     stop = SimulatedStop(rig.clock, run_for_seconds=1000)
 
-    rig.monitor.run(stop)
+    rig.monitor.stop_requested = stop
+    rig.monitor.run()
 
     assert [at for at, _ in beats] == [0, 300, 600, 900]
     # Checks at least once a second, so a stall is noticed within a second of the threshold.
@@ -274,7 +274,8 @@ def test_run_with_a_short_interval_ticks_at_that_interval(config):
     rig = Rig(config, FRIDAY_EVENING, interval_seconds=0.25)
     beats = record_beats(rig)
     stop = SimulatedStop(rig.clock, run_for_seconds=1.0)
-    rig.monitor.run(stop)
+    rig.monitor.stop_requested = stop
+    rig.monitor.run()
     assert max(stop.ticks) <= 0.25
     assert [at for at, _ in beats] == [0, 0.25, 0.5, 0.75, 1.0]
 
@@ -285,7 +286,8 @@ def test_run_raises_the_stall_alert_within_a_second_of_the_threshold(config, cap
     beats = record_beats(rig)
     stop = SimulatedStop(rig.clock, run_for_seconds=905)
 
-    rig.monitor.run(stop)
+    rig.monitor.stop_requested = stop
+    rig.monitor.run()
 
     stalls = events(caplog, "stream_stalled")
     assert len(stalls) == 1
@@ -298,9 +300,8 @@ def test_run_raises_the_stall_alert_within_a_second_of_the_threshold(config, cap
 
 def test_run_returns_promptly_when_stop_is_already_set(config):
     rig = Rig(config, FRIDAY_EVENING)
-    stop = threading.Event()
-    stop.set()
-    rig.monitor.run(stop)  # one beat at start, then returns without waiting a tick
+    rig.monitor.stop()
+    rig.monitor.run()  # one beat at start, then returns without waiting a tick
     assert rig.read()["status"] == "market_closed"
 
 

@@ -427,8 +427,8 @@ def test_two_capture_processes_racing_commit_each_batch_once(lake, tmp_path, mon
 def test_the_thread_body_commits_on_its_own_and_stops_promptly(lake):
     data_dir, _, catalog = lake
     committer = IcebergCommitter(lambda: catalog, data_dir, NAMESPACE)  # built on the first pass with work
-    stop = threading.Event()
-    thread = threading.Thread(target=committer.run, args=(stop, 0.05), name="iceberg-commit")
+    committer.interval_seconds = 0.05
+    thread = threading.Thread(target=committer.run, name="iceberg-commit")
     thread.start()
     try:
         stage(data_dir, bars(0, 10))
@@ -436,7 +436,7 @@ def test_the_thread_body_commits_on_its_own_and_stops_promptly(lake):
         while committer.stats.batches_committed < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
-        stop.set()
+        committer.stop()
         thread.join(5)
     assert not thread.is_alive()
     assert committer.stats.batches_committed == 1

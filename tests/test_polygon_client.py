@@ -100,9 +100,9 @@ class StreamRig:
         assert self.fake.wait_for_subscribers(1, timeout=timeout)
 
     def stop(self, timeout: float = 5.0) -> float:
-        """request_stop() from this thread; seconds until stream_realtime returned."""
+        """stop() from this thread; seconds until stream_realtime returned."""
         started = time.monotonic()
-        self.stream.request_stop()
+        self.stream.stop()
         self.thread.join(timeout)
         return time.monotonic() - started
 
@@ -138,7 +138,7 @@ def rigs():
     yield started
     for rig in started:
         if rig.thread is not None and rig.thread.is_alive():
-            rig.stream.request_stop()
+            rig.stream.stop()
             rig.thread.join(5)
 
 
@@ -293,7 +293,7 @@ def test_a_status_frame_naming_itself_late_does_not_end_a_stall(make_rig, fake, 
     assert len(events_named(caplog, "stream_recovered")) == 1
 
 
-def test_request_stop_ends_the_stream_within_a_second(make_rig, fake, caplog):
+def test_stop_ends_the_stream_within_a_second(make_rig, fake, caplog):
     rig = make_rig().start()
     rig.streaming()
     elapsed = rig.stop()
@@ -306,7 +306,7 @@ def test_request_stop_ends_the_stream_within_a_second(make_rig, fake, caplog):
     assert events_named(caplog, "disconnected") == []
 
 
-def test_request_stop_during_the_backoff_wait(make_rig, fake):
+def test_stop_during_the_backoff_wait(make_rig, fake):
     rig = make_rig(backoff=Backoff(initial_seconds=30, max_seconds=30, healthy_after_seconds=60,
                                    max_connections_seconds=30)).start()
     rig.streaming()
@@ -317,14 +317,14 @@ def test_request_stop_during_the_backoff_wait(make_rig, fake):
     assert fake.connections_total == 1
 
 
-def test_request_stop_before_the_thread_runs_never_connects(make_rig, fake):
+def test_stop_before_the_thread_runs_never_connects(make_rig, fake):
     rig = make_rig()
-    rig.stream.request_stop()
+    rig.stream.stop()
     rig.stream.stream_realtime(until=SESSION_CLOSE)
     assert fake.connections_total == 0
 
 
-def test_request_stop_while_handshakes_are_refused(make_rig, fake):
+def test_stop_while_handshakes_are_refused(make_rig, fake):
     """Regression: a stop during an outage used to wait CLOSE_TIMEOUT_SECONDS and then call
     connection.exception() on a task only being cancelled: InvalidStateError escaped stream_realtime."""
     fake.set_refuse(True)

@@ -72,7 +72,7 @@ def test_starts_at_once_mid_session_and_stops_after_the_1600_close(make_runner, 
     wait_for(lambda: fake.active_connections() == 0, what="the connection closed")
     assert runner.writer_stats.rows_written == 60       # the final flush at the close
     # ...then the day's micro-batches were compacted into one file, off the supervisor thread
-    runner._after_close.join(10)
+    runner._after_close[1].join(10)
     ledger, day_file = sorted(runner.sink.partition_dir("A", TUESDAY).iterdir())   # the gap ledger is hidden
     assert ledger.name == ".gaps.json"
     assert day_file.name == "day-2026-11-24.parquet" and pq.read_metadata(day_file).num_rows == 60

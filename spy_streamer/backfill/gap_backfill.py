@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from typing import Callable, Iterable, Iterator
 
 from .gap_ledger import Gap, GapEntry, GapLedger
 from ..data_sources.polygon_rest import RestAnswerError
 from ..capture.queue_items import RestBars
+from ..orchestrator.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,16 @@ class RequestPacer:
             self.wait(wait)
 
 
-class GapBackfiller:
+class GapBackfiller(Service):
+    thread_name = "rest-backfill"
+
     def __init__(self, fetch: Callable[[Gap, Callable[[], None]], Iterable[list]], deliver: Callable[[RestBars], None],
                  stats, clock, attempts: int = DEFAULT_ATTEMPTS, retry_seconds: float = DEFAULT_RETRY_SECONDS,
                  max_requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND, ledger: GapLedger | None = None,
                  durable_pages: Callable[[], int] | None = None):
         """`durable_pages()`: how many of the pages delivered so far the writer has made durable (the
         writer counts them in the same order); without it a delivered page counts as durable."""
+        super().__init__()
         self.fetch = fetch          # (gap, pace) -> pages of its channel's REST results; raises RestAnswerError
         self.deliver = deliver
         self.stats = stats
@@ -64,20 +67,20 @@ class GapBackfiller:
         self.attempts = attempts
         self.retry_seconds = retry_seconds
         self.ledger = ledger or GapLedger(None, None)
+        self._writer_durable_pages = durable_pages
         self.durable_pages = durable_pages or (lambda: self._pages_delivered)
         self._pages_delivered = 0
         self._requests: queue.SimpleQueue = queue.SimpleQueue()   # from the writer to this thread
-        self._stop = threading.Event()
         self._next_save = 0.0
+        self.max_requests_per_second = max_requests_per_second
         self.pace = RequestPacer(max_requests_per_second, clock, self._pause)
 
     def request(self, gap: Gap) -> None:
         """Thread-safe and non-blocking: hand a gap to the backfill thread (which counts it)."""
         self._requests.put(gap)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._requests.put(None)
+    def _wake(self) -> None:
+        self._requests.put(None)   # stop()'s marker ends a wait for requests
 
     def run(self) -> None:
         """Resume the day's unfinished gaps, then fill gaps as they come until stop(); what a stop cuts
@@ -90,13 +93,19 @@ class GapBackfiller:
             self._save(when_due=True)
         self._save()
 
-    def fill_remaining(self, gaps_left_open: list[Gap], deliver: Callable[[RestBars], None],
-                       cancel: threading.Event | None = None) -> None:
-        """At the close, on the caller's thread once the backfill thread has stopped: the gaps no live row
-        ended, then every gap still pending, one try each, still paced to the request rate (a wildcard may
-        leave thousands) until `cancel` is set (the daemon stopping). What fails stays in the ledger as
-        failed; call save_ledger() once the writer has flushed."""
-        self._stop = cancel if cancel is not None else threading.Event()   # stop() ended the thread's waits
+    def for_close(self) -> "GapBackfiller":
+        """The close-time fill as a backfiller of its own, with its own stop (this one's thread has been
+        stopped): the same fetch, ledger, stats and request rate, and the requests still waiting."""
+        closing = GapBackfiller(self.fetch, self.deliver, self.stats, self.clock, self.attempts, self.retry_seconds,
+                                self.max_requests_per_second, self.ledger, self._writer_durable_pages)
+        closing._requests = self._requests
+        return closing
+
+    def fill_remaining(self, gaps_left_open: list[Gap], deliver: Callable[[RestBars], None]) -> None:
+        """At the close, on the caller's thread (see for_close): the gaps no live row ended, then every gap
+        still pending, one try each, still paced to the request rate (a wildcard may leave thousands) until
+        stop() (the daemon stopping). What fails stays in the ledger as failed; call save_ledger() once the
+        writer has flushed."""
         self._resume()
         for gap in [*self._handed_over(wait=False), *gaps_left_open]:
             if gap is not None:
@@ -128,7 +137,7 @@ class GapBackfiller:
             if gap is None:
                 return False
             self._record(gap)
-        return not self._stop.is_set()
+        return not self.stop_requested.is_set()
 
     def _handed_over(self, wait: bool) -> Iterator[Gap | None]:
         """The requests waiting; with `wait`, the first is waited for (None is stop()'s marker)."""
@@ -144,7 +153,7 @@ class GapBackfiller:
         ledger and the heartbeat show them at once; True when stop() ended the wait. Real time, like
         Event.wait: the injected clock only places instants."""
         deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0 and not self._stop.is_set():
+        while (remaining := deadline - time.monotonic()) > 0 and not self.stop_requested.is_set():
             try:
                 gap = self._requests.get(timeout=remaining)
             except queue.Empty:
@@ -152,7 +161,7 @@ class GapBackfiller:
             if gap is not None:
                 self._record(gap)
                 self._save(when_due=True)
-        return self._stop.is_set()
+        return self.stop_requested.is_set()
 
     def _idle_timeout(self) -> float | None:
         """Idle, but filled rows still wait for the writer's flush: wake to record them as filled."""

@@ -36,6 +36,7 @@ from ..market.market_hours import MarketCalendar
 from ..storage.parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
 from ..monitoring.failure_streak import FailureStreak
+from ..orchestrator.service import Service
 from .queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
 from .seen_keys import seen_rows_for
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_PARSE = 2000      # frames parsed together: amortizes the parser's set-up per call...
 MAX_BYTES_PER_PARSE = 2_000_000  # ...but about 2 MB at most: a batch is held three times (text, NDJSON, Arrow)
+STOP_PATIENCE_SECONDS = 2.0   # for the end marker to find room in a full queue
 MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat under heavy load
 # A parse costs about 0.3 ms whatever its size (the JSON reader's set-up, tens of compute calls): a writer
 # that kept up would pay it per frame (550 frames/s of `A.*` saturated a core). So a batch waits up to this
@@ -161,12 +163,15 @@ class Lane:
                 if gap_from <= last]
 
 
-class BatchWriter:
+class BatchWriter(Service):
+    thread_name = "parquet-writer"
+
     def __init__(self, frames: queue.Queue, sink: ParquetSink, calendar: MarketCalendar,
                  stats: WriterStats, interval_seconds: float, clock,
                  request_backfill: Callable[[Gap], None] | None = None, *, subscriptions: tuple[str, ...]):
         """`subscriptions` as configured ("A.SPY", "T.*"): only rows of those channels and symbols are
         stored; the symbols named there (and under a wildcard, every symbol seen today) are backfilled."""
+        super().__init__()
         self.frames = frames
         self.sink = sink
         self.calendar = calendar
@@ -234,6 +239,15 @@ class BatchWriter:
             while ahead:
                 self._accept_parsed(*ahead.popleft())
         self.flush()   # takes in the flush in flight (the executor waited for it), then writes the rest
+
+    def _wake(self) -> None:
+        """The queue's end marker, behind every frame the (stopped) reader queued: drained, then flushed.
+        A full queue is given STOP_PATIENCE_SECONDS; a writer that takes nothing in that long is hung, and
+        the runner's join says so."""
+        try:
+            self.frames.put(END_OF_STREAM, timeout=STOP_PATIENCE_SECONDS)
+        except queue.Full:
+            pass
 
     def _next_items(self, timeout: float, flush_at: float = 0.0) -> list:
         """Wait up to `timeout` for one item, then gather more until the batch is full or LINGER_SECONDS

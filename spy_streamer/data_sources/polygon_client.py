@@ -25,6 +25,7 @@ from ..market.market_hours import MarketCalendar
 from ..capture.pipeline_stats import ReaderStats
 from ..capture.queue_items import GAP_POSSIBLE
 from .client_library import LIBRARY
+from ..orchestrator.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,15 @@ class Backoff:
             delay = min(delay * 2, self.max_seconds)
 
 
-class PolygonStream:
+class PolygonStream(Service):
+    thread_name = "ws-reader"
+
     def __init__(self, polygon: PolygonConfig, api_key: str, calendar: MarketCalendar,
                  monitor: HeartbeatMonitor, stats: ReaderStats, frames: queue.Queue, clock,
-                 backoff: Backoff = Backoff(), full_queue_patience_seconds: float = FULL_QUEUE_PATIENCE_SECONDS):
+                 backoff: Backoff = Backoff(), full_queue_patience_seconds: float = FULL_QUEUE_PATIENCE_SECONDS,
+                 until: datetime | None = None):
+        super().__init__()
+        self.until = until   # run(): after this (the session's close), a lost connection is not reopened
         self.polygon = polygon
         self.api_key = api_key
         self.calendar = calendar
@@ -81,7 +87,6 @@ class PolygonStream:
         self.clock = clock
         self.backoff = backoff
         self.full_queue_patience_seconds = full_queue_patience_seconds
-        self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._client: LIBRARY.WebSocketClient | None = None
@@ -93,9 +98,8 @@ class PolygonStream:
 
     # --- called from other threads ---
 
-    def request_stop(self) -> None:
-        """Thread-safe: close the connection and end stream_realtime() promptly."""
-        self._stop_requested = True
+    def _wake(self) -> None:
+        """Close the connection and end stream_realtime() promptly (the event loop has its own Event)."""
         self._call_in_loop(lambda: self._stop_event.set())
 
     def force_reconnect(self, reason: str = "silent too long") -> None:
@@ -116,8 +120,11 @@ class PolygonStream:
 
     # --- the reader thread ---
 
+    def run(self) -> None:
+        self.stream_realtime(self.until)
+
     def stream_realtime(self, until: datetime) -> None:
-        """Stream until request_stop(); after `until` a lost connection is not reopened.
+        """Stream until stop(); after `until` a lost connection is not reopened.
 
         Refuses to connect at all while the market is closed. Raises AuthRejected on a bad key.
         """
@@ -142,13 +149,13 @@ class PolygonStream:
 
     async def _connect_until(self, until: datetime) -> None:
         delays = self.backoff.delays()
-        while not self._stop_requested:
+        while not self.stop_requested.is_set():
             started = self.clock.monotonic()
             reason = await self._one_connection()
             self.stats.connected = False
             self._client = None
             await self._note_possible_gap()
-            if self._stop_requested:
+            if self.stop_requested.is_set():
                 return
             if self.clock.now() >= until:
                 log.info("session is over; not reconnecting", extra={"event": "reconnect_skipped_closed"})

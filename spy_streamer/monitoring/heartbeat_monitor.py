@@ -19,6 +19,7 @@ from ..clock import SystemClock
 from ..storage.durable_files import write_json_atomically
 from ..market.market_hours import MarketCalendar
 from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
+from ..orchestrator.service import Service
 from .failure_streak import FailureStreak, active_streaks
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,16 @@ def _serializable(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: _iso(value) if isinstance(value, datetime) else value for key, value in fields.items()}
 
 
-class HeartbeatMonitor:
+class HeartbeatMonitor(Service):
+    thread_name = "heartbeat"
+
     def __init__(self, path: Path, calendar: MarketCalendar, *, interval_seconds: float,
                  alert_threshold_seconds: float, subscriptions: tuple[str, ...],
                  reader: ReaderStats, writer: WriterStats, backfill: BackfillStats | None = None,
                  write_interval_seconds: float | None = None,
                  queue_fill: Callable[[], tuple[int, float]] = lambda: (0, 0.0),
                  on_stall: Callable[[], None] = lambda: None, clock=None, metrics=None, lake=None):
+        super().__init__()
         self.path = path
         self.calendar = calendar
         self.interval_seconds = interval_seconds
@@ -91,12 +95,12 @@ class HeartbeatMonitor:
 
     # --- heartbeat thread ---
 
-    def run(self, stop: threading.Event) -> None:
-        """Beat at start and every interval; check for a stall at least once a second."""
+    def run(self) -> None:
+        """Until stop(): beat at start and every interval; check for a stall at least once a second."""
         self.send_heartbeat()
         tick = min(MAX_CHECK_TICK_SECONDS, self.interval_seconds, self.alert_threshold_seconds / 4)
         next_beat = self.clock.monotonic() + self.interval_seconds
-        while not stop.wait(tick):
+        while not self.stop_requested.wait(tick):
             self.check_stalled_stream()
             if self.clock.monotonic() >= next_beat:
                 self.send_heartbeat()

@@ -19,100 +19,35 @@ from typing import Callable
 import pyarrow as pa
 import schedule
 
-from ..capture.batch_writer import BatchWriter
 from ..market.calendar_refresh import REFRESH_INTERVAL_SECONDS, RETRY_INTERVAL_SECONDS
 from ..clock import SystemClock
-from ..channels.subscriptions import channel_names
-from ..storage.compaction import CompactionError, compact_day
 from ..config import Config
 from ..exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
 from ..monitoring.health_check import heartbeat_path
 from ..monitoring.heartbeat_monitor import HeartbeatMonitor
 from ..instance_lock import InstanceLock, InstanceLocked, UnsafeLockFile
 from ..log_setup import reopen_log_files
-from ..backfill.gap_backfill import GapBackfiller
-from ..backfill.gap_ledger import GapLedger
 from ..market.market_hours import MarketCalendar, Session
 from ..monitoring.metrics import MetricsPublisher
 from ..monitoring.systemd_notify import notify, start_watchdog
 from ..storage.parquet_sink import ParquetSink
 from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
 from ..data_sources.client_library import LIBRARY
-from ..data_sources.polygon_client import AuthRejected, PolygonStream
-from ..channels import channel_for
+from ..data_sources.polygon_client import AuthRejected
 from ..data_sources.polygon_rest import make_rest_client
-from ..capture.queue_items import END_OF_STREAM, FrameQueue
+from .after_close import AfterClose
+from .capture_session import CaptureSession, open_capture_session
+from .service import Service
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above this
-WRITER_SHARE_SECONDS = 4.0           # of that deadline, kept for the writer's final flush
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends
 RECONCILE_EVERY_SECONDS = 60         # safety net against clock jumps; transitions have their own jobs
 # supervisord's startsecs=0 (so that exit 78 is final) also means no back-off before a restart: a
 # daemon that fails at once would be respawned several times a second. It lingers this long instead.
 MIN_UPTIME_BEFORE_FAILING_SECONDS = 10.0
 MAX_WAIT_SECONDS = 1.0               # a signal is acted on within this
-QUEUE_MAX_BYTES = 4_000_000         # hours of A.SPY (a ~230-byte bar a frame); 100 frames of 200 events
-
-
-class CaptureSession:
-    """One market session: the reader, backfill and writer threads with the queue between them."""
-
-    def __init__(self, market_session: Session, stream: PolygonStream, writer: BatchWriter,
-                 backfiller: GapBackfiller, frames: queue.Queue, start_thread: Callable[..., threading.Thread]):
-        self.market_session = market_session
-        self.stream = stream
-        self.writer = writer
-        self.backfiller = backfiller
-        self.frames = frames
-        self._start_thread = start_thread
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> None:
-        self._threads = [
-            self._start_thread("parquet-writer", self.writer.run),
-            self._start_thread("rest-backfill", self.backfiller.run),
-            self._start_thread("ws-reader", lambda: self.stream.stream_realtime(until=self.market_session.close)),
-        ]
-
-    def progress(self) -> dict[str, int]:
-        """The turn counters of the capture loops still running (the systemd watchdog's proof of progress)."""
-        counters = {"parquet-writer": lambda: self.writer.turns, "ws-reader": lambda: self.stream.turns}
-        return {thread.name: counters[thread.name]() for thread in self._threads
-                if thread.name in counters and thread.is_alive()}
-
-    def stop(self, deadline: float, monotonic: Callable[[], float]) -> list[str]:
-        """Producers first, then drain the queue to its end marker and flush; the names of the threads
-        still running at the deadline (abandoned, with whatever they held).
-
-        The writer's final flush is what matters most, so the reader is only waited for until
-        WRITER_SHARE_SECONDS before the deadline, and the backfill (a REST request may hang until its
-        timeout) only after the writer: a hung request can no longer eat the flush's share."""
-        writer_thread, backfill_thread, reader_thread = self._threads
-        self.stream.request_stop()
-        self.backfiller.stop()
-        reader_thread.join(max(0.0, deadline - WRITER_SHARE_SECONDS - monotonic()))
-        try:
-            self.frames.put(END_OF_STREAM, timeout=max(0.0, deadline - WRITER_SHARE_SECONDS - monotonic()))
-        except queue.Full:
-            pass
-        writer_thread.join(max(0.0, deadline - monotonic()))
-        if not writer_thread.is_alive() and self.writer.stats.rows_pending:
-            self._salvage_writer(deadline, monotonic)  # the writer crashed: keep what it had parsed
-        backfill_thread.join(max(0.0, deadline - monotonic()))
-        return [thread.name for thread in self._threads if thread.is_alive()]
-
-    def _salvage_writer(self, deadline: float, monotonic: Callable[[], float]) -> None:
-        """After a writer crash, flush the rows it had accepted on a one-shot thread (its own is gone)."""
-        salvage = threading.Thread(target=self.writer.flush, name="writer-salvage", daemon=True)
-        salvage.start()
-        salvage.join(max(0.0, deadline - monotonic()))
-        self._threads.append(salvage)
-        unread = self.frames.items_waiting()
-        if unread:
-            log.error("%d queued frame(s) were not stored: the writer crashed before reading them", unread,
-                      extra={"event": "frames_abandoned", "frames": unread})
 
 
 class StreamingRunner:
@@ -151,13 +86,9 @@ class StreamingRunner:
         self._exit_code: int | None = None
         self._interrupted = False
         self._session: CaptureSession | None = None
-        self._after_close: threading.Thread | None = None
-        self._after_close_holds_rows = False     # the after-close thread still has gap bars to write
+        self._after_close: tuple[AfterClose, threading.Thread] | None = None
         self._calendar_refresh: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
-        self._heartbeat_stop = threading.Event()
-        self._stopping = threading.Event()        # set at shutdown: cancels an end-of-day compaction
-        self._lake_stop = threading.Event()
         self._lake_thread: threading.Thread | None = None
 
     # --- signals: record only (no logging, no locks) ---
@@ -220,9 +151,9 @@ class StreamingRunner:
                  extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions),
                         "client": str(LIBRARY)})
         self.sink.remove_temp_files()
-        heartbeat_thread = self._start_thread("heartbeat", lambda: self.monitor.run(self._heartbeat_stop))
+        heartbeat_thread = self._start_service(self.monitor)
         if self.lake is not None:  # for the whole process: batches flushed after the close go up overnight
-            self._lake_thread = self._start_thread("iceberg-commit", lambda: self.lake.run(self._lake_stop))
+            self._lake_thread = self._start_service(self.lake)
         self.scheduler.every(RECONCILE_EVERY_SECONDS).seconds.do(self.reconcile)
         self._schedule_calendar_refresh(succeeded=True)
         try:
@@ -291,12 +222,11 @@ class StreamingRunner:
     def _shutdown(self, heartbeat_thread: threading.Thread) -> None:
         deadline = self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS
         notify("STOPPING=1")
-        self._stopping.set()
         if self._session is not None:
             self._end_session("shutdown", deadline)
         self._join_after_close(deadline)
         self._stop_lake_commits(deadline)
-        self._heartbeat_stop.set()
+        self.monitor.stop()
         heartbeat_thread.join(max(0.0, deadline - self.clock.monotonic()))
         if heartbeat_thread.is_alive():
             self._abandoned(["heartbeat"])
@@ -310,7 +240,7 @@ class StreamingRunner:
         the commit ledger recognises it next time), so it is logged, not failed on."""
         if self._lake_thread is None:
             return
-        self._lake_stop.set()
+        self.lake.stop()
         self._lake_thread.join(max(0.0, deadline - self.clock.monotonic()))
         if self._lake_thread.is_alive():
             log.warning("a lake commit was still running at the deadline; its batches stay staged and are "
@@ -342,15 +272,19 @@ class StreamingRunner:
         thread.start()
         return thread
 
+    def _start_service(self, service: Service) -> threading.Thread:
+        return self._start_thread(service.thread_name, service.run)
+
     def _join_after_close(self, deadline: float) -> None:
-        after_close = self._after_close
-        if after_close is None:
+        if self._after_close is None:
             return
-        after_close.join(max(0.0, deadline - self.clock.monotonic()))
-        if not after_close.is_alive():
+        after_close, thread = self._after_close
+        after_close.stop()
+        thread.join(max(0.0, deadline - self.clock.monotonic()))
+        if not thread.is_alive():
             return
-        if self._after_close_holds_rows:
-            self._abandoned([after_close.name])
+        if after_close.holds_rows:
+            self._abandoned([thread.name])
         else:  # only the compaction was left: atomic, the micro-batches stay readable, `compact` redoes it
             log.warning("the end-of-day compaction was interrupted by the stop; run `spy-streamer compact` "
                         "for that day", extra={"event": "compaction_interrupted"})
@@ -427,25 +361,12 @@ class StreamingRunner:
         self.monitor.send_heartbeat()
 
     def _begin_session(self, market_session: Session) -> None:
-        frames = FrameQueue(QUEUE_MAX_BYTES)
-        ledger = GapLedger(self.config.paths.data_dir, self.calendar.trading_day(market_session.open),
-                           channel_names(self.config.polygon.subscriptions))
-        backfiller = GapBackfiller(
-            lambda gap, pace: channel_for(gap.channel).fetch(self.rest_client, gap.symbol, gap.from_ms, gap.to_ms, pace),
-            frames.put, self.backfill_stats, self.clock,
-            max_requests_per_second=self.config.polygon.rest_max_requests_per_second,
-            ledger=ledger, durable_pages=lambda: writer.rest_pages_durable)
-        writer = BatchWriter(frames, self.sink, self.calendar, self.writer_stats,
-                             self.config.batching.write_interval_seconds, self.clock,
-                             request_backfill=backfiller.request, subscriptions=self.config.polygon.subscriptions)
-        stream = PolygonStream(self.config.polygon, self.api_key, self.calendar, self.monitor,
-                               self.reader_stats, frames, self.clock)
-        self._session = CaptureSession(market_session, stream, writer, backfiller, frames, self._start_thread)
+        self._session = open_capture_session(market_session, self)
         self._announced_next_open = None
         log.info("market open; streaming until %s", market_session.close.astimezone(self.calendar.tz).isoformat(),
                  extra={"event": "market_open", "close": market_session.close.isoformat()})
         self.monitor.session_started()
-        self._session.start()
+        self._session.start(self._start_service)
         self.monitor.send_heartbeat()
 
     def _end_session(self, reason: str, deadline: float) -> None:
@@ -459,52 +380,17 @@ class StreamingRunner:
         if abandoned:
             self._abandoned(abandoned)
         elif reason == "market_close":
-            self._after_close_holds_rows = True
-            self._after_close = self._start_thread("after-close", lambda: self._after_close_work(session))
+            after_close = AfterClose(session, self.calendar.trading_day(session.market_session.open), self.config,
+                                     self.lake)
+            self._after_close = after_close, self._start_service(after_close)
         self.monitor.send_heartbeat()
-
-    def _after_close_work(self, session: CaptureSession) -> None:
-        """Off the supervisor thread (which must stay free for signals): the gaps no live bar will end
-        now, then the day's compaction."""
-        self._fill_gaps_left_at_close(session)
-        self._after_close_holds_rows = False
-        self._compact(session.market_session)
-
-    def _fill_gaps_left_at_close(self, session: CaptureSession) -> None:
-        """Fetch what is missing up to the close: the gaps no live row ended and those the backfill had not
-        reached. The session's threads have stopped: its writer and ledger are used from this thread alone.
-        What could not be filled stays in the ledger, marked so, for `report`."""
-        writer = session.writer
-        session.backfiller.fill_remaining(writer.gaps_left_open(), lambda rows: writer.accept_items([rows]),
-                                          cancel=self._stopping)
-        writer.flush()
-        session.backfiller.save_ledger()   # after the flush: the filled gaps' rows are on disk
-
-    def _compact(self, session: Session) -> None:
-        """The day is over: one sorted file per channel and day instead of hundreds of micro-batches (with
-        the lake: a rewrite of the day's partitions, as the staged files move into the table). A stop
-        cancels it (the merge runs in a child process; nothing changes until its result is verified)."""
-        day = self.calendar.trading_day(session.open)
-        try:
-            if self.lake is not None:
-                self.lake.compact_session(session.open, session.close)
-                return
-            for channel in channel_names(self.config.polygon.subscriptions):
-                compact_day(self.config.paths.data_dir, day, channel, cancel=self._stopping)
-        except CompactionError:
-            pass  # logged by compact_day; the micro-batches stay, `spy-streamer compact` can retry
-        except Exception:  # compaction is atomic: a bug in it must not stop the next day's capture
-            log.exception("compaction of %s crashed; the micro-batches stay", day,
-                          extra={"event": "compaction_failed"})
 
     # --- hooks for the heartbeat monitor ---
 
     def _queue_fill(self) -> tuple[int, float]:
         """(frames waiting, fraction of the queue's byte bound in use)."""
         session = self._session
-        if session is None:
-            return 0, 0.0
-        return session.frames.items_waiting(), session.frames.qsize() / QUEUE_MAX_BYTES
+        return (0, 0.0) if session is None else session.queue_fill()
 
     def _capture_progress(self) -> dict[str, int]:
         session = self._session

@@ -27,7 +27,6 @@ import hashlib
 import logging
 import random
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta, timezone
@@ -43,11 +42,13 @@ from .layout import micro_batch_stamp, partition_day_text, partition_dirs, visib
 from .parquet_sink import ParquetSink
 from . import lake_tables
 from .lake_catalog import NAMESPACE
+from ..orchestrator.service import Service
 
 log = logging.getLogger(__name__)
 
 BATCHES_PROPERTY = "spy-streamer.batches"
 HOST_PROPERTY = "spy-streamer.host"
+COMMIT_INTERVAL_SECONDS = 2.0           # between passes while healthy
 MAX_FILES_PER_COMMIT = 64               # a backlog catches up in few snapshots...
 MAX_BYTES_PER_COMMIT = 64 * 1024 * 1024  # ...without holding much of it in memory
 MAX_BACKLOG_BYTES = 1024 ** 3            # past this: a WARNING (never a deletion)
@@ -113,7 +114,9 @@ def committed_batch_ids(table, since_ms: int) -> set[str]:
     return ids
 
 
-class IcebergCommitter:
+class IcebergCommitter(Service):
+    thread_name = "iceberg-commit"
+
     def __init__(self, catalog, data_dir: Path, namespace: str = NAMESPACE,
                  clock=None, *, keep_local: bool = False, max_backlog_bytes: int = MAX_BACKLOG_BYTES,
                  whole_ledger: bool = False, on_commit: Callable[[str, list[StagedBatch]], None] | None = None):
@@ -122,11 +125,13 @@ class IcebergCommitter:
         `keep_local` leaves committed files in place and `whole_ledger` reads every snapshot's batch ids
         (`import-local`: old files, maybe copied); `on_commit(channel, batches)` is called after each
         commit (tests and the benchmark time it)."""
+        super().__init__()
         self._catalog_factory = catalog if callable(catalog) else None
         self.catalog = None if callable(catalog) else catalog
         self.data_dir = data_dir
         self.namespace = namespace
         self.clock = clock or SystemClock()
+        self.interval_seconds = COMMIT_INTERVAL_SECONDS
         self.keep_local = keep_local
         self.max_backlog_bytes = max_backlog_bytes
         self.whole_ledger = whole_ledger
@@ -156,12 +161,12 @@ class IcebergCommitter:
 
     # --- thread body ---
 
-    def run(self, stop: threading.Event, interval_seconds: float = 2.0) -> None:
-        """Until `stop`: a pass every `interval_seconds`, backing off after failures. Staged files left at
+    def run(self) -> None:
+        """Until stop(): a pass every `interval_seconds`, backing off after failures. Staged files left at
         stop are durable and committed by the next run."""
         wait = 0.0
-        while not stop.wait(wait):
-            wait = self.tick(interval_seconds)
+        while not self.stop_requested.wait(wait):
+            wait = self.tick(self.interval_seconds)
 
     def tick(self, interval_seconds: float) -> float:
         """One pass; the seconds to wait before the next (longer after each failure in a row)."""
