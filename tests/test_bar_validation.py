@@ -168,7 +168,8 @@ def test_reasons_are_replaced_not_mutated(rig):
 
 def test_each_event_is_counted_once_under_its_first_broken_rule(rig):
     """An event breaking several rules counts once, under the first in REASONS order."""
-    rig.send([bar(1, symbol="", v=-1, e=FAR_END), bar(2, v=-1, h=1.0, e=FAR_END), bar(3, h=1.0, e=FAR_END)])
+    two_days_on = START + 2 * 86_400_000
+    rig.send([bar(1, symbol="", v=-1, e=two_days_on), bar(2, v=-1, h=1.0, e=two_days_on), bar(3, h=1.0, e=two_days_on)])
     assert rig.stats.rejected_reasons == {"bad_symbol": 1, "bad_volume": 1, "bad_range": 1}
 
 

@@ -51,12 +51,14 @@ SUBSCRIPTIONS = ("A.SPY", "A.QQQ")
 
 EXPECTED_SCHEMA = {
     "symbol": pa.string(),
-    "start": pa.timestamp("ms", tz="UTC"),
-    "end": pa.timestamp("ms", tz="UTC"),
+    "start": pa.timestamp("us", tz="UTC"),   # Polygon's milliseconds in the unit every engine reads (issue 19)
+    "end": pa.timestamp("us", tz="UTC"),
     "open": pa.float64(), "high": pa.float64(), "low": pa.float64(), "close": pa.float64(),
     "vwap": pa.float64(), "day_vwap": pa.float64(), "average_size": pa.float64(),
     "official_open": pa.float64(),
     "volume": pa.int64(), "accumulated_volume": pa.int64(),
+    "decimal_volume": pa.decimal128(38, 18), "decimal_accumulated_volume": pa.decimal128(38, 18),
+    "transactions": pa.int64(), "otc": pa.bool_(),
     "received_at": pa.timestamp("us", tz="UTC"),
     "source": pa.string(),
 }

@@ -49,7 +49,7 @@ def valid_bars(draw, second: int) -> dict:
                  v=draw(st.integers(0, MAX_SHARES - 1)), e=event["s"] + draw(st.sampled_from([1000, 60_000])))
     for key in draw(st.sets(st.sampled_from(["vw", "a", "z", "op", "av"]))):
         del event[key]
-    extra = draw(st.dictionaries(st.sampled_from(["n", "x", "i", "otc"]), json_values, max_size=2))
+    extra = draw(st.dictionaries(st.sampled_from(["n", "x", "i", "T"]), json_values, max_size=2))
     return {**extra, **event}
 
 
@@ -67,7 +67,7 @@ def breakages(event: dict) -> st.SearchStrategy[dict]:
     huge = 2 ** 63
     return st.sampled_from([
         broken(event, {"ev": "T"}), broken(event, {}, ("ev",)), broken(event, {}, ("sym",)), broken(event, {}, ("c",)),
-        broken(event, {"v": "100"}), broken(event, {"v": 1.5}), broken(event, {"v": True}), broken(event, {"v": huge}),
+        broken(event, {"v": "100"}), broken(event, {"otc": "yes"}), broken(event, {"dv": "1e3"}), broken(event, {"v": 1.5}), broken(event, {"v": True}), broken(event, {"v": huge}),
         broken(event, {"s": str(event["s"])}), broken(event, {"o": None}), broken(event, {"h": [1]}),
         broken(event, {"sym": ""}), broken(event, {"sym": "../../etc/passwd"}), broken(event, {"sym": "IWM"}),
         broken(event, {"sym": "\ud800"}), broken(event, {"sym": "S" * 5000}), broken(event, {"sym": 5}),

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..channels import Channel, channel_for
-from ..channels.base import SESSION
+from ..channels.base import SESSION, epoch_ms
 from ..channels.parsing import parse_frames, rest_results_with_reasons
 from ..channels.rules import ChannelRules
 from ..channels.subscriptions import channel_names, has_wildcard, symbols_of
@@ -387,7 +387,7 @@ class BatchWriter(Service):
 
     def _check_clock(self, table: pa.Table) -> None:
         """Live bars arrive about 2 s after they end; a steady disagreement means the wall clock is wrong."""
-        newest_end_ms = pc.max(table.column("end")).cast(pa.int64()).as_py()
+        newest_end_ms = pc.max(epoch_ms(table.column("end"))).as_py()
         received_ns = pc.max(table.column("received_at")).cast(pa.int64()).as_py() * 1000
         self._skew.observe(received_ns, newest_end_ms, self.clock.monotonic())
         self.stats.clock_skew_seconds = self._skew.skew_seconds

@@ -14,17 +14,33 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Callable, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-MS_UTC = pa.timestamp("ms", tz="UTC")
-NS_UTC = pa.timestamp("ns", tz="UTC")
-RECEIVED_AT = pa.field("received_at", pa.timestamp("us", tz="UTC"))
+# Every stored instant is a timestamp in microseconds, UTC: what Spark, Trino and Iceberg read (Spark refuses
+# TIMESTAMP(NANOS) by default, Iceberg v2 has no nanoseconds). An instant Polygon gives in nanoseconds is
+# also kept exactly, as int64, in `<name>_ns` beside it (exact_time). One schema locally and in the lake.
+US_UTC = pa.timestamp("us", tz="UTC")
+NS_SUFFIX = "_ns"
+RECEIVED_AT = pa.field("received_at", US_UTC)
 SOURCE = pa.field("source", pa.string())                 # "ws" or "rest"
 SESSION = pa.field("session", pa.string())               # "pre", "regular", "post" (extended hours only)
 INT_LIST = pa.list_(pa.int64())
+# Polygon's fractional sizes and volumes are decimal strings ("0.5"): kept exactly, as decimals with 20
+# digits before the point (any int64 volume) and 18 after. What does not fit is refused, never rounded.
+DECIMAL = pa.decimal128(38, 18)
+DECIMAL_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,18})?$"
+_DECIMAL_TEXT = re.compile(DECIMAL_PATTERN)
+MS_TO_US, MS_TO_NS = 1000, 1_000_000
+
+
+def exact_time(name: str) -> list[pa.Field]:
+    """An instant given in nanoseconds: `name` (timestamp us UTC, for every engine) and `name_ns` (int64,
+    exact). Channels map the source field to `name_ns`; `name` is derived from it (to_schema)."""
+    return [pa.field(name, US_UTC), pa.field(name + NS_SUFFIX, pa.int64())]
 
 # Why an event was not stored; the heartbeat shows a count per reason (WriterStats.rejected_reasons).
 REASONS = (
@@ -38,7 +54,8 @@ REASONS = (
     "bad_price",      # a price outside MIN_PRICE..MAX_PRICE (NaN and infinities included; a quote may be 0)
     "bad_volume",     # a volume or size below 0, or not below MAX_SHARES (or not finite)
     "bad_range",      # bars: not low <= min(open, close) <= max(open, close) <= high
-    "bad_times",      # a time before 1970, or a bar whose end is not after its start (or a day after it)
+    "bad_times",      # a time before 1970 or past what a microsecond timestamp holds, or a bar whose end is
+                      # not after its start (or a day after it)
     "bad_start",      # bars: a start not on a whole bar (second for A, minute for AM): it would count one twice
     "bad_id",         # trades: an empty trade id; trades and quotes: a negative sequence number
     "outside_request",  # REST: a row outside the range that was asked for
@@ -82,16 +99,22 @@ class Channel:
     rest_complete: Callable[[dict], None] | None = None           # fills what REST does not send (a bar's end)
     ws_adapt: Callable[[str, object], object] | None = None       # per-event path: (column, value) -> stored form
     ws_adapt_columns: Callable[[pa.Table], pa.Table] | None = None  # fast path: the same, on columns
+    # What an absent field means, where Polygon documents one: no `c` is no condition ([]), no `otc` is false.
+    absent_as: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def data_columns(self) -> tuple[str, ...]:
         return tuple(name for name in self.schema.names if name not in ("received_at", "source"))
 
+    @property
+    def exact_times(self) -> tuple[str, ...]:
+        """The timestamp columns derived from a `<name>_ns` column (exact_time)."""
+        names = set(self.schema.names)
+        return tuple(name for name in self.schema.names if name + NS_SUFFIX in names)
+
     def time_ms(self, table: pa.Table) -> pa.Array:
         """The time column as int64 milliseconds (what the session and day bounds are compared with)."""
-        column = pc.cast(table.column(self.time_column), pa.int64())
-        unit = self.schema.field(self.time_column).type.unit
-        return column if unit == "ms" else pc.divide(column, {"us": 1000, "ns": 1_000_000}[unit])
+        return epoch_ms(table.column(self.time_column))
 
     def marker(self) -> str:
         """Text every compact frame of this channel holds (Polygon's form): with several channels
@@ -108,9 +131,20 @@ def _spaced_marker(name: str) -> re.Pattern:
     return re.compile(r'"ev"\s*:\s*"%s"' % re.escape(name))
 
 
+def epoch_ms(column) -> pa.Array:
+    """A timestamp column as int64 milliseconds since 1970, whatever its unit."""
+    unit = column.type.unit
+    column = pc.cast(column, pa.int64())
+    return column if unit == "ms" else pc.divide(column, {"us": 1000, "ns": 1_000_000}[unit])
+
+
+def us_from_ns(column) -> pa.Array:
+    """Exact nanoseconds (int64) as a microsecond timestamp (truncated, as the lake always did)."""
+    return pc.cast(pc.cast(column, pa.timestamp("ns", tz="UTC")), US_UTC, safe=False)
+
+
 # --- shared checks (vectorized; a check is (reason, ok per row) or True when every row passes) ---
 
-EPOCH_MS = pa.scalar(0, MS_UTC)
 # Compute calls take Arrow scalars: given a Python value, pyarrow converts it anew on every call (and may
 # probe sys.path for an optional dateutil each time), a fixed cost paid by every batch on every check.
 TRUE, FALSE = pa.scalar(True), pa.scalar(False)
@@ -162,8 +196,9 @@ def sequence_at_least_zero(column: pa.Array) -> pa.Array:
 
 
 def on_whole_units(column: pa.Array, unit_ms: int) -> pa.Array:
-    """A time (ms) on a whole `unit_ms` (integer division truncates: start - start // unit * unit == 0)."""
-    times, unit = pc.cast(column, pa.int64()), pa.scalar(unit_ms, pa.int64())
+    """A timestamp on a whole `unit_ms` (integer division truncates: start - start // unit * unit == 0)."""
+    per_ms = {"ms": 1, "us": 1000, "ns": 1_000_000}[column.type.unit]
+    times, unit = pc.cast(column, pa.int64()), pa.scalar(unit_ms * per_ms, pa.int64())
     return pc.equal(pc.subtract(times, pc.multiply(pc.divide(times, unit), unit)), ZERO_INT)
 
 
@@ -220,6 +255,14 @@ def checked(kind: pa.DataType, column: str, value):
     elif pa.types.is_list(kind):
         if value_type is list:
             return [checked(kind.value_type, column, item) for item in value]
+    elif pa.types.is_decimal(kind):
+        # The wire form is a string; a plain JSON number (no exponent) is taken as the digits it shows.
+        text = value if value_type is str else repr(value) if value_type in (int, float) else None
+        if text is not None and _DECIMAL_TEXT.match(text):
+            return Decimal(text)
+    elif pa.types.is_boolean(kind):
+        if value_type is bool:
+            return value
     elif value_type is str:
         # A lone surrogate ("\ud800" is valid JSON) has no UTF-8 form; replaced, it fails the ticker rule.
         return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
@@ -255,9 +298,10 @@ def _json_kind(channel: Channel, column: str) -> pa.DataType:
 
 
 def _scaled(value: int, factor: int, column: str) -> int:
+    """A time in the stored unit (scales are ms -> us or ns): one no int64 holds is no real instant."""
     scaled = value * factor
     if not INT64_MIN <= scaled <= INT64_MAX:
-        raise InvalidEvent("bad_type", column)
+        raise InvalidEvent("bad_times", column)
     return scaled
 
 

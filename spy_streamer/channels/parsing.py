@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from .base import Channel, InvalidEvent, all_of, empty_table, keep_passing, map_event
+from .base import DECIMAL_PATTERN, NS_SUFFIX, Channel, InvalidEvent, all_of, empty_table, keep_passing, map_event, \
+    us_from_ns
 
 # The JSON reader parses blocks in parallel on its own threads (off the GIL): a batch of several blocks
 # uses every core. A block must hold whole lines (frames), so it is at least twice the longest.
@@ -220,20 +221,36 @@ def _events_to_table(channel: Channel, events: pa.StructArray, received_us: pa.A
 
 
 def to_schema(channel: Channel, table: pa.Table, source: str, scale: Mapping[str, int]) -> pa.Table:
-    """Columns of `table` in `channel.schema` order and types; absent columns as nulls, scaled ints
-    multiplied (an overflow raises, so the fast path hands the batch to the checked per-event path)."""
-    arrays, present = [], set(table.column_names)
+    """Columns of `table` in `channel.schema` order and types: absent columns as nulls (or what their
+    absence means, `absent_as`), scaled ints multiplied, each exact time's timestamp derived from its
+    `_ns` column. An overflow or a decimal string that does not fit raises, so the fast path hands the
+    batch to the checked per-event path."""
+    columns, present = {}, set(table.column_names)
     for field in channel.schema:
         if field.name == "source":
-            arrays.append(pa.repeat(pa.scalar(source, pa.string()), table.num_rows))
+            columns[field.name] = pa.repeat(pa.scalar(source, pa.string()), table.num_rows)
+        elif field.name in channel.exact_times:
+            continue  # derived below, from its `_ns` column
         elif field.name not in present:
-            arrays.append(pa.nulls(table.num_rows, field.type))
+            columns[field.name] = pa.nulls(table.num_rows, field.type)
         else:
-            column = table.column(field.name)
-            if field.name in scale:
-                column = pc.multiply_checked(column, scale[field.name])
-            arrays.append(column.cast(field.type))
-    return pa.Table.from_arrays(arrays, schema=channel.schema)
+            columns[field.name] = _typed(table.column(field.name), field, scale.get(field.name))
+    for name, value in channel.absent_as.items():
+        if columns[name].null_count:
+            columns[name] = pc.fill_null(columns[name], pa.scalar(value, channel.schema.field(name).type))
+    for name in channel.exact_times:
+        columns[name] = us_from_ns(columns[name + NS_SUFFIX])
+    return pa.Table.from_arrays([columns[name] for name in channel.schema.names], schema=channel.schema)
+
+
+def _typed(column, field: pa.Field, factor: int | None):
+    if factor is not None:
+        column = pc.multiply_checked(column, factor)
+    if pa.types.is_decimal(field.type) and pa.types.is_string(column.type):
+        # pyarrow's cast wraps a number too large for the type into a wrong one: only exact forms pass.
+        if pc.any(pc.invert(pc.match_substring_regex(column, DECIMAL_PATTERN))).as_py():
+            raise ValueError(f"{field.name}: not a decimal of at most 20 + 18 digits")
+    return column.cast(field.type)
 
 
 # --- per-event path: frames the fast path refused or that mix channels ---
@@ -277,8 +294,7 @@ def rows_with_reasons(channel: Channel, items: list, to_row, received_ns: int, s
     rows = len(columns[names[0]])
     arrays = [pa.array(columns[name], type=channel.schema.field(name).type) for name in names]
     arrays.append(pa.repeat(pa.scalar(received_ns // 1000, channel.schema.field("received_at").type), rows))
-    arrays.append(pa.repeat(pa.scalar(source, pa.string()), rows))
-    return pa.Table.from_arrays(arrays, schema=channel.schema), rejected
+    return to_schema(channel, pa.Table.from_arrays(arrays, names=[*names, "received_at"]), source, {}), rejected
 
 
 def _per_event(channels: Mapping[str, Channel], frames: Frames):

@@ -1,7 +1,9 @@
 """`Q`: NBBO quotes (tick level), REST source `/v3/quotes/{ticker}`.
 
-Times as for trades: WebSocket milliseconds, REST nanoseconds, stored as timestamp(ns, UTC). The stream
-sends one condition (`c`, an int), REST a list (`conditions`): stored as a list either way.
+Every field Polygon documents is stored. Times as for trades: WebSocket milliseconds (`t`, `pt`, `trft`),
+REST nanoseconds, each kept exactly in `<name>_ns` beside a microsecond timestamp. The stream sends one
+condition (`c`, an int), REST a list (`conditions`): stored as a list either way, [] when there is none
+(and `indicators` likewise).
 Dedup key (symbol, sequence_number): Polygon's sequence number is unique per ticker and day.
 A bid or ask of 0 means no bid or ask (a one-sided market) and is kept; negative or infinite is not.
 Crossed (bid > ask) and locked (bid == ask) quotes are real market states and are kept.
@@ -11,28 +13,28 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .base import INT_LIST, NS_UTC, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, prices_in_bounds, \
-    sequence_at_least_zero, sizes_in_bounds
+from .base import INT_LIST, MS_TO_NS, RECEIVED_AT, SOURCE, Channel, Checks, after_epoch, exact_time, \
+    prices_in_bounds, sequence_at_least_zero, sizes_in_bounds
 
 SCHEMA = pa.schema([
     ("symbol", pa.string()),
-    ("sip_timestamp", NS_UTC),           # when the SIP published the quote (WS `t`, ms; REST ns)
-    ("participant_timestamp", NS_UTC),   # when the exchange made it (REST only)
-    ("trf_timestamp", NS_UTC),           # WS `trft` (ms), REST ns
+    *exact_time("sip_timestamp"),          # when the SIP published the quote (WS `t`, ms; REST ns)
+    *exact_time("participant_timestamp"),  # when the exchange made it (WS `pt`, ms; REST ns)
+    *exact_time("trf_timestamp"),          # WS `trft` (ms), REST ns
+    ("trf_id", pa.int64()),              # trade reporting facility (`trfi`; not in REST)
     ("bid_exchange", pa.int64()),        # Polygon exchange id (`bx`)
     ("bid_price", pa.float64()),         # USD (`bp`)
     ("bid_size", pa.float64()),          # shares (`bs`; round lots before Nov 2025 on some feeds: as Polygon sends)
     ("ask_exchange", pa.int64()),        # `ax`
     ("ask_price", pa.float64()),         # `ap`
     ("ask_size", pa.float64()),          # `as`
-    ("conditions", INT_LIST),            # `c` (one code on the stream) / `conditions`
-    ("indicators", INT_LIST),            # `i`
+    ("conditions", INT_LIST),            # `c` (one code on the stream) / `conditions`; [] when none
+    ("indicators", INT_LIST),            # `i`; [] when none
     ("tape", pa.int64()),                # `z`
     ("sequence_number", pa.int64()),     # `q`: unique per ticker and day
     RECEIVED_AT,
     SOURCE,
 ])
-MS_TO_NS = 1_000_000
 
 
 def quote_checks(col: dict[str, pa.Array]) -> Checks:
@@ -62,16 +64,19 @@ def fetch(client, symbol: str, from_ms: int, to_ms: int, pace=None):
 
 CHANNEL = Channel(
     name="Q", title="quotes", schema=SCHEMA, dedup_key=("symbol", "sequence_number"),
-    sort_key=("symbol", "sip_timestamp", "sequence_number"), time_column="sip_timestamp",
-    ws_required={"symbol": "sym", "sip_timestamp": "t", "sequence_number": "q"},
-    ws_optional={"trf_timestamp": "trft", "bid_exchange": "bx", "bid_price": "bp", "bid_size": "bs",
+    sort_key=("symbol", "sip_timestamp_ns", "sequence_number"), time_column="sip_timestamp",
+    ws_required={"symbol": "sym", "sip_timestamp_ns": "t", "sequence_number": "q"},
+    ws_optional={"participant_timestamp_ns": "pt", "trf_timestamp_ns": "trft", "trf_id": "trfi",
+                 "bid_exchange": "bx", "bid_price": "bp", "bid_size": "bs",
                  "ask_exchange": "ax", "ask_price": "ap", "ask_size": "as", "conditions": "c",
                  "indicators": "i", "tape": "z"},
-    rest_required={"sip_timestamp": "sip_timestamp", "sequence_number": "sequence_number"},
-    rest_optional={"participant_timestamp": "participant_timestamp", "trf_timestamp": "trf_timestamp",
+    rest_required={"sip_timestamp_ns": "sip_timestamp", "sequence_number": "sequence_number"},
+    rest_optional={"participant_timestamp_ns": "participant_timestamp", "trf_timestamp_ns": "trf_timestamp",
                    "bid_exchange": "bid_exchange", "bid_price": "bid_price", "bid_size": "bid_size",
                    "ask_exchange": "ask_exchange", "ask_price": "ask_price", "ask_size": "ask_size",
                    "conditions": "conditions", "indicators": "indicators", "tape": "tape"},
     checks=quote_checks, fetch=fetch, rest_path="/v3/quotes/{ticker}", gap_step_ms=0,
-    ws_types={"conditions": pa.int64()}, ws_scale={"sip_timestamp": MS_TO_NS, "trf_timestamp": MS_TO_NS},
-    ws_adapt=_one_condition_as_list, ws_adapt_columns=_condition_column_as_lists)
+    ws_types={"conditions": pa.int64()},
+    ws_scale={"sip_timestamp_ns": MS_TO_NS, "participant_timestamp_ns": MS_TO_NS, "trf_timestamp_ns": MS_TO_NS},
+    ws_adapt=_one_condition_as_list, ws_adapt_columns=_condition_column_as_lists,
+    absent_as={"conditions": [], "indicators": []})

@@ -21,11 +21,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ..channels import Channel, channel_for
+from ..channels.base import epoch_ms
 from ..backfill.gap_ledger import FAILED, FILLED, GapEntry, LedgerUnreadable, read_entries
 from ..market.market_hours import MarketCalendar, SpecialDay
 from ..storage.layout import gap_ledger_path, partition_dir, visible_parquet_files
 
 COLUMNS = ("symbol", "start", "end", "source")   # what day_coverage reads: every channel is brought to these
+_MS_UTC = pa.timestamp("ms", tz="UTC")                # day_coverage works in milliseconds, whatever the channel
 LARGEST_GAPS_SHOWN = 5
 UNFILLED_SHOWN = 20          # a wildcard may leave thousands: the count says how many, the ledger lists all
 FILES_PER_READ = 16          # a chunk of files per scan: pyarrow reads a chunk's files in parallel,
@@ -98,8 +100,8 @@ def read_day(files: list[Path], channel: Channel | None = None,
     except (pa.ArrowException, OSError) as exc:
         raise CoverageError(f"cannot read the day's files: {exc}") from None
     table = pa.concat_tables(tables)
-    start = pc.cast(channel.time_ms(table), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-    end = table.column("end") if "end" in table.column_names else start
+    start = channel.time_ms(table).cast(_MS_UTC)
+    end = epoch_ms(table.column("end")).cast(_MS_UTC) if "end" in table.column_names else start
     keys = [name for name in channel.dedup_key if name not in COLUMNS]
     return pa.table({"symbol": table.column("symbol"), "start": start, "end": end, "source": table.column("source"),
                      **{name: table.column(name) for name in keys}})

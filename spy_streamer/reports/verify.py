@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..channels.base import epoch_ms
 from ..storage.layout import visible_parquet_files
 
 MINUTE_MS = 60_000
@@ -69,7 +70,7 @@ def stored_minutes(folder: Path, opens_ms: int, closes_ms: int) -> dict[tuple[st
     if not tables:
         return {}
     table = pa.concat_tables(tables)
-    starts = pc.cast(table.column("start"), pa.int64())
+    starts = epoch_ms(table.column("start"))
     table = table.set_column(1, "start", starts).filter(
         pc.and_(pc.greater_equal(starts, opens_ms), pc.less(starts, closes_ms)))
     minutes = pc.multiply(pc.divide(table.column("start"), MINUTE_MS), MINUTE_MS)  # integer division

@@ -1,8 +1,10 @@
 """One Iceberg table per channel: its name, its layout, and staged rows in its column types.
 
-What Spark, Trino, Flink and Iceberg v2 readers accept: timestamps are microseconds in UTC
-(`timestamptz`). Milliseconds widen to microseconds without loss; a nanosecond column (trades' and
-quotes' SIP timestamps) is truncated to microseconds and keeps its exact integer in `<name>_ns`.
+The rows are the channel's own schema (channels/*.py), the same as the local files: timestamps in
+microseconds UTC (`timestamptz`, what Spark, Trino, Flink and Iceberg v2 readers accept), exact
+nanoseconds in `<name>_ns` int64 columns. `to_lake_types` brings files staged by an older version (ms
+or ns timestamps) to those types: milliseconds widen without loss; nanoseconds are truncated to
+microseconds and keep their exact integer in `<name>_ns`.
 
 Layout: partitioned by `day(start)` (`day(sip_timestamp)` for trades and quotes: the first of
 PARTITION_SOURCES a table has), sorted by (symbol, that column), zstd Parquet, merged manifests, and
@@ -13,9 +15,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-US_UTC = pa.timestamp("us", tz="UTC")
+from ..channels.base import NS_SUFFIX, US_UTC
+
 PARTITION_SOURCES = ("start", "sip_timestamp", "participant_timestamp")
-NS_SUFFIX = "_ns"
 # Table names engines can spell: Trino lower-cases identifiers, and "a" says little.
 TABLE_NAMES = {"A": "second_aggregates", "AM": "minute_aggregates", "T": "trades", "Q": "quotes"}
 TABLE_PROPERTIES = {
