@@ -442,17 +442,20 @@ def test_trades_keep_nanoseconds_and_drop_repeats_by_their_own_key(data_dir):
     """Keys and order come from the channel registry: T by (symbol, exchange, trf_id, trade_id), sorted by
     (symbol, sip_timestamp, sequence_number); a trade off a TRF has no trf_id, and its repeat still goes."""
     from spy_streamer.channels import channel_for
-    schema = channel_for("T").schema
+    from spy_streamer.channels.parsing import to_schema
+    channel = channel_for("T")
+    schema = channel.schema
     ns = int(ny(2025, 6, 10, 9, 45).timestamp()) * 10**9 + 123_456_789
 
     def trades(received_ns, ids, price):
-        rows = {"symbol": ["SPY"] * len(ids), "sip_timestamp": [ns + i for i in ids],
-                "participant_timestamp": [ns] * len(ids), "trf_timestamp": [None] * len(ids),
-                "exchange": [4] * len(ids), "trade_id": [str(i) for i in ids], "trf_id": [None] * len(ids),
+        rows = {"symbol": ["SPY"] * len(ids), "sip_timestamp_ns": [ns + i for i in ids],
+                "participant_timestamp_ns": [ns] * len(ids),
+                "exchange": [4] * len(ids), "trade_id": [str(i) for i in ids],
                 "tape": [1] * len(ids), "price": [price] * len(ids), "size": [100.0] * len(ids),
-                "conditions": [[12, 37]] * len(ids), "correction": [None] * len(ids),
-                "sequence_number": ids, "received_at": [received_ns // 1000] * len(ids), "source": ["ws"] * len(ids)}
-        return pa.table({name: pa.array(rows[name], schema.field(name).type) for name in schema.names}, schema=schema)
+                "conditions": [[12, 37]] * len(ids), "sequence_number": ids,
+                "received_at": [received_ns // 1000] * len(ids)}
+        return to_schema(channel, pa.table({name: pa.array(values, schema.field(name).type)
+                                            for name, values in rows.items()}), "ws", {})
 
     sink = ParquetSink(data_dir)
     sink.write("T", DAY, trades(RECEIVED_NS + 10**9, [3, 2, 1], 500.5), 1)
@@ -462,7 +465,7 @@ def test_trades_keep_nanoseconds_and_drop_repeats_by_their_own_key(data_dir):
 
     table = pq.read_table(result.path)
     assert (result.rows_read, result.rows) == (5, 4) and table.schema.remove_metadata() == schema
-    assert table.column("sip_timestamp").cast(pa.int64()).to_pylist() == [ns + 1, ns + 2, ns + 3, ns + 4]
+    assert table.column("sip_timestamp_ns").to_pylist() == [ns + 1, ns + 2, ns + 3, ns + 4]
     assert table.column("price").to_pylist() == [500.5, 500.0, 500.5, 500.0]
     assert table.column("conditions").to_pylist()[0] == [12, 37]
 

@@ -157,7 +157,7 @@ def day_coverage(day: date, folder: Path, files: list[Path], table: pa.Table,
                  expected_symbols: tuple[str, ...] = (), dedup_key: tuple[str, ...] = ("symbol", "start")) -> Coverage:
     """`table` holds COLUMNS of `files` (and the dedup key's other columns); `expected_symbols` get a
     whole-session gap when they have no row."""
-    starts = pc.cast(table.column("start"), pa.int64())
+    starts = epoch_ms(table.column("start"))
     symbols = tuple(sorted(set(pc.unique(table.column("symbol")).to_pylist()) - {None}))
     return Coverage(
         day=day, folder=folder, files=len(files), total_bytes=sum(path.stat().st_size for path in files),
@@ -185,7 +185,7 @@ def _session_gaps(table: pa.Table, session: tuple[datetime, datetime] | None, ga
 
 def _bars_by_symbol(table: pa.Table) -> dict[str, list[tuple[int, int]]]:
     columns = [table.column("symbol").to_pylist()] + [
-        pc.cast(table.column(name), pa.int64()).to_pylist() for name in ("start", "end")]
+        epoch_ms(table.column(name)).to_pylist() for name in ("start", "end")]
     bars: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for symbol, start, end in zip(*columns):
         bars[symbol].append((start, end))

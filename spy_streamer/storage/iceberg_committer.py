@@ -226,6 +226,7 @@ class IcebergCommitter(Service):
             data = pa.concat_tables([lake_tables.aligned(table, part) for _, _, part in fresh])
             table.append(data, snapshot_properties={BATCHES_PROPERTY: ",".join(batch_id for _, batch_id, _ in fresh),
                                                     HOST_PROPERTY: self._host})
+            lake_tables.write_version_hint(table)
             self._count_commit([batch for batch, _, _ in fresh], data.num_rows, time.monotonic() - started)
             if self.on_commit is not None:
                 self.on_commit(channel, [batch for batch, _, _ in fresh])

@@ -12,12 +12,19 @@ old metadata files pruned, so a table written every 30 s stays cheap to plan.
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..channels.base import NS_SUFFIX, US_UTC
+from .durable_files import write_text_atomically
+
+log = logging.getLogger(__name__)
 
 PARTITION_SOURCES = ("start", "sip_timestamp", "participant_timestamp")
+VERSION_HINT = "version-hint.text"   # in the table's metadata/ folder (the Hadoop-catalog convention)
 # Table names engines can spell: Trino lower-cases identifiers, and "a" says little.
 TABLE_NAMES = {"A": "second_aggregates", "AM": "minute_aggregates", "T": "trades", "Q": "quotes"}
 TABLE_PROPERTIES = {
@@ -62,6 +69,23 @@ def _column_order(fields: list[pa.Field], index: int) -> tuple[int, int]:
         if base:
             return base[0], 1
     return index, 0
+
+
+def write_version_hint(table) -> None:
+    """`metadata/version-hint.text` naming the table's current metadata file, so that a reader given only
+    the table's folder finds it: DuckDB's `iceberg_scan('<warehouse>/spy_streamer.db/trades')` reads the
+    hint and opens `<hint>.metadata.json`. The SQL catalog keeps that pointer in its database and writes
+    no hint; a missing or old hint changes nothing for catalog readers (pyiceberg, Spark, Trino)."""
+    folder, _, name = table.metadata_location.rpartition("/")
+    hint, path = name.removesuffix(".metadata.json"), f"{folder}/{VERSION_HINT}"
+    try:
+        if path.startswith(("file:", "/")):
+            write_text_atomically(Path(path.removeprefix("file://").removeprefix("file:")), hint)
+        else:  # an object store's PUT replaces the object whole
+            with table.io.new_output(path).create(overwrite=True) as stream:
+                stream.write(hint.encode())
+    except OSError as exc:  # the commit stands: only a folder-only reader sees the previous version
+        log.warning("could not write %s: %s", path, exc, extra={"event": "version_hint_failed"})
 
 
 def partition_source(schema: pa.Schema) -> str | None:
