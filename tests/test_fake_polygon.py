@@ -127,8 +127,9 @@ def test_connect_auth_subscribe_and_receive(fake):
 
 def test_agg_event_and_timeline_shape():
     event = agg_event(T0)
-    assert set(event) == {"ev", "sym", "v", "av", "op", "vw", "o", "c", "h", "l", "a",
+    assert set(event) == {"ev", "sym", "v", "av", "dv", "dav", "op", "vw", "o", "c", "h", "l", "a",
                           "z", "s", "e"}
+    assert agg_event(T0, otc=True)["otc"] is True   # Polygon leaves `otc` off unless it is true
     assert event["e"] - event["s"] == 1000
     timeline = session_timeline(T0, 5, "QQQ")
     assert timeline == session_timeline(T0, 5, "QQQ")

@@ -32,7 +32,7 @@ INT_LIST = pa.list_(pa.int64())
 # Polygon's fractional sizes and volumes are decimal strings ("0.5"): kept exactly, as decimals with 20
 # digits before the point (any int64 volume) and 18 after. What does not fit is refused, never rounded.
 DECIMAL = pa.decimal128(38, 18)
-DECIMAL_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,18})?$"
+DECIMAL_PATTERN = r"^-?[0-9]{1,20}(\.[0-9]{1,18})?$"
 _DECIMAL_TEXT = re.compile(DECIMAL_PATTERN)
 MS_TO_US, MS_TO_NS = 1000, 1_000_000
 

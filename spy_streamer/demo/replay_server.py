@@ -55,12 +55,16 @@ _TICKS_PATH = re.compile(r"^/v3/(?P<kind>trades|quotes)/(?P<sym>[^/]+)$")
 # Data helpers
 # --------------------------------------------------------------------------
 def agg_event(start_ms: int, symbol: str = "SPY", price: float = 500.0, volume: int = 100,
-              accumulated_volume: int | None = None, official_open: float | None = None) -> dict:
-    """One Polygon per-second aggregate ("A") event with every field the feed sends."""
+              accumulated_volume: int | None = None, official_open: float | None = None, otc: bool = False) -> dict:
+    """One Polygon per-second aggregate ("A") event with every field the feed sends (`otc` only when true:
+    Polygon leaves it off otherwise; `dv`, `dav` are the volumes as decimal strings)."""
+    accumulated = int(volume if accumulated_volume is None else accumulated_volume)
     return {
         "ev": "A", "sym": symbol,
         "v": int(volume),
-        "av": int(volume if accumulated_volume is None else accumulated_volume),
+        "av": accumulated,
+        "dv": str(int(volume)),
+        "dav": str(accumulated),
         "op": round(price if official_open is None else official_open, 4),
         "vw": round(price + 0.01, 4),
         "o": round(price, 4),
@@ -71,6 +75,7 @@ def agg_event(start_ms: int, symbol: str = "SPY", price: float = 500.0, volume: 
         "z": max(1, int(volume) // 10),
         "s": int(start_ms),
         "e": int(start_ms) + 1000,
+        **({"otc": True} if otc else {}),
     }
 
 
@@ -114,38 +119,53 @@ class RandomWalk:
         volume = max(1, int(rng.lognormvariate(7.5, 0.8)))  # a median of about 1,800 shares a second
         vwap = rng.uniform(low, high)
         self.price, self.accumulated, self.turnover = close, self.accumulated + volume, self.turnover + vwap * volume
-        return {"ev": "A", "sym": self.symbol, "v": volume, "av": self.accumulated, "op": self.official_open,
+        return {"ev": "A", "sym": self.symbol, "v": volume, "av": self.accumulated, "dv": str(volume),
+                "dav": str(self.accumulated), "op": self.official_open,
                 "vw": round(vwap, 4), "o": open_, "c": close, "h": round(high, 2), "l": round(low, 2),
                 "a": round(self.turnover / self.accumulated, 4), "z": max(1, volume // rng.randint(20, 120)),
                 "s": start_ms, "e": start_ms + 1000}
 
 
 def trade_event(time_ms: int, symbol: str = "SPY", trade_id: str = "1", price: float = 500.0, size: int = 100,
-                exchange: int = 4, sequence: int = 1) -> dict:
-    """One Polygon trade ("T") event as the WebSocket sends it (SIP time in ms)."""
-    return {"ev": "T", "sym": symbol, "x": exchange, "i": trade_id, "z": 2, "p": price, "s": size, "c": [12, 37],
-            "t": time_ms, "q": sequence}
+                exchange: int = 4, sequence: int = 1, trf_id: int | None = None) -> dict:
+    """One Polygon trade ("T") event as the WebSocket sends it (times in ms, `ds` the size as a decimal
+    string); with `trf_id`, an off-exchange print reported through that TRF (`trfi`, `trft`)."""
+    event = {"ev": "T", "sym": symbol, "x": exchange, "i": trade_id, "z": 2, "p": price, "s": size, "ds": str(size),
+             "c": [12, 37], "t": time_ms, "pt": time_ms - 1, "q": sequence}
+    if trf_id is not None:
+        event.update(trfi=trf_id, trft=time_ms - 1)
+    return event
 
 
 def trade_result(event: dict) -> dict:
     """The same trade as /v3/trades answers it (nanoseconds, long names)."""
-    return {"sip_timestamp": event["t"] * 1_000_000 + 123, "participant_timestamp": event["t"] * 1_000_000 - 5000,
-            "exchange": event["x"], "id": event["i"], "tape": event["z"], "price": event["p"], "size": event["s"],
-            "conditions": event["c"], "sequence_number": event["q"]}
+    result = {"sip_timestamp": event["t"] * 1_000_000 + 123, "participant_timestamp": event["t"] * 1_000_000 - 5000,
+              "exchange": event["x"], "id": event["i"], "tape": event["z"], "price": event["p"], "size": event["s"],
+              "decimal_size": event["ds"], "conditions": event["c"], "sequence_number": event["q"], "correction": 0}
+    if "trfi" in event:
+        result.update(trf_id=event["trfi"], trf_timestamp=event["trft"] * 1_000_000 + 45)
+    return result
 
 
-def quote_event(time_ms: int, symbol: str = "SPY", sequence: int = 1, bid: float = 499.99, ask: float = 500.01) -> dict:
-    """One Polygon NBBO quote ("Q") event as the WebSocket sends it (one condition, SIP time in ms)."""
-    return {"ev": "Q", "sym": symbol, "bx": 11, "bp": bid, "bs": 2, "ax": 12, "ap": ask, "as": 3, "c": 1,
-            "i": [604], "t": time_ms, "q": sequence, "z": 2}
+def quote_event(time_ms: int, symbol: str = "SPY", sequence: int = 1, bid: float = 499.99, ask: float = 500.01,
+                trf_id: int | None = None) -> dict:
+    """One Polygon NBBO quote ("Q") event as the WebSocket sends it (one condition, times in ms)."""
+    event = {"ev": "Q", "sym": symbol, "bx": 11, "bp": bid, "bs": 2, "ax": 12, "ap": ask, "as": 3, "c": 1,
+             "i": [604], "t": time_ms, "pt": time_ms - 1, "q": sequence, "z": 2}
+    if trf_id is not None:
+        event.update(trfi=trf_id, trft=time_ms - 1)
+    return event
 
 
 def quote_result(event: dict) -> dict:
     """The same quote as /v3/quotes answers it."""
-    return {"sip_timestamp": event["t"] * 1_000_000 + 77, "participant_timestamp": event["t"] * 1_000_000 - 900,
-            "bid_exchange": event["bx"], "bid_price": event["bp"], "bid_size": event["bs"],
-            "ask_exchange": event["ax"], "ask_price": event["ap"], "ask_size": event["as"],
-            "conditions": [event["c"]], "indicators": event["i"], "sequence_number": event["q"], "tape": event["z"]}
+    result = {"sip_timestamp": event["t"] * 1_000_000 + 77, "participant_timestamp": event["t"] * 1_000_000 - 900,
+              "bid_exchange": event["bx"], "bid_price": event["bp"], "bid_size": event["bs"],
+              "ask_exchange": event["ax"], "ask_price": event["ap"], "ask_size": event["as"],
+              "conditions": [event["c"]], "indicators": event["i"], "sequence_number": event["q"], "tape": event["z"]}
+    if "trft" in event:
+        result["trf_timestamp"] = event["trft"] * 1_000_000 + 45
+    return result
 
 
 def holiday_rows(date_str: str, name: str, status: str = "closed",
@@ -639,8 +659,7 @@ class FakePolygon:
         adjusted = query.get("adjusted", "true") != "false"
         body: dict[str, Any] = {"ticker": sym, "queryCount": len(page),
                                 "resultsCount": len(page), "adjusted": adjusted}
-        results = [{"v": e["v"], "vw": e["vw"], "o": e["o"], "c": e["c"], "h": e["h"], "l": e["l"], "t": e["s"],
-                    "n": 1} for e in page] + (self.extra_aggs.get((sym, span), []) if after is None else [])
+        results = [_aggs_result(e) for e in page] + (self.extra_aggs.get((sym, span), []) if after is None else [])
         if results:  # like Polygon, "results" is absent when nothing matches
             body["results"] = results
         body.update(status="OK", request_id="fake", count=len(page))
@@ -682,11 +701,21 @@ class FakePolygon:
         for start, group in minutes.items():
             volume = sum(e["v"] for e in group)
             bar = {"s": start, "o": group[0]["o"], "c": group[-1]["c"], "h": max(e["h"] for e in group),
-                   "l": min(e["l"] for e in group), "v": volume,
+                   "l": min(e["l"] for e in group), "v": volume, "n": sum(e.get("n", 1) for e in group),
+                   **({"otc": True} if group[0].get("otc") else {}),
                    "vw": round(sum(e["vw"] * e["v"] for e in group) / volume, 4) if volume else group[-1]["c"]}
             bar.update(self.minute_overrides.get((sym, start), {}))
             bars.append(bar)
         return bars
+
+
+def _aggs_result(bar: dict) -> dict:
+    """A bar as /v2/aggs answers it: every field Polygon documents (`n` transactions, `otc` when true)."""
+    result = {"v": bar["v"], "vw": bar["vw"], "o": bar["o"], "c": bar["c"], "h": bar["h"], "l": bar["l"],
+              "t": bar["s"], "n": bar.get("n", 1)}
+    if bar.get("otc"):
+        result["otc"] = True
+    return result
 
 
 class _RestHandler(BaseHTTPRequestHandler):
