@@ -132,6 +132,7 @@ def run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration
 def test_the_cheap_commands_run_as_written():
     """The venv is set up (this suite runs in it), so `scripts/setup.sh` is a no-op that says so, and the
     paths the README gives answer."""

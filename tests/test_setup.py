@@ -102,6 +102,7 @@ def test_a_change_to_pytest_settings_is_no_reason_to_set_up_again(checkout):
     assert_refused_with_the_setup_command(run(checkout), checkout, calls_before=1)
 
 
+@pytest.mark.integration
 def test_under_a_real_supervisord_a_stale_environment_is_spawned_once_and_stays_down(checkout, short_dir):
     """What supervisord makes of it with the shipped section: exit 78 is expected, so one spawn and EXITED,
     not a respawn about once a second."""
