@@ -117,6 +117,10 @@ class Supervisord:
         path = self.workdir / "supervisord.log"
         return path.read_text() if path.exists() else ""
 
+    def tail(self, name: str) -> str:
+        """What `supervisorctl tail NAME` shows: the program's output, wherever its log file is."""
+        return self._rpc().readProcessStdoutLog(name, 0, 4096)
+
     def program_output(self, name: str) -> str:
         return (self.workdir / f"{name}.out").read_text()
 

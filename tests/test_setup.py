@@ -107,14 +107,14 @@ def test_under_a_real_supervisord_a_stale_environment_is_spawned_once_and_stays_
     """What supervisord makes of it with the shipped section: exit 78 is expected, so one spawn and EXITED,
     not a respawn about once a second."""
     (checkout / ".venv" / ".installed-0123456789abcdef-base").touch()
-    supervisord = Supervisord(short_dir, {"stale": f"{checkout}/scripts/run_streamer.sh"})
+    supervisord = Supervisord(short_dir, {"stale": f"{checkout}/scripts/run_streamer.sh"}, shipped_log=True)
     try:
         wait_for(lambda: supervisord.info("stale")["statename"] == "EXITED", timeout=30, interval=0.2,
                  what="the program to exit")
         time.sleep(HOLD_SECONDS)
         info = supervisord.info("stale")
         assert (info["statename"], info["exitstatus"], supervisord.spawns("stale")) == ("EXITED", 78, 1)
-        assert "scripts/setup.sh" in supervisord.program_output("stale")
+        assert f"run: {checkout}/scripts/setup.sh" in supervisord.tail("stale")   # `supervisorctl tail`
     finally:
         supervisord.stop()
     assert calls(checkout) == []

@@ -112,6 +112,15 @@ def test_ready_then_watchdog_every_half_watchdogsec_while_closed_then_stopping(t
         assert 5 <= len(pets) <= 8, pets
         assert min(gaps) > WATCHDOG_SECONDS / 2 * 0.8, gaps        # half of WatchdogSec, not a 0.1 s poll
         assert max(gaps) < WATCHDOG_SECONDS * 0.9, gaps             # and in time for systemd
+
+        # Measured before: a daemon frozen with SIGSTOP was CRITICAL in `check` and never restarted.
+        daemon.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        notify_socket.read(2 * WATCHDOG_SECONDS)                    # systemd kills it after WatchdogSec
+        assert notify_socket.times_of("WATCHDOG=1", after=frozen + 0.1) == []
+        daemon.send_signal(signal.SIGCONT)
+        notify_socket.read(1.2)
+        assert notify_socket.times_of("WATCHDOG=1", after=frozen + 2 * WATCHDOG_SECONDS)
     finally:
         code = stop(daemon)
     notify_socket.wait_for("STOPPING=1", timeout=5)
