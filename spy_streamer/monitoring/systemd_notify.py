@@ -89,11 +89,14 @@ class Watchdog:
         self.send("WATCHDOG=1")
 
     def stalled_threads(self) -> list[str]:
-        now = self.monotonic()
-        counters = dict(self.progress())
-        self._seen = {name: (count, now) if self._seen.get(name, (None,))[0] != count else self._seen[name]
-                      for name, count in counters.items()}
-        return sorted(name for name, (_, moved) in self._seen.items() if now - moved > self.stall_seconds)
+        """The loops whose counter has not moved for longer than `stall_seconds` (a loop seen for the first
+        time has just moved; one no longer reported is forgotten)."""
+        now, seen = self.monotonic(), {}
+        for name, count in self.progress().items():
+            last = self._seen.get(name)
+            seen[name] = last if last is not None and last[0] == count else (count, now)
+        self._seen = seen
+        return sorted(name for name, (_, moved) in seen.items() if now - moved > self.stall_seconds)
 
     def _withhold(self, stalled: list[str]) -> None:
         why = f"{', '.join(stalled)} made no progress for over {self.stall_seconds:.0f} s"
