@@ -1,7 +1,7 @@
 """A Polygon.io replay (WebSocket + REST) on 127.0.0.1: the tests' fake Polygon and the demo's feed.
 
-It speaks Polygon's message shapes (connected, auth, subscribe acks, `A` events, `max_connections`) and
-answers `GET /v1/marketstatus/upcoming` and `GET /v2/aggs/.../1/second/...`; `replay_live()` streams
+It speaks Polygon's message shapes (connected, auth, subscribe acks, events, `max_connections`); its REST
+side (`replay_rest.py`) answers `upcoming`, `/v2/aggs`, `/v3/trades` and `/v3/quotes`; `replay_live()` streams
 random-walk bars around now, one per symbol per second, for `spy-streamer demo`.
 
 Usage::
@@ -24,192 +24,23 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import threading
 import time
-from datetime import date, datetime, timedelta
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable, Iterator
-from urllib.parse import parse_qs, urlencode, urlsplit
-from zoneinfo import ZoneInfo
+from http.server import ThreadingHTTPServer
+from typing import Any, Iterable
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-NEW_YORK = ZoneInfo("America/New_York")
+from .replay_events import REPLAY_HISTORY_KEPT_MS, RandomWalk, _chunks, _status, _timeline_iter
+from .replay_rest import RestReplay, _RestHandler
+
 MAX_CONNECTIONS_MESSAGE = (
     "Maximum number of websocket connections exceeded. You have reached the "
     "connection limit for your account. Please contact support at "
     "https://polygon.io/contact to increase your limit."
 )
-REST_FAILURE_MODES = ("500", "garbage", "wrong_shape", "hang")
-HANG_SECONDS = 30.0
-_AGGS_PATH = re.compile(
-    r"^/v2/aggs/ticker/(?P<sym>[^/]+)/range/(?P<mult>\d+)/(?P<span>\w+)/(?P<frm>[^/]+)/(?P<to>[^/]+)$"
-)
-_TICKS_PATH = re.compile(r"^/v3/(?P<kind>trades|quotes)/(?P<sym>[^/]+)$")
-
-
-# --------------------------------------------------------------------------
-# Data helpers
-# --------------------------------------------------------------------------
-def agg_event(start_ms: int, symbol: str = "SPY", price: float = 500.0, volume: int = 100,
-              accumulated_volume: int | None = None, official_open: float | None = None, otc: bool = False) -> dict:
-    """One Polygon per-second aggregate ("A") event with every field the feed sends (`otc` only when true:
-    Polygon leaves it off otherwise; `dv`, `dav` are the volumes as decimal strings)."""
-    accumulated = int(volume if accumulated_volume is None else accumulated_volume)
-    return {
-        "ev": "A", "sym": symbol,
-        "v": int(volume),
-        "av": accumulated,
-        "dv": str(int(volume)),
-        "dav": str(accumulated),
-        "op": round(price if official_open is None else official_open, 4),
-        "vw": round(price + 0.01, 4),
-        "o": round(price, 4),
-        "c": round(price + 0.02, 4),
-        "h": round(price + 0.05, 4),
-        "l": round(price - 0.03, 4),
-        "a": round(price + 0.015, 4),
-        "z": max(1, int(volume) // 10),
-        "s": int(start_ms),
-        "e": int(start_ms) + 1000,
-        **({"otc": True} if otc else {}),
-    }
-
-
-def _timeline_iter(start_ms: int, count: int, symbol: str) -> Iterator[dict]:
-    base, accumulated = 500.0, 0
-    for i in range(count):
-        volume = 100 + (i * 37) % 900
-        accumulated += volume
-        price = round(base + (i % 200) * 0.01, 2)
-        yield agg_event(start_ms + i * 1000, symbol, price, volume, accumulated, base)
-
-
-def session_timeline(start_ms: int, count: int, symbol: str = "SPY") -> list[dict]:
-    """`count` consecutive one-second events; values derive from the index only."""
-    return list(_timeline_iter(start_ms, count, symbol))
-
-
-# Where the replay's random walks start (prices of late 2025); another symbol starts at 100.
-REFERENCE_PRICES = {"SPY": 600.0, "QQQ": 520.0, "IWM": 225.0, "DIA": 440.0}
-# One standard deviation of a one-second return: about 1 % over a 23,400-second day, like SPY.
-SECOND_VOLATILITY = 0.00007
-REPLAY_HISTORY_KEPT_MS = 2 * 3_600_000  # a long demo keeps two hours for /v2/aggs, not the whole run
-
-
-class RandomWalk:
-    """One symbol's second bars, one after another: the price walks, volume and the day's VWAP add up."""
-
-    def __init__(self, symbol: str, rng: random.Random, price: float | None = None):
-        self.symbol = symbol
-        self.rng = rng
-        self.price = round(price or REFERENCE_PRICES.get(symbol, 100.0), 2)
-        self.official_open = self.price
-        self.accumulated = 0
-        self.turnover = 0.0
-
-    def bar(self, start_ms: int) -> dict:
-        rng, open_ = self.rng, self.price
-        close = round(open_ * (1 + rng.gauss(0, SECOND_VOLATILITY)), 2)
-        wick = round(abs(rng.gauss(0, SECOND_VOLATILITY)) * open_, 2)
-        high, low = max(open_, close) + wick, min(open_, close) - wick
-        volume = max(1, int(rng.lognormvariate(7.5, 0.8)))  # a median of about 1,800 shares a second
-        vwap = rng.uniform(low, high)
-        self.price, self.accumulated, self.turnover = close, self.accumulated + volume, self.turnover + vwap * volume
-        return {"ev": "A", "sym": self.symbol, "v": volume, "av": self.accumulated, "dv": str(volume),
-                "dav": str(self.accumulated), "op": self.official_open,
-                "vw": round(vwap, 4), "o": open_, "c": close, "h": round(high, 2), "l": round(low, 2),
-                "a": round(self.turnover / self.accumulated, 4), "z": max(1, volume // rng.randint(20, 120)),
-                "s": start_ms, "e": start_ms + 1000}
-
-
-def trade_event(time_ms: int, symbol: str = "SPY", trade_id: str = "1", price: float = 500.0, size: int = 100,
-                exchange: int = 4, sequence: int = 1, trf_id: int | None = None) -> dict:
-    """One Polygon trade ("T") event as the WebSocket sends it (times in ms, `ds` the size as a decimal
-    string); with `trf_id`, an off-exchange print reported through that TRF (`trfi`, `trft`)."""
-    event = {"ev": "T", "sym": symbol, "x": exchange, "i": trade_id, "z": 2, "p": price, "s": size, "ds": str(size),
-             "c": [12, 37], "t": time_ms, "pt": time_ms - 1, "q": sequence}
-    if trf_id is not None:
-        event.update(trfi=trf_id, trft=time_ms - 1)
-    return event
-
-
-def trade_result(event: dict) -> dict:
-    """The same trade as /v3/trades answers it (nanoseconds, long names)."""
-    result = {"sip_timestamp": event["t"] * 1_000_000 + 123, "participant_timestamp": event["t"] * 1_000_000 - 5000,
-              "exchange": event["x"], "id": event["i"], "tape": event["z"], "price": event["p"], "size": event["s"],
-              "decimal_size": event["ds"], "conditions": event["c"], "sequence_number": event["q"], "correction": 0}
-    if "trfi" in event:
-        result.update(trf_id=event["trfi"], trf_timestamp=event["trft"] * 1_000_000 + 45)
-    return result
-
-
-def quote_event(time_ms: int, symbol: str = "SPY", sequence: int = 1, bid: float = 499.99, ask: float = 500.01,
-                trf_id: int | None = None) -> dict:
-    """One Polygon NBBO quote ("Q") event as the WebSocket sends it (one condition, times in ms)."""
-    event = {"ev": "Q", "sym": symbol, "bx": 11, "bp": bid, "bs": 2, "ax": 12, "ap": ask, "as": 3, "c": 1,
-             "i": [604], "t": time_ms, "pt": time_ms - 1, "q": sequence, "z": 2}
-    if trf_id is not None:
-        event.update(trfi=trf_id, trft=time_ms - 1)
-    return event
-
-
-def quote_result(event: dict) -> dict:
-    """The same quote as /v3/quotes answers it."""
-    result = {"sip_timestamp": event["t"] * 1_000_000 + 77, "participant_timestamp": event["t"] * 1_000_000 - 900,
-              "bid_exchange": event["bx"], "bid_price": event["bp"], "bid_size": event["bs"],
-              "ask_exchange": event["ax"], "ask_price": event["ap"], "ask_size": event["as"],
-              "conditions": [event["c"]], "indicators": event["i"], "sequence_number": event["q"], "tape": event["z"]}
-    if "trft" in event:
-        result["trf_timestamp"] = event["trft"] * 1_000_000 + 45
-    return result
-
-
-def holiday_rows(date_str: str, name: str, status: str = "closed",
-                 open_iso: str | None = None, close_iso: str | None = None) -> list[dict]:
-    """/v1/marketstatus/upcoming rows for one day: Polygon returns one per exchange."""
-    rows = []
-    for exchange in ("NYSE", "NASDAQ", "OTC"):
-        row = {"date": date_str, "exchange": exchange, "name": name, "status": status}
-        if open_iso is not None:
-            row["open"] = open_iso
-        if close_iso is not None:
-            row["close"] = close_iso
-        rows.append(row)
-    return rows
-
-
-def _status(status: str, message: str) -> dict:
-    return {"ev": "status", "status": status, "message": message}
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def _parse_bound(text: str, end: bool) -> int:
-    """ms epoch, or YYYY-MM-DD meaning the whole America/New_York day."""
-    if text.isdigit():
-        return int(text)
-    day = date.fromisoformat(text)
-    if end:  # last millisecond of the day, DST-aware
-        day += timedelta(days=1)
-    midnight = _ms(datetime(day.year, day.month, day.day, tzinfo=NEW_YORK))
-    return midnight - 1 if end else midnight
 
 
 class _Client:
@@ -229,7 +60,7 @@ class _Client:
 # --------------------------------------------------------------------------
 # The fake
 # --------------------------------------------------------------------------
-class FakePolygon:
+class FakePolygon(RestReplay):
     def __init__(self, api_key: str = "test-key", host: str = "127.0.0.1", compression: str | None = "deflate"):
         self.api_key = api_key
         self.host = host
@@ -580,166 +411,3 @@ class FakePolygon:
             self._max_conn_once = True
 
     # ---- REST ------------------------------------------------------------
-    def set_rest_failure(self, path_prefix: str, mode: str | None) -> None:
-        self._set_failure(path_prefix, mode, None)
-
-    def set_rest_failure_count(self, path_prefix: str, mode: str | None, n: int) -> None:
-        self._set_failure(path_prefix, mode, n)
-
-    def _set_failure(self, prefix: str, mode: str | None, remaining: int | None) -> None:
-        if mode is not None and mode not in REST_FAILURE_MODES:
-            raise ValueError(f"unknown REST failure mode {mode!r}")
-        with self._lock:
-            if mode is None or (remaining is not None and remaining <= 0):
-                self._rest_failures.pop(prefix, None)
-            else:
-                self._rest_failures[prefix] = [mode, remaining]
-
-    def _take_failure(self, path: str) -> str | None:
-        with self._lock:
-            matches = [p for p in self._rest_failures if path.startswith(p)]
-            if not matches:
-                return None
-            prefix = max(matches, key=len)
-            entry = self._rest_failures[prefix]
-            if entry[1] is not None:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del self._rest_failures[prefix]
-            return entry[0]
-
-    def request_count(self, path_prefix: str = "/") -> int:
-        with self._lock:
-            return sum(1 for path, _ in self.rest_requests if path.startswith(path_prefix))
-
-    def _handle_rest(self, path: str, query: dict, authorization: str | None):
-        """Returns (status, body) or None to drop the connection without answering."""
-        with self._lock:
-            self.rest_requests.append((path, query))
-        mode = self._take_failure(path)
-        if mode == "hang":
-            if self._closed.wait(HANG_SECONDS):
-                return None
-        elif mode == "500":
-            return 500, {"status": "ERROR", "request_id": "fake", "error": "Internal Server Error"}
-        elif mode == "garbage":
-            return 200, b"<html>not json</html>"
-        elif mode == "wrong_shape":
-            return 200, {"status": "OK"}
-        if authorization != f"Bearer {self.api_key}" and query.get("apiKey") != self.api_key:
-            return 401, {"status": "ERROR", "request_id": "fake", "error": "Unknown API Key"}
-        if path == "/v1/marketstatus/upcoming":
-            return 200, list(self.holidays)
-        match = _AGGS_PATH.match(path)
-        if match:
-            return self._aggs(path, query, **match.groupdict())
-        match = _TICKS_PATH.match(path)
-        if match:
-            return self._ticks(path, query, **match.groupdict())
-        return 404, {"status": "NOT_FOUND", "request_id": "fake", "message": "Not found"}
-
-    def _aggs(self, path: str, query: dict, sym: str, mult: str, span: str, frm: str, to: str):
-        if mult != "1" or span not in ("second", "minute"):
-            return 400, {"status": "ERROR", "error": "the replay serves 1/second and 1/minute aggregates"}
-        try:
-            lo, hi = _parse_bound(frm, end=False), _parse_bound(to, end=True)
-            limit = min(max(int(query.get("limit", 5000)), 1), 50000)
-            after = int(query["cursor"]) if "cursor" in query else None
-        except ValueError as exc:
-            return 400, {"status": "ERROR", "error": str(exc)}
-        descending = query.get("sort") == "desc"
-        with self._lock:
-            rows = [e for (s, t), e in self.timeline.items() if s == sym and lo <= t <= hi]
-        if span == "minute":
-            rows = self._minute_bars(sym, rows)
-        rows.sort(key=lambda e: e["s"], reverse=descending)
-        if after is not None:  # the cursor is the last timestamp already returned
-            rows = [e for e in rows if (e["s"] < after if descending else e["s"] > after)]
-        page = rows[:limit]
-        adjusted = query.get("adjusted", "true") != "false"
-        body: dict[str, Any] = {"ticker": sym, "queryCount": len(page),
-                                "resultsCount": len(page), "adjusted": adjusted}
-        results = [_aggs_result(e) for e in page] + (self.extra_aggs.get((sym, span), []) if after is None else [])
-        if results:  # like Polygon, "results" is absent when nothing matches
-            body["results"] = results
-        body.update(status="OK", request_id="fake", count=len(page))
-        if len(rows) > limit:
-            # _paginate_iter keeps only path+query of next_url and prepends its BASE.
-            next_query = {"cursor": page[-1]["s"], "adjusted": str(adjusted).lower(),
-                          "sort": "desc" if descending else "asc", "limit": limit}
-            body["next_url"] = f"{self.rest_base_url}{path}?{urlencode(next_query)}"
-        return 200, body
-
-
-    def _ticks(self, path: str, query: dict, kind: str, sym: str):
-        """/v3/trades and /v3/quotes: `timestamp.gte`/`timestamp.lt` in ns, `limit` (max 50,000), oldest
-        first, and a `cursor` (the offset already returned) in `next_url`, as Polygon pages them."""
-        try:
-            lo = int(query.get("timestamp.gte", 0))
-            hi = int(query.get("timestamp.lt", 2 ** 63 - 1))
-            limit = min(max(int(query.get("limit", 1000)), 1), 50000)
-            offset = int(query.get("cursor", 0))
-        except ValueError as exc:
-            return 400, {"status": "ERROR", "error": str(exc)}
-        with self._lock:
-            rows = [row for row in self.ticks.get((kind, sym), []) if lo <= row["sip_timestamp"] < hi]
-        page = rows[offset:offset + limit]
-        body: dict[str, Any] = {"status": "OK", "request_id": "fake", "results": page}
-        if offset + limit < len(rows):
-            next_query = {**query, "cursor": offset + limit}
-            body["next_url"] = f"{self.rest_base_url}{path}?{urlencode(next_query)}"
-        return 200, body
-
-    def _minute_bars(self, sym: str, seconds: list[dict]) -> list[dict]:
-        """Minute bars as Polygon builds them from the same trades: the sum of the second bars' volumes,
-        the first open, the last close, the extremes; `minute_overrides[(sym, minute_ms)]` changes fields
-        (a test's disagreeing minute)."""
-        minutes: dict[int, list[dict]] = {}
-        for event in sorted(seconds, key=lambda e: e["s"]):
-            minutes.setdefault(event["s"] - event["s"] % 60_000, []).append(event)
-        bars = []
-        for start, group in minutes.items():
-            volume = sum(e["v"] for e in group)
-            bar = {"s": start, "o": group[0]["o"], "c": group[-1]["c"], "h": max(e["h"] for e in group),
-                   "l": min(e["l"] for e in group), "v": volume, "n": sum(e.get("n", 1) for e in group),
-                   **({"otc": True} if group[0].get("otc") else {}),
-                   "vw": round(sum(e["vw"] * e["v"] for e in group) / volume, 4) if volume else group[-1]["c"]}
-            bar.update(self.minute_overrides.get((sym, start), {}))
-            bars.append(bar)
-        return bars
-
-
-def _aggs_result(bar: dict) -> dict:
-    """A bar as /v2/aggs answers it: every field Polygon documents (`n` transactions, `otc` when true)."""
-    result = {"v": bar["v"], "vw": bar["vw"], "o": bar["o"], "c": bar["c"], "h": bar["h"], "l": bar["l"],
-              "t": bar["s"], "n": bar.get("n", 1)}
-    if bar.get("otc"):
-        result["otc"] = True
-    return result
-
-
-class _RestHandler(BaseHTTPRequestHandler):
-    fake: FakePolygon  # set on the per-instance subclass
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        answer = self.fake._handle_rest(parts.path, query, self.headers.get("Authorization"))
-        if answer is None:
-            return
-        status, body = answer
-        if isinstance(body, bytes):
-            data, content_type = body, "text/html"
-        else:
-            data, content_type = json.dumps(body).encode(), "application/json"
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its read timeout fired)
