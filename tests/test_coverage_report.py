@@ -15,6 +15,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from conftest import NY, REPO_ROOT, ny, settings, write_settings
+from spy_streamer.storage.layout import gap_ledger_path
 from fake_polygon import agg_event
 import channel_parsing
 from spy_streamer.channels.subscriptions import symbols_of
@@ -224,7 +225,8 @@ def test_a_wildcards_many_unfilled_gaps_are_counted_and_the_first_listed(data_di
 
 
 def test_an_unreadable_ledger_is_said_not_fatal(data_dir):
-    (data_dir / "A" / "date=2025-06-10" / ".gaps.json").write_text("{not json")
+    gap_ledger_path(data_dir, "A", DAY).parent.mkdir(parents=True)
+    gap_ledger_path(data_dir, "A", DAY).write_text("{not json")
     text = format_coverage(load_coverage(data_dir, DAY, SESSION, 1.0), NY)
     assert "unfilled gaps: unknown, the gap ledger is unreadable" in text and "rows: 522 (SPY)" in text
 

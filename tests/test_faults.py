@@ -13,6 +13,7 @@ import pytest
 from daemon_harness import midday_zone, recent_start_ms, stored_keys, wait_for
 from fake_polygon import holiday_rows, session_timeline
 from test_status_command import iso_z
+from spy_streamer.storage.layout import gap_ledger_path, set_aside_name
 
 AGGS = "/v2/aggs/ticker/SPY/range/1/second/"
 
@@ -214,7 +215,7 @@ def ledger_gaps(run) -> list[tuple]:
     """The gap ledger of today's A partition, as (symbol, from_ms, to_ms, state)."""
     from spy_streamer.backfill.gap_ledger import read_entries
     return [(entry.symbol, entry.from_ms, entry.to_ms, entry.state)
-            for path in run.data_dir.glob("A/date=*/.gaps.json") for entry in read_entries(path)]
+            for path in run.data_dir.glob(".gaps/A/date=*.json") for entry in read_entries(path)]
 
 
 def test_a_restart_resumes_a_gap_the_backfill_could_not_fill(start, fake):
@@ -245,9 +246,9 @@ def test_a_restart_resumes_a_gap_the_backfill_could_not_fill(start, fake):
 
 def test_a_damaged_gap_ledger_is_set_aside_and_capture_goes_on(start, fake, tmp_path):
     now = datetime.now(timezone.utc)
-    partition = tmp_path / "data" / "A" / f"date={now.astimezone(midday_zone(now)).date().isoformat()}"
-    partition.mkdir(parents=True)
-    (partition / ".gaps.json").write_bytes(b'{"version": 1, "gaps": [["SPY", 1')   # cut off mid-write by hand
+    path = gap_ledger_path(tmp_path / "data", "A", now.astimezone(midday_zone(now)).date())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"version": 1, "gaps": [["SPY", 1')   # cut off mid-write by hand
     run = start()
     assert fake.wait_for_subscribers(1, timeout=15)
     timeline = Timeline(during=0)
@@ -255,6 +256,7 @@ def test_a_damaged_gap_ledger_is_set_aside_and_capture_goes_on(start, fake, tmp_
     assert_complete(run, timeline)
     (warning,) = run.events("gap_ledger_set_aside")
     assert warning["level"] == "WARNING"
-    assert (partition / ".gaps.json.corrupt").read_bytes().startswith(b'{"version": 1')
+    assert set_aside_name(path).read_bytes().startswith(b'{"version": 1')
     wait_for(lambda: ledger_gaps(run), what="a fresh ledger")   # the start-up gap, recorded anew
+    wait_for(lambda: (run.heartbeat() or {}).get("gap_ledger_set_aside") == 1, what="the set-aside counted")
     assert run.daemon.stop()[0] == 0

@@ -1,4 +1,4 @@
-"""The gap ledger (`<data_dir>/<channel>/date=D/.gaps.json`) and the backfill that owns it: requests merged
+"""The gap ledger (`<data_dir>/.gaps/<channel>/date=D.json`) and the backfill that owns it: requests merged
 per symbol and range, outcomes recorded, a restart resuming what was not filled, a damaged file set aside,
 the file small under a wildcard."""
 from __future__ import annotations
@@ -55,12 +55,13 @@ def test_requests_of_a_symbol_that_overlap_or_touch_are_one_entry(tmp_path):
                      Gap("SPY", T0, T0 + 9000, "T")] and book.next_pending() is None
 
 
-def test_the_file_is_hidden_beside_the_rows_one_gap_a_line(tmp_path):
+def test_the_file_is_outside_the_data_partitions_one_gap_a_line(tmp_path):
     book = ledger(tmp_path)
     book.add(Gap("SPY", T0, T0 + 9000))
     book.add(Gap("QQQ", T0, T0 + 4000))
     assert book.save(durable=0)
-    path = tmp_path / "A" / "date=2026-11-24" / ".gaps.json"
+    path = tmp_path / ".gaps" / "A" / "date=2026-11-24.json"
+    assert not (tmp_path / "A").exists()                  # a channel folder holds data only
     lines = path.read_text().splitlines()
     assert lines[1:-1] == [f'["QQQ",{T0},{T0 + 4000},"pending",0,null],', f'["SPY",{T0},{T0 + 9000},"pending",0,null]']
     assert json.loads(path.read_text())["columns"] == ["symbol", "from_ms", "to_ms", "state", "attempts", "reason"]
@@ -116,7 +117,7 @@ def test_a_damaged_ledger_is_set_aside_with_one_warning(tmp_path, caplog, conten
     with caplog.at_level(logging.WARNING):
         assert book.load() == []
     assert len(events(caplog, "gap_ledger_set_aside")) == 1
-    assert not path.exists() and path.with_name(".gaps.json.corrupt").read_bytes() == content
+    assert not path.exists() and path.with_name(".date=2026-11-24.json.corrupt").read_bytes() == content
     book.add(Gap("SPY", T0, T0 + 9000))                   # and the day goes on with a fresh ledger
     assert book.save(durable=0) and len(on_disk(tmp_path)) == 1
 

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FakeClock, TEST_API_KEY, ny, settings, write_settings
+from spy_streamer.storage.layout import gap_ledger_path
 from daemon_harness import wait_for
 from fake_polygon import session_timeline
 from spy_streamer.config import load_config
@@ -73,8 +74,8 @@ def test_starts_at_once_mid_session_and_stops_after_the_1600_close(make_runner, 
     assert runner.writer_stats.rows_written == 60       # the final flush at the close
     # ...then the day's micro-batches were compacted into one file, off the supervisor thread
     runner._after_close[1].join(10)
-    ledger, day_file = sorted(runner.sink.partition_dir("A", TUESDAY).iterdir())   # the gap ledger is hidden
-    assert ledger.name == ".gaps.json"
+    (day_file,) = runner.sink.partition_dir("A", TUESDAY).iterdir()     # data only: the gap ledger is outside
+    assert gap_ledger_path(runner.sink.data_dir, "A", TUESDAY).is_file()
     assert day_file.name == "day-2026-11-24.parquet" and pq.read_metadata(day_file).num_rows == 60
     assert runner.writer_stats.outside_session == 1
     assert heartbeat(runner)["status"] == "market_closed"

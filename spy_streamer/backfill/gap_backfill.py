@@ -13,7 +13,7 @@ import queue
 import time
 from typing import Callable, Iterable, Iterator
 
-from .gap_ledger import Gap, GapEntry, GapLedger
+from .gap_ledger import Gap, GapEntry, GapLedger, LedgerFull
 from ..data_sources.polygon_rest import RestAnswerError
 from ..capture.queue_items import RestBars
 from ..orchestrator.service import Service
@@ -124,6 +124,7 @@ class GapBackfiller(Service):
             return
         resumed = self.ledger.load()
         self.stats.backfill_requests += len(resumed)
+        self.stats.gap_ledger_set_aside += self.ledger.set_aside
         if resumed:
             log.info("resuming %d unfinished gap(s) from the gap ledger", len(resumed),
                      extra={"event": "backfill_resumed", "gaps": len(resumed)})
@@ -169,9 +170,22 @@ class GapBackfiller(Service):
 
     def _record(self, gap: Gap) -> None:
         self.stats.backfill_requests += 1
-        # A request merged into one already waiting is carried by it: requests - finished stays the
-        # number of gaps waiting, which is what `check` reports.
-        self.stats.backfill_finished += self.ledger.add(gap)
+        try:
+            # A request merged into one already waiting is carried by it: requests - finished stays the
+            # number of gaps waiting, which is what `check` reports.
+            self.stats.backfill_finished += self.ledger.add(gap)
+        except LedgerFull as exc:
+            self._refuse(gap, exc)
+
+    def _refuse(self, gap: Gap, exc: LedgerFull) -> None:
+        """Over the ledger's bound: given up at once, counted (check WARNING), one warning per streak."""
+        self.stats.backfill_finished += 1
+        self.stats.backfill_failures += 1
+        self.stats.gaps_over_bound += 1
+        if self.stats.gaps_over_bound == 1:
+            log.warning("%s: %s %s rows %d..%d not backfilled, nor are further gaps over the bound (counted in "
+                        "the heartbeat's gaps_over_bound)", exc, gap.channel, gap.symbol, gap.from_ms, gap.to_ms,
+                        extra={"event": "gap_ledger_full", "symbol": gap.symbol})
 
     def _save(self, when_due: bool = False) -> None:
         if not self.ledger.dirty or (when_due and self.clock.monotonic() < self._next_save):

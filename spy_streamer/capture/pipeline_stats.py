@@ -44,3 +44,5 @@ class BackfillStats:
     backfill_requests: int = 0
     backfill_failures: int = 0
     backfill_finished: int = 0               # requests filled or given up (requests - finished: still to do)
+    gap_ledger_set_aside: int = 0            # ledger files set aside at start: unreadable or over the bound
+    gaps_over_bound: int = 0                 # requests refused: the channel's ledger held MAX_LEDGER_GAPS

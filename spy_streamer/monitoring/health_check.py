@@ -135,6 +135,11 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
         return WARNING, f"the wall clock and the bars disagree by {hb['clock_skew_seconds']:.0f} s"
     if (hb.get("queue_fill_ratio") or 0) > QUEUE_WARNING_FILL:
         return WARNING, f"the frame queue is {hb['queue_fill_ratio']:.0%} full (writer behind)"
+    if hb.get("gaps_over_bound"):
+        return WARNING, f"{hb['gaps_over_bound']} gap(s) not backfilled: the gap ledger is full (see the log)"
+    if hb.get("gap_ledger_set_aside"):
+        return WARNING, (f"{hb['gap_ledger_set_aside']} gap ledger file(s) set aside at start, unreadable or over "
+                         "the bound; their gaps are not backfilled (see the log)")
     unfinished = (hb.get("backfill_requests") or 0) - (hb.get("backfill_finished") or 0)
     if unfinished > 0:
         return WARNING, f"{unfinished} gap(s) waiting for REST backfill"

@@ -22,9 +22,9 @@ import pyarrow.dataset as ds
 
 from ..channels import Channel, channel_for
 from ..channels.base import epoch_ms
-from ..backfill.gap_ledger import FAILED, FILLED, GapEntry, LedgerUnreadable, read_entries
+from ..backfill.gap_ledger import FAILED, GapEntry, GapLedger, LedgerUnreadable, read_day_ledger
 from ..market.market_hours import MarketCalendar, SpecialDay
-from ..storage.layout import gap_ledger_path, partition_dir, visible_parquet_files
+from ..storage.layout import partition_dir, visible_parquet_files
 
 COLUMNS = ("symbol", "start", "end", "source")   # what day_coverage reads: every channel is brought to these
 _MS_UTC = pa.timestamp("ms", tz="UTC")                # day_coverage works in milliseconds, whatever the channel
@@ -138,18 +138,21 @@ def load_coverage(data_dir: Path, day: date, session: tuple[datetime, datetime] 
     with (progress or (lambda total: nullcontext(lambda files_read: None)))(len(files)) as advance:
         table = read_day(files, chosen, advance)
     coverage = day_coverage(day, folder, files, table, session, gap_seconds, expected_symbols, key)
-    unfilled, problem = _unfilled_gaps(gap_ledger_path(data_dir, channel, day))
+    unfilled, problem = _unfilled_gaps(data_dir, channel, day)
     return dataclasses.replace(coverage, unfilled=unfilled, ledger_problem=problem)
 
 
-def _unfilled_gaps(path: Path) -> tuple[tuple[GapEntry, ...], str | None]:
-    """The ledger's unfinished gaps by time, and what was wrong if it could not be read."""
+def _unfilled_gaps(data_dir: Path, channel: str, day: date) -> tuple[tuple[GapEntry, ...], str | None]:
+    """The ledger's unfinished gaps by time, those of a symbol that overlap or touch merged as the daemon
+    merges them, and what was wrong if it could not be read."""
     try:
-        entries = read_entries(path)
+        entries = read_day_ledger(data_dir, channel, day)
     except LedgerUnreadable as exc:
         return (), str(exc)
-    unfilled = [entry for entry in entries if entry.state != FILLED]
-    return tuple(sorted(unfilled, key=lambda entry: (entry.from_ms, entry.symbol))), None
+    merged = GapLedger(None, day, (channel,))
+    for entry in entries:
+        merged.restore(entry, requeue=False)
+    return tuple(sorted(merged.unfinished(), key=lambda entry: (entry.from_ms, entry.symbol))), None
 
 
 def day_coverage(day: date, folder: Path, files: list[Path], table: pa.Table,

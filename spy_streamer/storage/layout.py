@@ -3,9 +3,9 @@
 Data (hive layout, one partition per channel and day, readable by every engine):
     <data_dir>/<channel>/date=YYYY-MM-DD/part-<ns>-<pid>-<seq>.parquet   a flush's micro-batch
     <data_dir>/<channel>/date=YYYY-MM-DD/day-YYYY-MM-DD.parquet          the day, once compacted
-Bookkeeping, beside the data:
+Bookkeeping, outside the data partitions (every engine scans `<data_dir>/<channel>/` as pure data):
     <data_dir>/.spy-streamer.lock                                      one daemon per data folder
-    <data_dir>/<channel>/date=YYYY-MM-DD/.gaps.json                    the day's unfilled gaps
+    <data_dir>/.gaps/<channel>/date=YYYY-MM-DD.json                    the day's gap ledger
     <heartbeat_dir>/polygon.json, calendar.json, spy_streamer.prom      heartbeat, calendar cache, metrics
 
 Names starting with "." or "_" are hidden: pyarrow's dataset reader skips them, so temporaries, files set
@@ -20,7 +20,8 @@ from pathlib import Path
 
 PARTITION_PREFIX = "date="
 LOCK_FILE_NAME = ".spy-streamer.lock"
-GAP_LEDGER_NAME = ".gaps.json"
+GAP_LEDGER_FOLDER = ".gaps"
+LEGACY_GAP_LEDGER_NAME = ".gaps.json"   # where the ledger lived before, inside the partition
 HEARTBEAT_FILE_NAME = "polygon.json"
 CALENDAR_FILE_NAME = "calendar.json"
 METRICS_TEXTFILE_NAME = "spy_streamer.prom"
@@ -84,7 +85,13 @@ def lock_path(data_dir: Path) -> Path:
 
 
 def gap_ledger_path(data_dir: Path, channel: str, day: date) -> Path:
-    return partition_dir(data_dir, channel, day) / GAP_LEDGER_NAME
+    return data_dir / GAP_LEDGER_FOLDER / channel / f"{PARTITION_PREFIX}{day.isoformat()}.json"
+
+
+def legacy_gap_ledger_path(data_dir: Path, channel: str, day: date) -> Path:
+    """The ledger's place in earlier releases (it stopped Polars scanning a channel folder): read once,
+    its gaps carried into gap_ledger_path, then removed."""
+    return partition_dir(data_dir, channel, day) / LEGACY_GAP_LEDGER_NAME
 
 
 def heartbeat_path(heartbeat_dir: Path) -> Path:
