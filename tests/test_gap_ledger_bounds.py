@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tracemalloc
 
 import pytest
 
@@ -24,27 +23,6 @@ def write_ledger(path, rows, channel="A") -> None:
                        "columns": list(gap_ledger.COLUMNS)})
     lines = ",\n".join(json.dumps(row, separators=(",", ":")) for row in rows)
     path.write_text(f'{head[:-1]}, "gaps": [\n{lines}\n]}}\n')
-
-
-def test_a_ledger_of_a_million_gaps_is_set_aside_unread(tmp_path, caplog):
-    """Measured: a 63 MB ledger of 1,000,000 pending gaps for symbols never seen took RSS to 700-790 MB and
-    queued 1,000,000 REST requests (14 h). Now it is set aside unread: one warning, counted, nothing asked."""
-    path = gap_ledger_path(tmp_path, "A", DAY)
-    write_ledger(path, ([f"Z{i:07d}", T0, T0 + 59_000, "pending", 0, None] for i in range(1_000_000)))
-    assert path.stat().st_size > 50_000_000
-    rest = Rest()
-    filler = backfiller(tmp_path, rest)
-    tracemalloc.start()
-    with caplog.at_level(logging.WARNING):
-        thread = running(filler)
-        wait_until(lambda: filler.stats.gap_ledger_set_aside, timeout=60)
-        peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    stop(filler, thread)
-    assert peak < 20_000_000                                   # the file was never parsed
-    assert rest.calls == [] and filler.stats.backfill_requests == 0
-    assert filler.stats.gap_ledger_set_aside == 1 and len(events(caplog, "gap_ledger_set_aside")) == 1
-    assert not path.exists() and set_aside_name(path).stat().st_size > 50_000_000   # renamed, not deleted
 
 
 def test_a_ledger_over_the_gap_bound_is_set_aside(tmp_path, caplog, monkeypatch):
@@ -85,9 +63,10 @@ def test_the_backfill_gives_up_requests_over_the_bound_with_one_warning(tmp_path
 
 
 OVERLAPPING = [["SPY", T0, T0 + 9000, "pending", 0, None], ["SPY", T0 + 5000, T0 + 20_000, "failed", 5, "HTTP 500"],
-               ["SPY", T0 + 21_000, T0 + 30_000, "pending", 0, None], ["SPY", T0 + 60_000, T0 + 69_000, "failed", 5, "HTTP 500"],
-               ["SPY", T0 + 62_000, T0 + 64_000, "failed", 2, "HTTP 429"], ["QQQ", T0, T0 + 9000, "filled", 1, None],
-               ["QQQ", T0 + 5000, T0 + 6000, "pending", 0, None]]
+               ["SPY", T0 + 21_000, T0 + 30_000, "pending", 0, None],                   # touches: merged too
+               ["SPY", T0 + 60_000, T0 + 69_000, "failed", 5, "HTTP 500"],
+               ["SPY", T0 + 62_000, T0 + 64_000, "failed", 2, "HTTP 429"],
+               ["QQQ", T0, T0 + 9000, "filled", 1, None], ["QQQ", T0 + 5000, T0 + 6000, "pending", 0, None]]
 
 
 def test_overlapping_ranges_of_a_symbol_are_merged_on_load(tmp_path):
@@ -95,7 +74,8 @@ def test_overlapping_ranges_of_a_symbol_are_merged_on_load(tmp_path):
     write_ledger(gap_ledger_path(tmp_path, "A", DAY), OVERLAPPING)
     book = ledger(tmp_path)
     resumed = sorted((entry.symbol, entry.from_ms, entry.to_ms, entry.attempts) for entry in book.load())
-    assert resumed == [("QQQ", T0 + 5000, T0 + 6000, 0), ("SPY", T0, T0 + 30_000, 5), ("SPY", T0 + 60_000, T0 + 69_000, 5)]
+    assert resumed == [("QQQ", T0 + 5000, T0 + 6000, 0), ("SPY", T0, T0 + 30_000, 5),
+                       ("SPY", T0 + 60_000, T0 + 69_000, 5)]
     assert book.save(durable=0)
     assert len(read_day_ledger(tmp_path, "A", DAY)) == 4          # and saved merged (QQQ's filled one kept)
 
