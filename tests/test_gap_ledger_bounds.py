@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tracemalloc
 
 import pytest
 
@@ -23,6 +24,27 @@ def write_ledger(path, rows, channel="A") -> None:
                        "columns": list(gap_ledger.COLUMNS)})
     lines = ",\n".join(json.dumps(row, separators=(",", ":")) for row in rows)
     path.write_text(f'{head[:-1]}, "gaps": [\n{lines}\n]}}\n')
+
+
+def test_a_ledger_of_a_million_gaps_is_set_aside_unread(tmp_path, caplog):
+    """Measured: a 63 MB ledger of 1,000,000 pending gaps for symbols never seen took RSS to 700-790 MB and
+    queued 1,000,000 REST requests (14 h). Now it is set aside unread: one warning, counted, nothing asked."""
+    path = gap_ledger_path(tmp_path, "A", DAY)
+    write_ledger(path, ([f"Z{i:07d}", T0, T0 + 59_000, "pending", 0, None] for i in range(1_000_000)))
+    assert path.stat().st_size > 50_000_000
+    rest = Rest()
+    filler = backfiller(tmp_path, rest)
+    tracemalloc.start()
+    with caplog.at_level(logging.WARNING):
+        thread = running(filler)
+        wait_until(lambda: filler.stats.gap_ledger_set_aside, timeout=60)
+        peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    stop(filler, thread)
+    assert peak < 20_000_000                                   # the file was never parsed
+    assert rest.calls == [] and filler.stats.backfill_requests == 0
+    assert filler.stats.gap_ledger_set_aside == 1 and len(events(caplog, "gap_ledger_set_aside")) == 1
+    assert not path.exists() and set_aside_name(path).stat().st_size > 50_000_000   # renamed, not deleted
 
 
 def test_a_ledger_over_the_gap_bound_is_set_aside(tmp_path, caplog, monkeypatch):
