@@ -1,7 +1,7 @@
 """Both client libraries, polygon-api-client (the default) and its successor massive, installed side by side
 with the test extras: the choice, the REST timeouts each is given (polygon-api-client's through a private
-attribute, so a new version that moves it fails here), REST answers and a rejected key through each. The
-whole capture through each: tests/test_daemon_scenarios.py, scenario 2."""
+attribute, so a new version that moves it fails here), REST answers, pages (the private `_get`) and a
+rejected key through each. The whole capture through each: tests/test_daemon_scenarios.py, scenario 2."""
 from __future__ import annotations
 
 import threading
@@ -12,10 +12,11 @@ import urllib3
 
 from conftest import TEST_API_KEY, write_settings
 from daemon_harness import Daemon, window_settings
-from fake_polygon import holiday_rows
+from fake_polygon import holiday_rows, session_timeline, trade_event, trade_result
 from spy_streamer.config import ConfigError
 from spy_streamer.data_sources.client_library import CHOICE_ENV, LIBRARY, choose, load
-from spy_streamer.data_sources.polygon_rest import RestAnswerError, fetch_upcoming_holidays, make_rest_client
+from spy_streamer.data_sources.polygon_rest import (RestAnswerError, fetch_upcoming_holidays, iter_aggs_pages,
+                                                    iter_tick_pages, make_rest_client)
 from spy_streamer.exit_codes import EX_CONFIG
 
 UPCOMING = "/v1/marketstatus/upcoming"
@@ -88,3 +89,21 @@ def test_a_rejected_key_is_exit_78_through_either_library(tmp_path, fake, monkey
     finally:
         daemon.kill()
     assert "Polygon rejected the API key" in daemon.output()[1]
+
+
+@pytest.mark.parametrize("module", LIBRARIES)
+def test_pages_of_bars_and_trades_through_either_library(fake, module):
+    """Paging uses the client's private `_get(path, params, raw=True)` and its `BASE` (the libraries'
+    iterators end silently on a body that is not JSON): several pages of second bars and of trades, each
+    row once, through each library."""
+    start_ms = 1_767_000_000_000
+    bars = session_timeline(start_ms, 25)
+    fake.add_to_timeline(bars)
+    trades = [trade_result(trade_event(start_ms + i * 10, trade_id=str(i))) for i in range(25)]
+    fake.add_ticks("trades", "SPY", trades)
+    client = make_rest_client(TEST_API_KEY, fake.rest_base_url, library=load(module))
+    pages = list(iter_aggs_pages(client, "SPY", "second", start_ms, start_ms + 60_000, page_limit=10))
+    assert [len(page) for page in pages] == [10, 10, 5]
+    assert [row["t"] for page in pages for row in page] == [bar["s"] for bar in bars]
+    pages = list(iter_tick_pages(client, "trades", "SPY", start_ms, start_ms + 1_000, page_limit=10))
+    assert [row["id"] for page in pages for row in page] == [str(i) for i in range(25)] and len(pages) == 3

@@ -2,6 +2,8 @@
 
 RESTClient silently turns a body that is not JSON into `[]`, and polygon-api-client never applies its own
 timeouts, so this module fetches raw responses, gives the connection pool its timeouts and checks the shape.
+Private parts of the clients it relies on (`_get`, `BASE`, polygon-api-client's pool options) are tested
+through both libraries in tests/test_client_library.py, so a release that changes them fails there.
 """
 from __future__ import annotations
 
