@@ -46,7 +46,8 @@ HOSTILE = [
     ("A", second_bar(vw=MAX_PRICE * 2), "bad_price"),
     ("AM", minute_bar(T0 + 30_000), "bad_start"),               # a minute bar at :30
     ("AM", minute_bar(v=2 ** 62), "bad_volume"),
-    ("T", trade_event(T0, size=1e300), "bad_volume"),                          # measured: size 1e300
+    ("T", {**trade_event(T0), "s": 1e300}, "bad_volume"),                      # measured: size 1e300
+    ("T", {**trade_event(T0), "ds": "99999999999999999999"}, "bad_volume"),    # the exact size as absurd
     ("T", trade_event(T0, sequence=-1), "bad_id"),                             # measured: negative sequence
     ("T", trade_event(T0, price=1e308), "bad_price"),
     ("T", trade_event(T0, price=1e-300), "bad_price"),
