@@ -4,6 +4,7 @@ attribute, so a new version that moves it fails here), REST answers, pages (the 
 rejected key through each. The whole capture through each: tests/test_daemon_scenarios.py, scenario 2."""
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 
@@ -29,6 +30,18 @@ def test_polygon_api_client_is_the_default_and_massive_is_chosen_by_name():
     assert choose({CHOICE_ENV: "polygon"}).module == "polygon"
     with pytest.raises(ConfigError, match=f"{CHOICE_ENV} must be one of polygon, massive, not 'massiv'"):
         choose({CHOICE_ENV: "massiv"})
+
+
+def test_without_polygon_api_client_massive_is_used(monkeypatch):
+    import_module = importlib.import_module
+
+    def without_polygon(name):
+        if name.split(".")[0] == "polygon":
+            raise ModuleNotFoundError(f"No module named {name!r}", name="polygon")
+        return import_module(name)
+
+    monkeypatch.setattr("importlib.import_module", without_polygon)
+    assert choose({}).module == "massive"
 
 
 def test_a_library_that_is_not_installed_is_a_config_error(monkeypatch):
