@@ -24,7 +24,7 @@ from .failure_streak import FailureStreak, active_streaks
 
 log = logging.getLogger(__name__)
 
-MAX_CHECK_TICK_SECONDS = 1.0
+MAX_CHECK_TICK_SECONDS = 1.0   # while the market is open: a stall is seen within this of its threshold
 
 
 
@@ -96,15 +96,24 @@ class HeartbeatMonitor(Service):
     # --- heartbeat thread ---
 
     def run(self) -> None:
-        """Until stop(): beat at start and every interval; check for a stall at least once a second."""
+        """Until stop(): beat at start and every interval. While the market is open, check for a stall at
+        least once a second; while it is closed, sleep from beat to beat (or to the open): no compute at night."""
         self.send_heartbeat()
-        tick = min(MAX_CHECK_TICK_SECONDS, self.interval_seconds, self.alert_threshold_seconds / 4)
         next_beat = self.clock.monotonic() + self.interval_seconds
-        while not self.stop_requested.wait(tick):
+        while not self.stop_requested.wait(self._seconds_to_next_check(next_beat)):
             self.check_stalled_stream()
             if self.clock.monotonic() >= next_beat:
                 self.send_heartbeat()
                 next_beat += self.interval_seconds
+
+    def _seconds_to_next_check(self, next_beat: float) -> float:
+        until_beat = max(0.0, next_beat - self.clock.monotonic())
+        tick = min(MAX_CHECK_TICK_SECONDS, self.alert_threshold_seconds / 4)
+        now = self.clock.now()
+        if self.calendar.is_market_open(now):
+            return min(until_beat, tick)
+        until_open = (self.calendar.current_or_next_session(now).open - now).total_seconds()
+        return min(until_beat, max(until_open, tick))
 
     def silence_seconds(self) -> float | None:
         """Seconds since the last message of this session (or since it started); None outside a session."""

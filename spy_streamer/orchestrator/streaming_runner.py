@@ -1,7 +1,8 @@
 """The supervisor (main thread): signals, the open/close timer, and the threads it owns.
 
-Signal handlers only record the signal on a SimpleQueue; the main loop reads that queue, with a timeout
-from `schedule` (at most one second), and turns signals into a graceful shutdown. The calendar is the one
+Signal handlers only record the signal in an Inbox (orchestrator/inbox.py); the main loop waits on it
+until the next `schedule` job is due (no polling: a signal ends the wait at once), and turns signals into
+a graceful shutdown. The calendar is the one
 source of the open/close instants: each transition schedules a one-off `schedule` job for the next one,
 and a reconcile pass makes the state match the calendar, so a start at 11:00 begins a session at once.
 """
@@ -37,6 +38,7 @@ from ..data_sources.polygon_client import AuthRejected
 from ..data_sources.polygon_rest import make_rest_client
 from .after_close import AfterClose
 from .capture_session import CaptureSession, open_capture_session
+from .inbox import Inbox
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ RECONCILE_EVERY_SECONDS = 60         # safety net against clock jumps; transitio
 # supervisord's startsecs=0 (so that exit 78 is final) also means no back-off before a restart: a
 # daemon that fails at once would be respawned several times a second. It lingers this long instead.
 MIN_UPTIME_BEFORE_FAILING_SECONDS = 10.0
-MAX_WAIT_SECONDS = 1.0               # a signal is acted on within this
 
 
 class StreamingRunner:
@@ -82,7 +83,7 @@ class StreamingRunner:
             lake=None if self.lake is None else self.lake.stats)
         self.scheduler = schedule.Scheduler()
         self.exit_reason: str | None = None      # one line for stderr when the exit code is not 0
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._events = Inbox()
         self._exit_code: int | None = None
         self._interrupted = False
         self._session: CaptureSession | None = None
@@ -104,6 +105,7 @@ class StreamingRunner:
         # `postrotate kill -HUP` recipe must only make it reopen its log.
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, self._on_signal)
+        self._events.wake_on_signals()
 
     # --- main loop ---
 
@@ -127,6 +129,7 @@ class StreamingRunner:
         try:
             return self._run_locked()
         finally:
+            self._events.stop_waking_on_signals()
             lock.release()
 
     def _start_metrics_server(self) -> bool:
@@ -183,8 +186,10 @@ class StreamingRunner:
                 return
 
     def _seconds_to_next_job(self) -> float:
+        """Until the next job (the open or close, a reconcile, a calendar refresh, a watchdog pet): the
+        loop sleeps that long unless an event (a signal included) comes first."""
         idle = self.scheduler.idle_seconds
-        return MAX_WAIT_SECONDS if idle is None else min(max(idle, 0.0), MAX_WAIT_SECONDS)
+        return RECONCILE_EVERY_SECONDS if idle is None else max(idle, 0.0)
 
     def _wait_for_event(self, timeout: float) -> None:
         try:
