@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, TEST_API_KEY, write_settings
-from daemon_harness import events_named, wait_for, window_settings
+from daemon_harness import events_named, read_heartbeat, wait_for, window_settings
 from spy_streamer.monitoring.systemd_notify import Watchdog, notify, start_watchdog, watchdog_seconds
 
 RUN_STREAMER = REPO_ROOT / "scripts" / "run_streamer.sh"
@@ -146,6 +146,8 @@ def test_a_hung_writer_stops_the_watchdog_until_it_moves_again(tmp_path, fake, n
         withheld = notify_socket.wait_for("STATUS=stalled: parquet-writer")
         notify_socket.read(3 * WATCHDOG_SECONDS)                      # systemd would have killed it by now
         assert notify_socket.times_of("WATCHDOG=1", after=withheld) == []
+        heartbeat = read_heartbeat(Path(document["paths"]["heartbeat_dir"]))
+        assert "parquet-writer" in heartbeat["failing"]["systemd_watchdog"]["last_error"]   # `check` sees it
 
         hang.unlink()                                                 # the disk answers again
         resumed = notify_socket.wait_for("STATUS=capturing", timeout=20)
