@@ -123,3 +123,15 @@ def test_an_old_ledger_in_the_partition_is_carried_out_of_it(tmp_path):
     assert book.save(durable=0)
     assert not legacy.exists() and list(partition_dir(tmp_path, "A", DAY).iterdir()) == []
     assert [(entry.symbol, entry.state) for entry in read_day_ledger(tmp_path, "A", DAY)] == [("SPY", "pending")]
+
+
+def test_an_old_ledger_that_is_damaged_is_set_aside_out_of_the_partition(tmp_path, caplog):
+    legacy = legacy_gap_ledger_path(tmp_path, "A", DAY)
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b'{"version": 1, "gaps": [["SPY", 1')
+    book = ledger(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert book.load() == [] and book.set_aside == 1
+    assert list(partition_dir(tmp_path, "A", DAY).iterdir()) == []
+    aside = gap_ledger_path(tmp_path, "A", DAY).with_name(".legacy-date=2026-11-24.json.corrupt")
+    assert aside.read_bytes().startswith(b'{"version": 1')

@@ -151,20 +151,22 @@ class GapLedger:
             return []
         for channel in self.channels:
             legacy = legacy_gap_ledger_path(self.data_dir, channel, self.day)
-            for path in (gap_ledger_path(self.data_dir, channel, self.day), legacy):
-                for entry in self._read_or_set_aside(path):
+            path = gap_ledger_path(self.data_dir, channel, self.day)
+            for source, aside in ((path, set_aside_name(path)),     # an old one's too goes out of the partition
+                                  (legacy, set_aside_name(path.with_name(f"legacy-{path.name}")))):
+                for entry in self._read_or_set_aside(source, aside):
                     self.restore(entry)
             if legacy.is_file():
                 self._legacy.add(channel)
                 self._dirty.add(channel)    # saved in the new place at once, then the old file goes
         return [entry for entry in self._todo if entry.state == PENDING]
 
-    def _read_or_set_aside(self, path: Path) -> list[GapEntry]:
+    def _read_or_set_aside(self, path: Path, hidden: Path) -> list[GapEntry]:
         try:
             return read_entries(path)
         except LedgerUnreadable as exc:
-            hidden = set_aside_name(path)
             try:
+                hidden.parent.mkdir(parents=True, exist_ok=True)
                 path.replace(hidden)
             except OSError:
                 pass  # the next save replaces it anyway
