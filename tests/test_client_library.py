@@ -15,10 +15,11 @@ from conftest import TEST_API_KEY, write_settings
 from daemon_harness import Daemon, window_settings
 from fake_polygon import holiday_rows, session_timeline, trade_event, trade_result
 from spy_streamer.config import ConfigError
-from spy_streamer.data_sources.client_library import CHOICE_ENV, LIBRARY, choose, load
+from spy_streamer.data_sources.client_library import CHOICE_ENV, DISTRIBUTIONS, LIBRARY, choose, load
 from spy_streamer.data_sources.polygon_rest import (RestAnswerError, fetch_upcoming_holidays, iter_aggs_pages,
                                                     iter_tick_pages, make_rest_client)
 from spy_streamer.exit_codes import EX_CONFIG
+from test_packaging import declared, distribution_name
 
 UPCOMING = "/v1/marketstatus/upcoming"
 LIBRARIES = ["polygon", "massive"]
@@ -120,3 +121,12 @@ def test_pages_of_bars_and_trades_through_either_library(fake, module):
     assert [row["t"] for page in pages for row in page] == [bar["s"] for bar in bars]
     pages = list(iter_tick_pages(client, "trades", "SPY", start_ms, start_ms + 1_000, page_limit=10))
     assert [row["id"] for page in pages for row in page] == [str(i) for i in range(25)] and len(pages) == 3
+
+
+def test_polygon_api_client_comes_with_a_plain_install_and_massive_with_its_extra():
+    """client_library imports them by name (tests/test_packaging.py's scan of import statements cannot see
+    them): the default must be a plain requirement, massive the `massive` extra (and in the test extras)."""
+    plain = {distribution_name(line) for line in declared("options", "install_requires")}
+    assert DISTRIBUTIONS["polygon"] in plain and DISTRIBUTIONS["massive"] not in plain
+    for extra in ("massive", "test"):
+        assert DISTRIBUTIONS["massive"] in {distribution_name(line) for line in declared("options.extras_require", extra)}
