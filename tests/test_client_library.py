@@ -4,6 +4,7 @@ attribute, so a new version that moves it fails here), REST answers, pages (the 
 rejected key through each. The whole capture through each: tests/test_daemon_scenarios.py, scenario 2."""
 from __future__ import annotations
 
+import ast
 import importlib
 import threading
 import time
@@ -11,7 +12,7 @@ import time
 import pytest
 import urllib3
 
-from conftest import TEST_API_KEY, write_settings
+from conftest import REPO_ROOT, TEST_API_KEY, write_settings
 from daemon_harness import Daemon, window_settings
 from fake_polygon import holiday_rows, session_timeline, trade_event, trade_result
 from spy_streamer.config import ConfigError
@@ -130,3 +131,14 @@ def test_polygon_api_client_comes_with_a_plain_install_and_massive_with_its_extr
     assert DISTRIBUTIONS["polygon"] in plain and DISTRIBUTIONS["massive"] not in plain
     for extra in ("massive", "test"):
         assert DISTRIBUTIONS["massive"] in {distribution_name(line) for line in declared("options.extras_require", extra)}
+
+
+def test_no_other_module_of_the_package_imports_either_library():
+    importers = []
+    for path in (REPO_ROOT / "spy_streamer").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if any(name.split(".")[0] in DISTRIBUTIONS for name in names):
+                importers.append(path.relative_to(REPO_ROOT).as_posix())
+    assert importers == []   # client_library imports them by name, through importlib
