@@ -132,3 +132,16 @@ def test_a_repair_refuses_while_a_daemon_records_into_the_same_folder(start, fak
                               f"spy-streamer (pid {run.daemon.process.pid}")
     assert not any(line.startswith("repair:") for line in out)
     assert run.daemon.stop()[0] == 0
+
+
+def test_hostile_rest_minute_bars_are_refused_not_compared(day, fake, capsys):
+    """The audit's own input passes the same rules: a minute bar of 1e308, one at :30 and one of a minute
+    outside the session are refused and counted, so they neither make a minute disagree nor get repaired."""
+    path, config, lost = day
+    fake.timeline.pop(("SPY", lost["s"]))                     # every real minute agrees
+    hostile = {"o": 500.0, "h": 500.5, "l": 499.5, "c": 500.2, "v": 10, "vw": 500.1, "n": 1}
+    fake.extra_aggs[("SPY", "minute")] = [dict(hostile, t=TEN + MINUTE, h=1e308), dict(hostile, t=TEN + 30_000),
+                                          dict(hostile, t=TEN + 8 * 3_600_000)]
+    assert verify(path) == 0
+    assert ("5 minutes of 1 symbol(s) checked against Polygon's REST minute bars; 0 disagree; 3 REST minute bars "
+            "refused (bad_price 1, bad_start 1, outside_request 1)") in capsys.readouterr().out

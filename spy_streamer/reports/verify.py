@@ -9,7 +9,8 @@ as REST second bars and stores them through the writer (the same validation, ded
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,7 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..channels import channel_for
 from ..channels.base import epoch_ms
+from ..channels.parsing import rest_results_with_reasons
+from ..channels.rules import ChannelRules
 from ..storage.layout import visible_parquet_files
 
 MINUTE_MS = 60_000
@@ -54,6 +58,7 @@ class Audit:
     symbols: tuple[str, ...]
     minutes_checked: int
     disagreements: tuple[Disagreement, ...]
+    refused: dict[str, int] = field(default_factory=dict)   # REST minute bars the rules refused, by reason
 
     def minutes_to_repair(self) -> list[tuple[str, int]]:
         return sorted({(item.symbol, item.minute_ms) for item in self.disagreements})
@@ -83,18 +88,19 @@ def stored_minutes(folder: Path, opens_ms: int, closes_ms: int) -> dict[tuple[st
             for row in grouped.to_pylist()}
 
 
-def rest_minutes(results: list, opens_ms: int, closes_ms: int) -> dict[int, dict[str, float]]:
-    """Polygon's minute results (`t o h l c v`) inside the session, by minute start; bad items skipped."""
-    minutes = {}
-    for item in results:
-        try:
-            start = int(item["t"])
-            values = {"volume": float(item["v"]), "open": float(item["o"]), "close": float(item["c"]),
-                      "high": float(item["h"]), "low": float(item["l"])}
-        except (KeyError, TypeError, ValueError):
-            continue
-        if opens_ms <= start < closes_ms:
-            minutes[start] = values
+def rest_minutes(symbol: str, results, opens_ms: int, closes_ms: int, refused: Counter) -> dict[int, dict[str, float]]:
+    """Polygon's minute results inside the session, by minute start. They pass the rules every stored
+    `AM` bar passes (bounds, a whole minute, within the session asked for); each other one is counted in
+    `refused` by reason, so a hostile answer is neither compared nor repaired after."""
+    minutes_channel = channel_for("AM")
+    table, rejected = rest_results_with_reasons(minutes_channel, symbol, results, 0)
+    table = ChannelRules(minutes_channel, (f"AM.{symbol}",)).apply(table, rejected, (opens_ms, closes_ms - 1))
+    refused.update(rejected)
+    starts = epoch_ms(table.column("start")).to_pylist()
+    values = table.select(FIELDS).to_pylist()
+    minutes: dict[int, dict[str, float]] = {}
+    for start, row in zip(starts, values):
+        minutes.setdefault(start, {name: float(value) for name, value in row.items()})
     return minutes
 
 
@@ -120,20 +126,21 @@ def audit_day(folder: Path, day: date, session: tuple[int, int], symbols: Iterab
     stored = stored_minutes(folder, opens_ms, closes_ms)
     all_symbols = tuple(sorted(set(symbols) | {symbol for symbol, _ in stored}))
     disagreements: list[Disagreement] = []
-    checked = 0
+    checked, refused = 0, Counter()
     for symbol in all_symbols:
-        rest = rest_minutes(fetch_minutes(symbol, opens_ms, closes_ms - 1), opens_ms, closes_ms)
+        rest = rest_minutes(symbol, fetch_minutes(symbol, opens_ms, closes_ms - 1), opens_ms, closes_ms, refused)
         mine = {minute: values for (name, minute), values in stored.items() if name == symbol}
         for minute in sorted(set(rest) | set(mine)):
             checked += 1
             disagreements += compare_minute(symbol, minute, mine.get(minute), rest.get(minute))
-    return Audit(day, all_symbols, checked, tuple(disagreements))
+    return Audit(day, all_symbols, checked, tuple(disagreements), dict(sorted(refused.items())))
 
 
 def format_audit(audit: Audit, tz, channel: str, limit: int = 50) -> str:
     minutes = audit.minutes_to_repair()
     lines = [f"verify {audit.day} {channel}: {audit.minutes_checked} minutes of {len(audit.symbols)} symbol(s) "
-             f"checked against Polygon's REST minute bars; {len(minutes)} disagree"]
+             f"checked against Polygon's REST minute bars; {len(minutes)} disagree"
+             + format_refusals(audit.refused, "REST minute bars")]
     lines += [f"  {item.describe(tz)}" for item in audit.disagreements[:limit]]
     if len(audit.disagreements) > limit:
         lines.append(f"  ... and {len(audit.disagreements) - limit} more")
@@ -149,12 +156,12 @@ def repair_minutes(minutes: list[tuple[str, int]], fetch_seconds: Callable[[str,
         store(symbol, fetch_seconds(symbol, *requested), requested)
 
 
-def format_refusals(rejected: dict[str, int]) -> str:
-    """"; 3 refused (bad_price 1, outside_request 2)", or "" when REST sent nothing to refuse."""
+def format_refusals(rejected: dict[str, int], what: str = "") -> str:
+    """"; 3 <what> refused (bad_price 1, outside_request 2)", or "" when REST sent nothing to refuse."""
     if not rejected:
         return ""
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items()))
-    return f"; {sum(rejected.values())} refused ({reasons})"
+    return f"; {sum(rejected.values())}{' ' + what if what else ''} refused ({reasons})"
 
 
 def verify_command(config, day: date, channel: str, repair: bool) -> int:
