@@ -221,3 +221,28 @@ def test_a_standing_counter_withholds_the_pets_and_a_moving_one_resumes_them():
 
 def test_without_watchdog_usec_nothing_is_scheduled():
     assert start_watchdog(None, dict, 1, environ={"NOTIFY_SOCKET": "@x"}) is None   # `None`: never touched
+
+
+def unit_environment() -> dict:
+    """The shipped unit's Environment= assignments."""
+    lines = (REPO_ROOT / "config" / "spy-streamer.service").read_text().splitlines()
+    return dict(word.split("=", 1) for line in lines if line.startswith("Environment=")
+                for word in line.removeprefix("Environment=").split())
+
+
+def test_the_watchdogs_kill_prints_where_each_thread_was(tmp_path, fake, notify_socket):
+    """systemd's watchdog kills with SIGABRT; with the unit's environment the daemon's last words in the
+    journal are every thread's stack (the hung writer's included)."""
+    config = write_settings(tmp_path, window_settings(tmp_path, fake, open_now=False))
+    daemon = start_daemon([str(RUN_STREAMER), "--config", str(config)],
+                          {**systemd_env(notify_socket), **unit_environment()})
+    try:
+        notify_socket.wait_for("READY=1")
+        daemon.send_signal(signal.SIGABRT)
+        stderr = daemon.communicate(timeout=20)[1]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == -signal.SIGABRT
+    assert "Fatal Python error: Aborted" in stderr and "Thread 0x" in stderr
+    assert "streaming_runner.py" in stderr and "heartbeat_monitor.py" in stderr   # the main and the heartbeat
