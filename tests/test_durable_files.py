@@ -217,3 +217,20 @@ def test_report_does_not_hang_on_a_gap_ledger_fifo(tmp_path):
     os.mkfifo(path)
     report = run_cli(tmp_path, "report", "--date", DAY.isoformat())
     assert "FIFO" in report.stdout + report.stderr
+
+
+def test_compaction_neither_merges_nor_deletes_a_symlink_named_like_a_micro_batch(tmp_path, caplog):
+    """Deletions during compaction never follow links, and a planted link is not data."""
+    from test_compaction import ws_batch
+    from spy_streamer.storage.compaction import compact_day
+    data_dir = tmp_path / "data"
+    sink = ParquetSink(data_dir)
+    ws_batch(sink, 0, 5, 1_749_562_500_000_000_000)
+    elsewhere = ParquetSink(tmp_path / "elsewhere")
+    foreign = ws_batch(elsewhere, 10, 7, 1_749_562_500_000_000_000)
+    link = sink.partition_dir("A", DAY) / "part-1-1-000001.parquet"
+    link.symlink_to(foreign)
+    result = compact_day(data_dir, DAY)
+    assert result.rows == 5
+    assert link.is_symlink() and pq.read_table(foreign).num_rows == 7
+    assert "compaction_symlinks_skipped" in [getattr(record, "event", None) for record in caplog.records]

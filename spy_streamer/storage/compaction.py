@@ -55,7 +55,8 @@ import pyarrow.parquet as pq
 from .durable_files import fsync_directory, open_temp, temp_beside
 from ..market.market_hours import MarketCalendar
 from ..peak_memory import peak_rss_bytes
-from .layout import COMPACTION_SPILL_FOLDER as SPILL_FOLDER, day_file_name, partition_dir, visible_parquet_files
+from .layout import (COMPACTION_SPILL_FOLDER as SPILL_FOLDER, day_file_name, partition_dir, symlinked_parquet_files,
+                     visible_parquet_files)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> Compacti
         return CompactionResult(day, Outcome.NO_DATA, final)
     with _exclusive(folder):
         inputs = visible_parquet_files(folder)
+        _report_symlinks(folder)
         if not inputs:
             return CompactionResult(day, Outcome.NO_DATA, final)
         if inputs == [final]:
@@ -187,6 +189,14 @@ def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> Compacti
         _remove_merged(folder, [path for path in inputs if path != final])
         return CompactionResult(day, Outcome.COMPACTED, final, len(inputs), merged["rows_read"], merged["rows"],
                                 final.stat().st_size, merged["peak_rss_bytes"], time.monotonic() - started)
+
+
+def _report_symlinks(folder: Path) -> None:
+    links = symlinked_parquet_files(folder)
+    if links:
+        log.warning("%d symlink(s) named like data in %s neither merged nor deleted (not written by "
+                    "spy-streamer): %s", len(links), folder, ", ".join(path.name for path in links[:5]),
+                    extra={"event": "compaction_symlinks_skipped", "count": len(links)})
 
 
 @contextlib.contextmanager

@@ -68,10 +68,16 @@ def is_hidden(name: str) -> bool:
 
 
 def visible_parquet_files(folder: Path) -> list[Path]:
-    """The files a reader sees: `*.parquet` minus hidden names (temporaries, files set aside)."""
+    """The files a reader sees: `*.parquet` minus hidden names (temporaries, files set aside) and minus
+    symlinks (never written by us: compaction would merge another file's rows, then delete the link)."""
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.glob("*.parquet") if not is_hidden(path.name))
+    return sorted(path for path in folder.glob("*.parquet") if not is_hidden(path.name) and not path.is_symlink())
+
+
+def symlinked_parquet_files(folder: Path) -> list[Path]:
+    """`*.parquet` symlinks in a data folder: planted there, refused as data, named in a warning."""
+    return sorted(path for path in folder.glob("*.parquet") if path.is_symlink()) if folder.is_dir() else []
 
 
 def set_aside_name(path: Path) -> Path:
