@@ -11,13 +11,14 @@ the key there.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import reprlib
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -73,6 +74,7 @@ class MonitoringConfig:
     heartbeat_interval_seconds: float
     alert_threshold_seconds: float
     metrics_port: int | None = None      # Prometheus /metrics over HTTP; the textfile is always written
+    metrics_address: str = "127.0.0.1"   # where it listens: this host only unless an operator says otherwise
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,52 @@ def _requests_per_second(value: Any) -> float:
     return float(value)
 
 
+# A query parameter whose name holds one of these (case and `-`/`_` ignored) carries a credential.
+CREDENTIAL_WORDS = ("key", "token", "password", "passwd", "pwd", "secret", "credential", "signature", "sig", "auth")
+
+
+def _url_shown(value: Any) -> str:
+    """A URL for a message without what may be secret: its user:password@ part and its query or fragment."""
+    if not isinstance(value, str):
+        return _shown(value)
+    base = re.split(r"[?#]", value, maxsplit=1)[0]
+    hidden = "?…" if len(base) < len(value) else ""
+    start = base.find("://") + 3 if "://" in base else 0
+    if base.rfind("@") >= start:
+        base = base[:start] + "…" + base[base.rfind("@"):]
+    return _shown(base + hidden)
+
+
+def _refuse_credentials(text: str) -> None:
+    """ValueError naming where a credential sits in a URL, never its value: a config file is read, copied
+    and pasted by many; the secrets come from the environment (or a profile), as the README says."""
+    parts = urlsplit(text if "://" in text else f"//{text}")
+    if "@" in parts.netloc:
+        raise ValueError("holds credentials in its user:password@ part; give them through the environment "
+                         "(or a profile), never in the config file")
+    for name, _ in parse_qsl(f"{parts.query}&{parts.fragment}", keep_blank_values=True):
+        if any(word in re.sub(r"[-_]", "", name.lower()) for word in CREDENTIAL_WORDS):
+            raise ValueError(f"holds a credential in its query parameter {_shown(name)}; give it through the "
+                             f"environment (or a profile), never in the config file")
+
+
+def _without_credentials(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`parse` for a key holding a URL, refusing first any credential inside it."""
+    def parser(value: Any) -> Any:
+        if isinstance(value, str):
+            _refuse_credentials(value.strip())
+        return parse(value)
+    return parser
+
+
+def _ip_address(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(_string(value)))
+    except ValueError:
+        raise ValueError(f"expected an IP address to listen on (127.0.0.1, ::1, 0.0.0.0 for every interface), "
+                         f"got {_shown(value)}") from None
+
+
 def _base_url(value: Any) -> str:
     """An http(s) origin: the REST client sends the key to whatever this names."""
     text = _string(value).rstrip("/")
@@ -212,7 +260,7 @@ def _base_url(value: Any) -> str:
         parts = parts._replace(netloc="")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None \
             or parts.path or parts.query or parts.fragment:
-        raise ValueError(f"expected an origin like \"https://api.polygon.io\", got {_shown(value)}")
+        raise ValueError(f"expected an origin like \"https://api.polygon.io\", got {_url_shown(value)}")
     return text
 
 
@@ -244,17 +292,17 @@ def _catalog(value: Any) -> str:
     if parts.scheme in ("http", "https") and parts.hostname:
         return text.rstrip("/")
     raise ValueError(f"expected sql, a SQLAlchemy URI (sqlite:///..., postgresql://...) or a REST catalog URI "
-                     f"(https://...), got {_shown(value)}")
+                     f"(https://...), got {_url_shown(value)}")
 
 
 def _warehouse(value: Any) -> str:
     text = _string(value)
     if text.startswith(("s3://", "s3a://")):
         if not text.split("://", 1)[1].split("/", 1)[0]:
-            raise ValueError(f"expected s3://bucket/prefix, got {_shown(value)}")
+            raise ValueError(f"expected s3://bucket/prefix, got {_url_shown(value)}")
         return text.rstrip("/")
     if "://" in text:
-        raise ValueError(f"expected a local path or s3://bucket/prefix, got {_shown(value)}")
+        raise ValueError(f"expected a local path or s3://bucket/prefix, got {_url_shown(value)}")
     return str(_path(text))
 
 
@@ -263,7 +311,7 @@ def _optional_endpoint(value: Any) -> str | None:
         return None
     parts = urlsplit(_string(value))
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an endpoint URL like \"http://minio:9000\" (or null), got {_shown(value)}")
+        raise ValueError(f"expected an endpoint URL like \"http://minio:9000\" (or null), got {_url_shown(value)}")
     return _string(value).rstrip("/")
 
 
@@ -271,9 +319,9 @@ def _optional_endpoint(value: Any) -> str | None:
 SCHEMA: dict[str, Any] = {
     "polygon": {
         "api_key_env": (_env_name, "POLYGON_API_KEY"),
-        "ws_feed": (_string, "socket.polygon.io"),
+        "ws_feed": (_without_credentials(_string), "socket.polygon.io"),
         "ws_secure": (_boolean, True),
-        "rest_base_url": (_base_url, "https://api.polygon.io"),
+        "rest_base_url": (_without_credentials(_base_url), "https://api.polygon.io"),
         "subscriptions": (_subscriptions, ["A.SPY"]),
         "rest_max_requests_per_second": (_requests_per_second, 20),
     },
@@ -290,6 +338,7 @@ SCHEMA: dict[str, Any] = {
             "heartbeat_interval_seconds": (_seconds_between(*HEARTBEAT_INTERVAL_RANGE), 300),
             "alert_threshold_seconds": (_seconds_between(*ALERT_THRESHOLD_RANGE), 900),
             "metrics_port": (_optional_port, None),
+            "metrics_address": (_ip_address, "127.0.0.1"),
         },
         "batching": {
             "write_interval_seconds": (_seconds_between(*WRITE_INTERVAL_RANGE), 30),
@@ -302,9 +351,9 @@ SCHEMA: dict[str, Any] = {
     },
     "storage": {
         "kind": (lambda value: _one_of(value, ("parquet", "iceberg")), "parquet"),
-        "catalog": (_catalog, "sql"),
-        "warehouse": (_warehouse, "var/lake"),
-        "s3_endpoint": (_optional_endpoint, None),
+        "catalog": (_without_credentials(_catalog), "sql"),
+        "warehouse": (_without_credentials(_warehouse), "var/lake"),
+        "s3_endpoint": (_without_credentials(_optional_endpoint), None),
     },
 }
 

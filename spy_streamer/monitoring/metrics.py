@@ -3,7 +3,7 @@
 One collector turns the latest heartbeat into metric families, so the counters have exactly one source
 (the stats the heartbeat serializes). They are published two ways: a node_exporter textfile
 `<heartbeat_dir>/spy_streamer.prom`, replaced atomically at every heartbeat, and, when
-`streaming.monitoring.metrics_port` is set, an HTTP endpoint served by prometheus-client's own thread.
+`streaming.monitoring.metrics_port` is set, an HTTP endpoint on `metrics_address` (metrics_http).
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..storage.durable_files import write_bytes_atomically
 from ..storage.layout import metrics_textfile_path
 from .failure_streak import FailureStreak
+from .metrics_http import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,9 @@ def _status(heartbeat: dict[str, Any]) -> Metric:
 class MetricsPublisher:
     """Writes the textfile at each heartbeat; serves HTTP on `port` when one is given."""
 
-    def __init__(self, heartbeat_dir: Path, port: int | None = None):
+    def __init__(self, heartbeat_dir: Path, port: int | None = None, address: str = "127.0.0.1"):
         self.path = metrics_textfile_path(heartbeat_dir)
-        self.port = port
+        self.port, self.address = port, address
         self.collector = HeartbeatCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
@@ -128,10 +129,11 @@ class MetricsPublisher:
                                            logging.ERROR)
 
     def start_server(self) -> None:
-        """Serve /metrics on all interfaces, as exporters do; OSError when the port is taken."""
+        """Serve /metrics (only) on the configured address; OSError when the port is taken."""
         if self.port is not None:
-            start_http_server(self.port, registry=self.registry)
-            log.info("serving Prometheus metrics on port %d", self.port, extra={"event": "metrics_serving"})
+            serve_metrics(self.address, self.port, self.registry)
+            log.info("serving Prometheus metrics at http://%s:%d/metrics", self.address, self.port,
+                     extra={"event": "metrics_serving"})
 
     def publish(self, heartbeat: dict[str, Any]) -> None:
         self.collector.update(heartbeat)

@@ -79,7 +79,8 @@ class StreamingRunner:
             write_interval_seconds=config.batching.write_interval_seconds,
             subscriptions=config.polygon.subscriptions, reader=self.reader_stats, writer=self.writer_stats,
             backfill=self.backfill_stats, queue_fill=self._queue_fill, on_stall=self._on_stall, clock=self.clock,
-            metrics=MetricsPublisher(config.paths.heartbeat_dir, config.monitoring.metrics_port),
+            metrics=MetricsPublisher(config.paths.heartbeat_dir, config.monitoring.metrics_port,
+                                     config.monitoring.metrics_address),
             lake=None if self.lake is None else self.lake.stats)
         self.scheduler = schedule.Scheduler()
         self.exit_reason: str | None = None      # one line for stderr when the exit code is not 0
