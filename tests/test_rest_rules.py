@@ -109,6 +109,14 @@ def test_rest_rows_outside_the_requested_range_are_refused_and_counted(data_dir,
     assert rig.stats.rejected_reasons == {"outside_request": len(events) - inside}
 
 
+def test_a_rest_bar_of_absurd_transactions_is_refused(data_dir):
+    rig = Rig(data_dir, subscriptions=SUBSCRIPTIONS)
+    results = [dict(bar_result(second_bar(T0)), n=2 ** 62), dict(bar_result(second_bar(T0 + 1000)), n=-1),
+               bar_result(second_bar(T0 + 2000))]
+    rig.writer.accept_items([RestBars("SPY", results, 0, "A", requested=(T0, T0 + 2000))])
+    assert rig.stats.rows_pending == 1 and rig.stats.rejected_reasons == {"bad_volume": 2}
+
+
 def test_a_rest_tick_keeps_its_nanoseconds_within_the_last_millisecond_asked(data_dir):
     """The range is in ms, inclusive: a trade at T0 + 9999.999 ms is inside, one at T0 + 10 s is not."""
     rig = Rig(data_dir, subscriptions=SUBSCRIPTIONS)

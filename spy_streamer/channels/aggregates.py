@@ -50,7 +50,8 @@ _MAX_BAR = pa.scalar(MAX_BAR_MS * MS_TO_US, pa.duration("us"))
 def bar_checks(col: dict[str, pa.Array], bar_ms: int) -> Checks:
     return [("bad_price", prices_in_bounds([col[name] for name in PRICES])),
             ("bad_volume", sizes_in_bounds([col["volume"], col["accumulated_volume"], col["average_size"],
-                                            col["decimal_volume"], col["decimal_accumulated_volume"]])),
+                                            col["decimal_volume"], col["decimal_accumulated_volume"],
+                                            col["transactions"]])),   # a count of trades: no more than shares
             ("bad_range", all_of([pc.less_equal(col["low"], col["open"]), pc.less_equal(col["low"], col["close"]),
                                   pc.less_equal(col["open"], col["high"]), pc.less_equal(col["close"], col["high"])])),
             # start >= 0 and end > start, so end - start cannot wrap around.
