@@ -131,3 +131,26 @@ def test_the_bounds_are_documented_in_the_readme():
     readme = (REPO_ROOT / "README.md").read_text()
     for text in ("0.000001", "10,000,000", "10^12", "bad_start", "outside_request", "crossed"):
         assert text in readme, text
+
+
+def test_the_daemon_refuses_a_hostile_backfill_and_counts_it_in_the_heartbeat(start, fake):
+    """The daemon's own gap backfill against a REST that adds absurd rows to every answer: the day holds
+    exactly the real bars, and the heartbeat counts each refusal under its reason."""
+    from daemon_harness import stored_rows, wait_for
+    from test_faults import Timeline, assert_complete, live_then_fault_then_live
+
+    run = start()
+    timeline = Timeline()
+    missed = timeline.during[10]["s"]
+    real = bar_result(timeline.during[20])
+    fake.extra_aggs[("SPY", "second")] = [dict(real, v=2 ** 62), dict(real, o=1e308, h=1e308), dict(real, l=1e-300),
+                                          dict(real, t=missed + 500), dict(real, t=missed + 3_600_000)]
+    live_then_fault_then_live(run, fake, timeline, lambda: fake.drop_connections("abrupt"))
+    assert_complete(run, timeline)
+    heartbeat = wait_for(lambda: (run.heartbeat() or {}).get("rows_backfilled") == len(timeline.during)
+                         and run.heartbeat(), what="the backfill counted")
+    reasons = heartbeat["rejected_reasons"]
+    assert set(reasons) == {"bad_volume", "bad_price", "bad_start", "outside_request"}, reasons
+    assert reasons["bad_price"] == 2 * reasons["bad_volume"] and reasons["bad_volume"] >= 1
+    assert max(row["volume"] for row in stored_rows(run.data_dir)) < MAX_SHARES
+    assert run.daemon.stop()[0] == 0
