@@ -52,6 +52,47 @@ def test_a_second_instance_on_the_same_data_dir_exits_75_naming_the_holder(start
     assert run.daemon.stop()[0] == 0
 
 
+def test_a_signal_flood_adds_at_most_one_line_per_kind(start, fake, record_figure):
+    """Measured: 3,000 SIGHUP/SIGUSR1/SIGUSR2 in 20 s added 3,037 log lines."""
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    wait_for(lambda: run.events("started"), what="the start line")
+    lines_before = len(run.log_file.read_text().splitlines())
+    for _ in range(1000):
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            run.daemon.process.send_signal(sig)
+        time.sleep(0.002)
+    time.sleep(1.0)   # the last signals handled
+    assert run.daemon.process.poll() is None
+    added = len(run.log_file.read_text().splitlines()) - lines_before
+    record_figure("signal_flood_log_lines_added", added)
+    assert len(run.events("log_reopened")) == 1 and len(run.events("signal_ignored")) == 2
+    assert added <= 10, f"{added} lines for 3,000 signals"
+    assert run.daemon.stop()[0] == 0
+
+
+def test_the_next_signal_line_says_how_many_were_held_back(tmp_path, caplog):
+    from conftest import FakeClock, TEST_API_KEY, ny, settings
+    from spy_streamer.config import load_config
+    from spy_streamer.market.market_hours import MarketCalendar
+    from spy_streamer.orchestrator.streaming_runner import StreamingRunner
+    config = load_config(write_settings(tmp_path, settings(tmp_path)))
+    clock = FakeClock(ny(2026, 11, 24, 11))
+    runner = StreamingRunner(config, MarketCalendar(config.market_hours), TEST_API_KEY, clock=clock)
+    with caplog.at_level("INFO"):
+        for _ in range(5):
+            runner._act_on_signal(signal.SIGUSR1)
+        runner._act_on_signal(signal.SIGUSR2)            # another kind: its own line
+        clock.advance(59)
+        runner._act_on_signal(signal.SIGUSR1)            # still within the minute: held back
+        clock.advance(2)
+        runner._act_on_signal(signal.SIGUSR1)
+    lines = [record for record in caplog.records if getattr(record, "event", None) == "signal_ignored"]
+    assert [(record.signal_name, record.signals_not_logged) for record in lines] == \
+        [("SIGUSR1", 0), ("SIGUSR2", 0), ("SIGUSR1", 5)]
+    assert "5 more SIGUSR1" in lines[-1].getMessage()
+
+
 @pytest.mark.parametrize("planted", ["symlink", "fifo"])
 def test_a_planted_lock_file_is_refused_with_exit_78_and_left_untouched(tmp_path, fake, planted):
     """Measured: with the lock file a symlink to another file, the daemon truncated that file and wrote

@@ -28,6 +28,7 @@ from ..monitoring.health_check import heartbeat_path
 from ..monitoring.heartbeat_monitor import HeartbeatMonitor
 from ..instance_lock import InstanceLock, InstanceLocked, UnsafeLockFile
 from ..log_setup import reopen_log_files
+from .repeat_limiter import RepeatLimiter
 from ..market.market_hours import MarketCalendar, Session
 from ..monitoring.metrics import MetricsPublisher
 from ..monitoring.systemd_notify import notify, start_watchdog
@@ -92,6 +93,7 @@ class StreamingRunner:
         self._calendar_refresh: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
         self._lake_thread: threading.Thread | None = None
+        self._signal_lines = RepeatLimiter(monotonic=self.clock.monotonic)
 
     # --- signals: record only (no logging, no locks) ---
 
@@ -209,12 +211,22 @@ class StreamingRunner:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             reopen_log_files()
-            log.info("received SIGHUP; log file reopened", extra={"event": "log_reopened"})
+            self._log_signal(name, "received SIGHUP; log file reopened", "log_reopened")
         elif signum in (signal.SIGUSR1, signal.SIGUSR2):
-            log.info("received %s; it has no meaning here, ignored", name, extra={"event": "signal_ignored"})
+            self._log_signal(name, f"received {name}; it has no meaning here, ignored", "signal_ignored")
         elif self._exit_code is None:
             log.info("received %s; shutting down", name, extra={"event": "shutdown_requested"})
             self._exit_code = EX_OK
+
+    def _log_signal(self, name: str, message: str, event: str) -> None:
+        """One line per signal name a minute at most (a flood must not fill the log); the next line
+        written says how many were held back."""
+        held_back = self._signal_lines.admit(name)
+        if held_back is None:
+            return
+        if held_back:
+            message += f" ({held_back} more {name} since the last such line, not logged one by one)"
+        log.info("%s", message, extra={"event": event, "signal_name": name, "signals_not_logged": held_back})
 
     def _fail(self, exit_code: int, reason: str) -> None:
         """Stop with `exit_code`; the first failure is the one reported."""
