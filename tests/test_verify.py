@@ -145,3 +145,18 @@ def test_hostile_rest_minute_bars_are_refused_not_compared(day, fake, capsys):
     assert verify(path) == 0
     assert ("5 minutes of 1 symbol(s) checked against Polygon's REST minute bars; 0 disagree; 3 REST minute bars "
             "refused (bad_price 1, bad_start 1, outside_request 1)") in capsys.readouterr().out
+
+
+def test_a_repair_refuses_an_unsafe_lock_file_with_one_line(day, capsys):
+    """The lock file a symlink (to a file the repair must not truncate): refused, untouched, exit 78."""
+    from spy_streamer.storage.layout import lock_path
+    path, config, lost = day
+    victim = config.paths.data_dir.parent / "victim.txt"
+    victim.write_text("keep me")
+    lock_path(config.paths.data_dir).symlink_to(victim)
+    assert verify(path, "--repair") == 78
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("spy-streamer: verify 2026-11-24 --repair refused, nothing written:")
+    assert victim.read_text() == "keep me"
+    rows = ds.dataset(config.paths.data_dir / "A", partitioning="hive").to_table()
+    assert rows.num_rows == 299 and "rest" not in rows.column("source").to_pylist()

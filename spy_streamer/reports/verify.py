@@ -206,16 +206,17 @@ def verify_command(config, day: date, channel: str, repair: bool) -> int:
 
 def _repair_locked(config, sink, calendar, session, client, result: Audit) -> int | None:
     """The repair under the daemon's own data_dir lock, so it never writes beside a recording daemon
-    (both would store the same rows, each unaware of the other's keys); EX_LOCKED when it is held."""
-    from ..exit_codes import EX_LOCKED
-    from ..instance_lock import InstanceLock, InstanceLocked
+    (both would store the same rows, each unaware of the other's keys): EX_LOCKED when it is held,
+    EX_CONFIG when the lock file is unsafe (as for the daemon), 1 when it cannot be made."""
+    from ..exit_codes import EX_CONFIG, EX_LOCKED
+    from ..instance_lock import InstanceLock, InstanceLocked, UnsafeLockFile
 
     lock = InstanceLock(config.paths.data_dir)
     try:
         lock.acquire()
-    except (InstanceLocked, OSError) as exc:
+    except (InstanceLocked, UnsafeLockFile, OSError) as exc:
         print(f"spy-streamer: verify {result.day} --repair refused, nothing written: {exc}")
-        return EX_LOCKED
+        return {InstanceLocked: EX_LOCKED, UnsafeLockFile: EX_CONFIG}.get(type(exc), 1)
     try:
         _repair(config, sink, calendar, session, client, result)
     finally:
