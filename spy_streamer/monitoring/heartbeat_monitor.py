@@ -59,6 +59,8 @@ class HeartbeatMonitor(Service):
         self.queue_fill = queue_fill
         self.on_stall = on_stall
         self.metrics = metrics          # a MetricsPublisher, or None: the same figures for Prometheus
+        if metrics is not None:
+            metrics.read_live_from(self.snapshot)   # a scrape reads the stats now, not the last heartbeat
         self.lake = lake                # the Iceberg committer's LakeStats, with storage.kind iceberg
         self.clock = clock or SystemClock()
         self.started_at = self.clock.now()
