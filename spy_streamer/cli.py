@@ -13,9 +13,10 @@ from pathlib import Path
 from . import __version__
 from .config import Config, ConfigError, load_config, require_api_key, resolve_config_path
 from .exit_codes import EX_CONFIG, EX_LOCKED, EX_SOFTWARE
-from .monitoring.health_check import (OK, UNKNOWN, WARNING, HeartbeatUnreadable, Verdict, evaluate_health, heartbeat_path,
-                           load_heartbeat)
-from .log_setup import REDACTED, configure_logging
+from .monitoring.check_plugin import (DESCRIPTION as CHECK_DESCRIPTION, add_check_arguments, positive_seconds,
+                                       run_check)
+from .monitoring.health_check import HeartbeatUnreadable, heartbeat_path, load_heartbeat
+from .log_setup import REDACTED, configure_logging, discard_stdout
 
 # Everything heavier (pyarrow, the Polygon client, the holiday rules) is imported by the command that
 # needs it: `check` runs as a container probe with a one-second budget and must start fast.
@@ -84,50 +85,6 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     code = runner.run()
     args.exit_reason = getattr(runner, "exit_reason", None)  # main() prints it for supervisord and journald
     return code
-
-
-def cmd_check(config: Config, args: argparse.Namespace) -> int:
-    """Reads only the heartbeat (the calendar file when the heartbeat is too old to tell whether the
-    market is open): no key, no network. `--probe` folds the states into Docker's 0 healthy / 1 not."""
-    verdict = _within_seconds(args.timeout, lambda: _health(config))
-    print(verdict.line())
-    if args.probe:  # WARNING still records (say, while reconnecting): not a reason to restart a container
-        return 0 if verdict.code in (OK, WARNING) else 1
-    return verdict.code
-
-
-def _health(config: Config) -> Verdict:
-    try:
-        heartbeat = load_heartbeat(heartbeat_path(config))
-    except HeartbeatUnreadable as exc:
-        return Verdict(UNKNOWN, str(exc))
-    return evaluate_health(heartbeat, datetime.now(timezone.utc), lambda now: _market_open(config, now))
-
-
-def _market_open(config: Config, now: datetime) -> bool:
-    """Only when the heartbeat is too old to say: the calendar (rules and the saved list, no network)."""
-    from .market.calendar_store import load_calendar
-    return load_calendar(config).is_market_open(now)
-
-
-class _TimedOut(Exception):
-    pass
-
-
-def _within_seconds(seconds: float, judge) -> Verdict:
-    """`judge()`, or UNKNOWN once `seconds` have passed (a hung disk must not hang the monitor)."""
-    def expire(signum, frame):
-        raise _TimedOut()
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return judge()
-    except _TimedOut:
-        return Verdict(UNKNOWN, f"no answer within {seconds:g} s (--timeout)")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def cmd_compact(config: Config, args: argparse.Namespace) -> int:
@@ -227,13 +184,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if not 0 < value < 86400:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spy-streamer",
@@ -244,12 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = _add_command(commands, "status", "market state now (open/closed, next open and close) and the "
                                               "heartbeat summary")
     status.add_argument("--json", action="store_true", help="one JSON document for programs")
-    check = _add_command(commands, "check", "health for monitors (Nagios plugin convention): exit 0 OK, "
-                                            "1 WARNING, 2 CRITICAL, 3 UNKNOWN")
-    check.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
-                       help="answer UNKNOWN if no verdict within this time (default: 10)")
-    check.add_argument("--probe", "--docker", action="store_true",
-                       help="container health probe: exit 0 when OK or WARNING, 1 otherwise")
+    # Listed for --help only: main() hands `check` to the plugin, whose own parser answers UNKNOWN on a usage error.
+    add_check_arguments(commands.add_parser("check", help=CHECK_DESCRIPTION, description=CHECK_DESCRIPTION))
     compact = _add_command(commands, "compact", "merge a finished day's micro-batch files into one Parquet file")
     compact.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD",
                          help="the trading day (an earlier day, or today once the session is over)")
@@ -270,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="backfill the disagreeing minutes from REST second bars, then verify again")
     demo_help = "the daemon end to end against a local Polygon replay: no key, session open now, fresh folder"
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
-    demo.add_argument("--seconds", type=_positive_seconds, default=60.0, metavar="N",
+    demo.add_argument("--seconds", type=positive_seconds, default=60.0, metavar="N",
                       help="how long the daemon records (default: 60)")
     demo.add_argument("--output", default="var/demo", metavar="DIR",
                       help="parent of the demo's folder DIR/<UTC time>/, DIR/latest points at it (default: var/demo)")
@@ -308,7 +254,7 @@ def _add_command(commands, name: str, help_text: str) -> argparse.ArgumentParser
     return command
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "check": cmd_check, "compact": cmd_compact,
+COMMANDS = {"run": cmd_run, "status": cmd_status, "compact": cmd_compact,
             "report": cmd_report, "verify": cmd_verify, "demo": cmd_demo, "import-local": cmd_import_local,
             "lake-compact": cmd_lake_compact, "expire-snapshots": cmd_expire_snapshots}
 
@@ -318,7 +264,25 @@ EXIT_REASONS = {EX_SOFTWARE: "a thread crashed (see the log)", EX_LOCKED: "anoth
                 EX_CONFIG: "configuration or API key rejected (see the log)"}
 
 
+# What a shell reports for a command killed by SIGPIPE (`yes | head`): the reader left, nothing is wrong here.
+EXIT_READER_GONE = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every command; a reader that stops early (`status --json | head`) ends it quietly, no traceback."""
+    try:
+        try:
+            return _main(sys.argv[1:] if argv is None else argv)
+        finally:   # --help and --version too (argparse exits): what is buffered fails here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        discard_stdout()
+        return EXIT_READER_GONE
+
+
+def _main(argv: list[str]) -> int:
+    if _command_of(argv) == "check":   # a monitoring plugin: its own parser, its own exit codes
+        return run_check(argv[argv.index("check") + 1:])
     args = build_parser().parse_args(argv)
     config = None
     try:
@@ -330,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         reason = getattr(args, "exit_reason", None) or EXIT_REASONS.get(code, f"stopped with exit code {code}")
         return _stopped(code, reason, config)
     return code
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command named on the line: the first word that is not an option (the top level takes no values)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def _stopped(code: int, reason: str, config: Config | None) -> int:

@@ -273,11 +273,11 @@ def _optional_port(value: Any) -> int | None:
 
 
 def _path(value: Any) -> Path:
-    # Resolved once, so a later chdir cannot move the output.
+    # Relative for now: load_config() anchors it to the config file's folder (_anchored).
     text = _string(value)
     if "\0" in text:
         raise ValueError("a path cannot contain a NUL character")
-    return Path(text).expanduser().absolute()
+    return Path(text).expanduser()
 
 
 def _optional_path(value: Any) -> Path | None:
@@ -303,7 +303,7 @@ def _warehouse(value: Any) -> str:
         return text.rstrip("/")
     if "://" in text:
         raise ValueError(f"expected a local path or s3://bucket/prefix, got {_url_shown(value)}")
-    return str(_path(text))
+    return str(_path(text))   # load_config() anchors a relative one, as it does `paths`
 
 
 def _optional_endpoint(value: Any) -> str | None:
@@ -365,7 +365,7 @@ def resolve_config_path(cli_path: str | None) -> Path:
 
 def load_config(path: Path) -> Config:
     raw = _read_yaml(path)
-    values = _parse_section(SCHEMA, raw, prefix="", source=path)
+    values = _anchored(_parse_section(SCHEMA, raw, prefix="", source=path), path)
     hours = values["streaming"]["market_hours"]
     if hours["end_time"] <= hours["start_time"]:
         raise ConfigError(f"{path}: streaming.market_hours.end_time: must be later than start_time")
@@ -378,6 +378,28 @@ def load_config(path: Path) -> Config:
         source=path,
         storage=StorageConfig(**values["storage"]),
     )
+
+
+def config_folder(path: Path) -> Path:
+    """The folder relative paths in the file at `path` start from, symlinks resolved once (so `..` means
+    what the kernel would make of it)."""
+    return path.absolute().parent.resolve()
+
+
+def _anchored(values: dict, path: Path) -> dict:
+    """Relative paths (defaults too) made absolute from the config file's folder, as nginx, supervisord and
+    most daemons do: the daemon and every command then agree from any working directory (NRPE and cron
+    run `check` from `/`), and a later chdir cannot move the output."""
+    folder = config_folder(path)
+
+    def anchor(value: Path | None) -> Path | None:
+        return None if value is None else Path(os.path.normpath(folder / value))
+
+    values["paths"] = {key: anchor(value) for key, value in values["paths"].items()}
+    warehouse = values["storage"]["warehouse"]
+    if "://" not in warehouse:
+        values["storage"]["warehouse"] = str(anchor(Path(warehouse)))
+    return values
 
 
 def require_api_key(config: Config) -> str:

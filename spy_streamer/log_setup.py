@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 
@@ -95,3 +96,10 @@ def reopen_log_files() -> None:
                 handler.stream = None   # emit() reopens a closed FileHandler on the next record
             finally:
                 handler.release()
+
+
+def discard_stdout() -> None:
+    """After a BrokenPipeError on stdout (the reader left: `status --json | head`): point the descriptor at
+    /dev/null, or Python's flush at exit fails again and prints "Exception ignored ... BrokenPipeError" (the
+    recipe of Python's `signal` documentation)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -316,11 +316,12 @@ RECOGNIZABLE_KEY = "Zq7xRecognizableKey0123456789abc"
     ("run", {"polygon": {RECOGNIZABLE_KEY: 1}}, None),
     ("run", {"polygon": RECOGNIZABLE_KEY}, None),
     ("run", {"streaming": {"market_hours": {"timezone": RECOGNIZABLE_KEY}}}, None),
+    ("check", {"streaming": {"market_hours": {"timezone": RECOGNIZABLE_KEY}}}, None),
     ("run", {"paths": {"log_file": "{tmp}/plain/" + RECOGNIZABLE_KEY + "/x.log"}}, None),
     ("check", None, f"polygon:\n  ws_feed: {RECOGNIZABLE_KEY}\n  ws_feed: {RECOGNIZABLE_KEY}\n"),
     ("run", None, f"polygon: {{ws_feed: [{RECOGNIZABLE_KEY}}}\n"),
 ], ids=["run-api_key_env", "status-api_key_env", "check-api_key_env", "ws_secure", "key-as-name", "section",
-        "timezone", "log-path", "duplicate", "bad-yaml"])
+        "timezone", "check-timezone", "log-path", "duplicate", "bad-yaml"])
 def test_the_api_key_never_appears_in_any_output(tmp_path, monkeypatch, capsys, request, command, override, text):
     """With the key in the environment, and pasted where it does not belong, no error shows it. In-process
     (each case fails before any logging or network); the first and the last also as the real command."""
@@ -340,7 +341,8 @@ def test_the_api_key_never_appears_in_any_output(tmp_path, monkeypatch, capsys, 
         outputs.append((real.returncode, real.stdout, real.stderr))
     written = "".join(file.read_text(errors="replace") for file in tmp_path.rglob("*.log"))
     for code, out, err in outputs:
-        assert code == 78 and len(err.splitlines()) == 1 and "Traceback" not in err
+        said = out if command == "check" else err   # check, a monitoring plugin: UNKNOWN on stdout
+        assert code == (3 if command == "check" else 78) and len(said.splitlines()) == 1 and "Traceback" not in err
         for output in (out, err, written):
             assert RECOGNIZABLE_KEY not in output
 

@@ -104,9 +104,9 @@ def check_file(path: Path, data: bytes) -> None:
         message = str(exc)
         assert "\n" not in message and "\r" not in message and len(message) < MAX_MESSAGE_CHARS, message
         assert message.startswith(f"{path}: ")
-        code, out, err = run_main(["check", "--config", str(path)])
-        assert (code, out) == (78, "")
-        assert err.startswith("spy-streamer: configuration error: ") and err.count("\n") == 1, err
+        code, out, err = run_main(["check", "--config", str(path)])   # a monitoring plugin: UNKNOWN, stdout
+        assert (code, err) == (3, "")
+        assert out.startswith("SPY-STREAMER UNKNOWN - configuration error: ") and out.count("\n") == 1, out
     else:
         assert isinstance(config, Config)
         intervals = (config.monitoring.heartbeat_interval_seconds, config.monitoring.alert_threshold_seconds,
@@ -168,13 +168,16 @@ REAL_CASES = {
 # `run` shares the path to load_config with `check`: two cases are enough for it.
 @pytest.mark.parametrize("case, command", [(case, "check") for case in REAL_CASES]
                          + [("alias bomb", "run"), ("infinite interval", "run")])
-def test_the_real_command_exits_78_with_one_line(tmp_path, case, command):
+def test_the_real_command_refuses_it_in_one_line(tmp_path, case, command):
     path = tmp_path / "settings.yaml"
     path.write_bytes(REAL_CASES[case])
     env = {key: value for key, value in os.environ.items() if key != "SPY_STREAMER_CONFIG"}
     result = subprocess.run([sys.executable, "-m", "spy_streamer", command, "--config", str(path)],
                             capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
-    assert result.returncode == 78 and result.stdout == ""
-    assert result.stderr.startswith(f"spy-streamer: configuration error: {path}: ")
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert len(result.stderr) < MAX_MESSAGE_CHARS
+    # `check` is a monitoring plugin: exit 3 and its one line on stdout; `run` says it on stderr, exit 78
+    code, said, quiet, prefix = (3, result.stdout, result.stderr, "SPY-STREAMER UNKNOWN - ") if command == "check" \
+        else (78, result.stderr, result.stdout, "spy-streamer: ")
+    assert result.returncode == code and quiet == ""
+    assert said.startswith(f"{prefix}configuration error: {path}: ")
+    assert said.count("\n") == 1 and "Traceback" not in said
+    assert len(said) < MAX_MESSAGE_CHARS + len(prefix)

@@ -53,8 +53,10 @@ def test_healthy_streaming_is_ok_with_perfdata(config):
     verdict = verdict_after(streaming(Rig(config, TUESDAY_11)), 10)
     assert verdict.code == OK == 0
     perf = dict(item.split("=") for item in verdict.perfdata.split())
-    assert set(perf) == {"age", "messages", "rows", "pending", "reconnects", "dropped", "write_errors", "rss"}
-    assert perf["age"] == "10.0s" and perf["rows"] == "0c" and perf["rss"].endswith("B")
+    assert set(perf) == {"age", "messages", "rows", "pending", "reconnects", "dropped", "write_errors", "queue_fill",
+                         "rss"}
+    interval = Rig(config, TUESDAY_11).monitor.interval_seconds
+    assert perf["age"] == f"10.0s;;-60:{2 * interval + 1:g}" and perf["rows"] == "0c;;;0" and "B;;;0" in perf["rss"]
 
 
 def test_idle_while_closed_is_ok(config):

@@ -23,10 +23,14 @@ FUTURE_TOLERANCE_SECONDS = 60.0   # a heartbeat dated later than this is a wrong
 STALE_AFTER_INTERVALS = 2
 PENDING_AFTER_INTERVALS = 2
 QUEUE_WARNING_FILL = 0.5
-PERFDATA = (("age", "age_seconds", "s"), ("messages", "messages_total", "c"), ("rows", "rows_written", "c"),
-            ("pending", "rows_pending", ""), ("reconnects", "reconnects", "c"),
-            ("dropped", "dropped_queue_full", "c"), ("write_errors", "write_errors", "c"),
-            ("rss", "memory_rss_bytes", "B"))
+# (label, heartbeat key, unit, the fixed `;warn;crit;min;max` tail of the guidelines' perfdata format).
+# `age` gets its critical range from the heartbeat's interval (_Facts.perfdata).
+COUNTER_LIMITS = ";;;0"
+PERFDATA = (("age", "age_seconds", "s", None), ("messages", "messages_total", "c", COUNTER_LIMITS),
+            ("rows", "rows_written", "c", COUNTER_LIMITS), ("pending", "rows_pending", "", ";;;0"),
+            ("reconnects", "reconnects", "c", COUNTER_LIMITS), ("dropped", "dropped_queue_full", "c", COUNTER_LIMITS),
+            ("write_errors", "write_errors", "c", COUNTER_LIMITS),
+            ("queue_fill", "queue_fill_ratio", "", f";{QUEUE_WARNING_FILL:g};;0;1"), ("rss", "memory_rss_bytes", "B", ";;;0"))
 
 
 MAX_HEARTBEAT_BYTES = 1 << 20
@@ -84,7 +88,9 @@ class Verdict:
     perfdata: str = ""
 
     def line(self) -> str:
-        line = f"SPY-STREAMER {STATE_NAMES[self.code]} - {self.text}"
+        """One line whatever the text quotes (a file name, a parser's message): `|` starts perfdata."""
+        text = " ".join(self.text.replace("|", "/").split())
+        line = f"SPY-STREAMER {STATE_NAMES[self.code]} - {text}"
         return f"{line} | {self.perfdata}" if self.perfdata else line
 
 
@@ -202,8 +208,11 @@ class _Facts:
                 f"{hb.get('rows_written', 0)} rows written")
 
     def perfdata(self) -> str:
+        """`label=value[unit];warn;crit;min;max`, the limits where `_judge` has fixed ones: age is CRITICAL
+        outside -60 s (a future date) to twice the interval plus a second (stale), as `is_stale` says."""
         values = {**self.heartbeat, "age_seconds": round(self.age, 1)}
-        return " ".join(f"{label}={values[key]}{unit}" for label, key, unit in PERFDATA
+        age_limits = f";;{-FUTURE_TOLERANCE_SECONDS:g}:{STALE_AFTER_INTERVALS * self.interval + 1:g}"
+        return " ".join(f"{label}={values[key]}{unit}{limits or age_limits}" for label, key, unit, limits in PERFDATA
                         if isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool))
 
 
