@@ -1,7 +1,7 @@
 # spy-streamer in a container: the daemon by default, the demo with `docker compose up` (compose.yaml).
 #   docker build -t spy-streamer .
 #   docker run -d --name spy-streamer -e POLYGON_API_KEY=... -v spy-streamer-var:/app/var spy-streamer
-# Your own settings: mount them at /app/config/settings.yaml (relative paths resolve against /app).
+# Your own settings: mount them at /app/config/settings.yaml (relative paths start from its folder: ../var/data is /app/var/data).
 # The base is pinned to a full version (a floating tag changes the image under the same Dockerfile);
 # move it on purpose, e.g. to the next 3.11.x patch release.
 FROM python:3.11.14-slim-bookworm
