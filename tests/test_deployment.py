@@ -259,8 +259,10 @@ def test_the_systemd_settings_write_only_where_systemd_lets_the_service_write():
     in StateDirectory= and LogsDirectory=, the only writable places under ProtectSystem=strict."""
     systemd = yaml.safe_load(SYSTEMD_SETTINGS.read_text())
     default = yaml.safe_load((REPO_ROOT / "config" / "settings.yaml").read_text())
-    assert {**systemd, "paths": None} == {**default, "paths": None}
+    assert {**systemd, "paths": None, "storage": None} == {**default, "paths": None, "storage": None}
+    assert {**systemd["storage"], "warehouse": None} == {**default["storage"], "warehouse": None}
     config = load_config(SYSTEMD_SETTINGS)
+    assert config.storage.warehouse == "/var/lib/spy-streamer/lake"   # not relative to /etc/spy-streamer
     assert config.paths.data_dir.is_relative_to("/var/lib/spy-streamer")
     assert config.paths.heartbeat_dir.is_relative_to("/var/lib/spy-streamer")
     assert config.paths.log_file.is_relative_to("/var/log/spy-streamer")
