@@ -174,7 +174,7 @@ def test_check_command_is_fast_and_needs_no_key(tmp_path, config_file):
 def test_check_timeout_answers_unknown():
     """A heartbeat on a hung disk (an NFS mount) must not hang the monitor. A FIFO used to stand in for
     one; it is refused at once now (test_durable_files), so the judge itself hangs here."""
-    from spy_streamer.cli import _within_seconds
+    from spy_streamer.monitoring.check_plugin import _within_seconds
     started = time.monotonic()
     verdict = _within_seconds(0.3, lambda: time.sleep(20))
     assert verdict.code == UNKNOWN and "--timeout" in verdict.line() and time.monotonic() - started < 5
