@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
-from ..channels.base import REASONS
 from ..storage.durable_files import write_bytes_atomically
 from ..storage.layout import metrics_textfile_path
 from .failure_streak import FailureStreak
@@ -126,6 +125,9 @@ def _counters(heartbeat: dict[str, Any]) -> Iterator[Metric]:
     rejected = CounterMetricFamily(PREFIX + "rejected_events", "Events not stored, by reason", labels=["reason"])
     for reason, key in REJECTIONS:
         rejected.add_metric([reason], heartbeat.get(key) or 0)
+    # Loaded at the first scrape, not with this module: `run` marks pandas absent before importing the runner,
+    # and channels.base's module-level pa.scalar() fails there if it is the first pyarrow conversion.
+    from ..channels import REASONS
     counted = dict.fromkeys(REASONS, 0) | (heartbeat.get("rejected_reasons") or {})
     for reason, count in sorted(counted.items()):
         rejected.add_metric([f"invalid_{reason}"], count)
