@@ -107,6 +107,7 @@ def _compact_once(table, day: date) -> LakeCompaction:
                                                       io=table.io, write_uuid=rewrite.commit_uuid))
             for data_file in new_files:
                 rewrite.append_data_file(data_file)
+    lake_tables.write_version_hint(table)
     result = LakeCompaction(name, day, Outcome.COMPACTED, len(tasks), len(new_files), merged.num_rows,
                             rows.num_rows, sum(f.file_size_in_bytes for f in new_files),
                             round(time.monotonic() - started, 3))
@@ -169,6 +170,7 @@ def expire_snapshots(table, older_than: timedelta, now: datetime) -> Expiry:
     before = {snapshot.snapshot_id: snapshot for snapshot in table.metadata.snapshots}
     table.maintenance.expire_snapshots().older_than(cutoff).commit()
     table.refresh()
+    lake_tables.write_version_hint(table)
     kept = {snapshot.snapshot_id for snapshot in table.metadata.snapshots}
     expired = [snapshot for snapshot_id, snapshot in before.items() if snapshot_id not in kept]
     if not expired:
