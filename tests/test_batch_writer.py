@@ -755,12 +755,16 @@ def test_an_unreadable_parquet_file_does_not_stop_the_writer(data_dir):
     folder.mkdir(parents=True)
     (folder / "part-0-0-000001.parquet").write_bytes(b"PAR1 truncated by a disk error")
     restarted = Rig(data_dir)  # start_day() reads the existing keys
-    assert (folder / ".part-0-0-000001.parquet.corrupt").exists()   # kept for a person, hidden from readers
+    # kept for a person, outside the partition (Polars would read even a hidden file there)
+    assert sorted(path.name for path in folder.iterdir()) == []
+    assert (data_dir / ".set-aside" / "A" / folder.name / ".part-0-0-000001.parquet.corrupt").exists()
     bars = session_timeline(ms(ny(2025, 6, 10, 9, 40)), 3)
     restarted.send(bars)
     assert restarted.writer.flush() is True
     assert restarted.stats.rows_written == 3
     assert len(stored(data_dir)) == 3                               # the whole folder reads again
+    pl = pytest.importorskip("polars")
+    assert pl.scan_parquet(data_dir / "A", hive_partitioning=True).collect().height == 3
 
 
 def test_the_partition_holds_only_complete_parquet_files(rig, data_dir):

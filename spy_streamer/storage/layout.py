@@ -6,6 +6,7 @@ Data (hive layout, one partition per channel and day, readable by every engine):
 Bookkeeping, outside the data partitions (every engine scans `<data_dir>/<channel>/` as pure data):
     <data_dir>/.spy-streamer.lock                                      one daemon per data folder
     <data_dir>/.gaps/<channel>/date=YYYY-MM-DD.json                    the day's gap ledger
+    <data_dir>/.set-aside/<channel>/date=YYYY-MM-DD/.<name>.corrupt    an unreadable file, moved aside
     <heartbeat_dir>/polygon.json, calendar.json, spy_streamer.prom      heartbeat, calendar cache, metrics
 
 Names starting with "." or "_" are hidden: pyarrow's dataset reader skips them, so temporaries, files set
@@ -27,6 +28,7 @@ CALENDAR_FILE_NAME = "calendar.json"
 METRICS_TEXTFILE_NAME = "spy_streamer.prom"
 COMPACTION_SPILL_FOLDER = ".compaction-spill"
 CORRUPT_SUFFIX = ".corrupt"
+SET_ASIDE_FOLDER = ".set-aside"      # unreadable data files, kept for a person outside the partitions
 _MICRO_BATCH = re.compile(r"part-(\d+)-\d+-\d+\.parquet")
 
 
@@ -81,9 +83,14 @@ def symlinked_parquet_files(folder: Path) -> list[Path]:
 
 
 def set_aside_name(path: Path) -> Path:
-    """Where an unreadable file is moved for a person: hidden, and not ending in `.parquet`, so neither
-    pyarrow nor a DuckDB glob such as `*/*.parquet` (which matches hidden names) picks it up."""
-    return path.with_name(f".{path.name.lstrip('.')}{CORRUPT_SUFFIX}")
+    """Where an unreadable file is moved for a person: never inside a data partition (Polars reads every
+    file of a channel folder, hidden ones too), hidden, and not ending in `.parquet`. A partition's file
+    goes to `<data_dir>/.set-aside/<channel>/date=YYYY-MM-DD/`; a bookkeeping file stays in its folder."""
+    name = f".{path.name.lstrip('.')}{CORRUPT_SUFFIX}"
+    if partition_day_text(path.parent) is None:
+        return path.with_name(name)
+    partition, channel, data_dir = path.parent, path.parent.parent, path.parent.parent.parent
+    return data_dir / SET_ASIDE_FOLDER / channel.name / partition.name / name
 
 
 def lock_path(data_dir: Path) -> Path:

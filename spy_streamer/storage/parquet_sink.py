@@ -101,6 +101,7 @@ class ParquetSink:
     def set_aside(path: Path, exc: Exception) -> None:
         """A file no reader can open would break every whole-folder read; hide it (kept for a person)."""
         hidden = set_aside_name(path)
+        hidden.parent.mkdir(parents=True, exist_ok=True)
         path.rename(hidden)
         log.error("unreadable Parquet file %s moved aside to %s: %s", path.name, hidden.name, exc,
                   extra={"event": "corrupt_file_set_aside"})
