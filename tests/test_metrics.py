@@ -148,3 +148,29 @@ def test_promtool_finds_nothing_to_lint(config):
         result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
                                 timeout=30)
         assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result
+
+
+def test_the_daemons_endpoint_serves_live_figures_from_its_first_scrape(start, fake):
+    """The real daemon: every series (process_* and build_info included) from the first scrape, and rows
+    written since the last heartbeat visible at once (the heartbeat here is hourly)."""
+    from daemon_harness import recent_start_ms, wait_for
+    from fake_polygon import session_timeline
+    port = free_port()
+    run = start(streaming={"monitoring": {"metrics_port": port, "heartbeat_interval_seconds": 3600}})
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scraped():
+        try:
+            return scrape(url)
+        except OSError:
+            return None
+    first = samples(wait_for(scraped, timeout=30, what="the metrics endpoint"))
+    assert ("process_cpu_seconds_total", ()) in first and ("spy_streamer_clock_skew_seconds", ()) in first
+    assert [key for key in first if key[0] == "spy_streamer_build_info"]
+    assert fake.wait_for_subscribers(1, timeout=15)
+    fake.push(session_timeline(recent_start_ms(300), 100), frame_size=10)
+    live = wait_for(lambda: samples(scrape(url))[("spy_streamer_rows_written_total", ())] == 100 or None,
+                    timeout=15, what="100 rows in a scrape")
+    assert live and set(samples(scrape(url))) >= set(first)
+    assert run.heartbeat()["rows_written"] == 0          # no heartbeat since: the scrape read the live stats
+    assert run.daemon.stop()[0] == 0
