@@ -15,50 +15,50 @@ from .config import Config, ConfigError, load_config, require_api_key, resolve_c
 from .exit_codes import EX_CONFIG, EX_LOCKED, EX_SOFTWARE
 from .monitoring.check_plugin import (DESCRIPTION as CHECK_DESCRIPTION, add_check_arguments, positive_seconds,
                                        run_check)
-from .monitoring.health_check import HeartbeatUnreadable, heartbeat_path, load_heartbeat
+from .monitoring.health_check import HeartbeatUnreadable, heartbeat_path, heartbeat_written_at, load_heartbeat
 from .log_setup import REDACTED, configure_logging, discard_stdout
 
 # Everything heavier (pyarrow, the Polygon client, the holiday rules) is imported by the command that
 # needs it: `check` runs as a container probe with a one-second budget and must start fast.
 
 def _operator_calendar(config: Config):
-    """For status and check: the daemon's calendar (exchange rules and Polygon's list as last saved), built
-    without key or network; warnings go to stderr. The key, when set, lets `status` refresh the list."""
-    from .market.calendar_store import load_calendar
+    """For status: the daemon's calendar (exchange rules and Polygon's list as last saved, and when that was
+    fetched), built without key or network; warnings go to stderr. The key, when set, lets `status` refresh
+    the list."""
+    from .market.calendar_store import load_calendar_and_fetch_time
     api_key = os.environ.get(config.polygon.api_key_env, "").strip() or None
     configure_logging(None, secrets=(api_key or "",), level=logging.WARNING)
-    return load_calendar(config), api_key
+    return *load_calendar_and_fetch_time(config), api_key
 
 
-def _calendar_source(config: Config, calendar, api_key: str | None) -> str:
+def _calendar_source(config: Config, calendar, fetched: datetime | None, api_key: str | None) -> str:
     """Status refreshes Polygon's list when it can (at most STATUS_TIMEOUT_SECONDS) and says what it used."""
     from .market.calendar_refresh import STATUS_TIMEOUT_SECONDS, polygon_refresher
-    from .market.calendar_store import calendar_path, load_known_days
     rules = config.market_hours.holiday_rules
     rules = "no exchange rules" if rules == "none" else f"{rules} rules"
     if api_key is not None and polygon_refresher(config, calendar, api_key, STATUS_TIMEOUT_SECONDS).refresh():
         return f"calendar: {rules} + Polygon's list (fetched now)"
-    fetched = load_known_days(calendar_path(config)).fetched_at
     saved = f"as fetched {fetched:%Y-%m-%d %H:%M %Z}" if fetched else "never fetched"
     why = f"{config.polygon.api_key_env} is not set" if api_key is None else "refresh failed"
     return f"calendar: {rules} + Polygon's list {saved} ({why})"
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from .reports.status_report import heartbeat_lines, market_lines, status_document
-    calendar, api_key = _operator_calendar(config)
-    source = _calendar_source(config, calendar, api_key)
+    from .reports.status_report import calendar_lines, heartbeat_lines, market_lines, status_document
+    calendar, fetched, api_key = _operator_calendar(config)
+    source = _calendar_source(config, calendar, fetched, api_key)
     now = datetime.now(timezone.utc)
     try:
         heartbeat, problem = load_heartbeat(heartbeat_path(config)), None
     except HeartbeatUnreadable as exc:
         heartbeat, problem = None, str(exc)
+    written_at = heartbeat_written_at(heartbeat_path(config))
     if args.json:
-        print(json.dumps(status_document(calendar, now, source, heartbeat) | {"heartbeat_problem": problem}))
+        print(json.dumps(status_document(calendar, now, source, heartbeat, written_at) | {"heartbeat_problem": problem}))
         return 0
-    lines = market_lines(calendar, now) + [source]
+    lines = market_lines(calendar, now) + [source] + calendar_lines(calendar, now)
     try:
-        lines += [f"heartbeat: {problem}"] if problem else heartbeat_lines(heartbeat, now, calendar.tz)
+        lines += [f"heartbeat: {problem}"] if problem else heartbeat_lines(heartbeat, now, calendar.tz, written_at)
     except ValueError as exc:
         lines.append(f"heartbeat: {exc}")
     print("\n".join(lines))

@@ -58,6 +58,10 @@ class FakeClock:
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
 
+    def jump(self, seconds: float) -> None:
+        """The wall clock alone moves (set by hand, an NTP step): the monotonic clock does not."""
+        self._now += timedelta(seconds=seconds)
+
 
 def settings(tmp_path: Path, **sections) -> dict:
     """The default settings with output under tmp_path, deep-merged with `sections`."""

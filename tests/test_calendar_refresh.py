@@ -13,8 +13,8 @@ import pytest
 from conftest import FakeClock, REPO_ROOT, TEST_API_KEY, ny, settings, write_settings
 from fake_polygon import FakePolygon, holiday_rows
 from spy_streamer.market.calendar_refresh import PolygonCalendarRefresher, polygon_refresher
-from spy_streamer.market.calendar_store import (KnownDays, calendar_path, load_calendar, load_known_days, merge_days,
-                                         save_known_days)
+from spy_streamer.market.calendar_store import (ANSWER_SPAN_DAYS, KnownDays, answer_window, apply_answer,
+                                                calendar_path, load_calendar, load_known_days, save_known_days)
 from spy_streamer.config import load_config
 from spy_streamer.market.market_hours import MarketCalendar
 from spy_streamer.data_sources.polygon_rest import fetch_upcoming_holidays, make_rest_client
@@ -73,16 +73,33 @@ def test_the_cache_is_loaded_at_start_without_network(tmp_path):
     assert not restarted.is_market_open(ny(2025, 12, 25, 12))               # the rules still apply
 
 
-def test_a_shorter_answer_never_erases_a_known_day(store):
+def test_a_later_answer_that_leaves_a_day_out_retracts_it(store):
+    """Seen: one answer closed a regular Tuesday; the truth (`[]`) came next, and the closure stayed in
+    calendar.json for good ("never shrinks"): a restart still stored nothing that day."""
     fetch = Fetch(MOURNING + HALF_DAY)
     refresher = refresher_for(store, fetch)
     refresher.refresh()
-    fetch.rows = holiday_rows("2026-12-31", "Late")                         # today and tomorrow left out
+    fetch.rows = holiday_rows("2026-12-31", "Late")                         # the two days left out
     assert refresher.refresh() is True
     for calendar in (refresher.calendar, MarketCalendar(HOURS, load_known_days(store).days)):
-        assert calendar.session_on(date(2026, 11, 24)) is None
-        assert calendar.session_on(date(2026, 11, 25)).close == ny(2026, 11, 25, 12)
+        assert calendar.session_on(date(2026, 11, 24)).close == ny(2026, 11, 24, 16)
+        assert calendar.session_on(date(2026, 11, 25)).close == ny(2026, 11, 25, 16)
         assert calendar.session_on(date(2026, 12, 31)) is None
+    fetch.rows = []                                                         # an empty answer retracts too
+    refresher.refresh()
+    assert load_known_days(store).days == {}
+
+
+def test_days_past_the_answers_window_are_kept():
+    far = date(2027, 6, 1)
+    known = {far: SpecialDay(far, "Far"), date(2026, 11, 2): SpecialDay(date(2026, 11, 2), "Past"),
+             date(2026, 11, 24): SpecialDay(date(2026, 11, 24), "Retracted")}
+    learned = {date(2026, 12, 24): SpecialDay(date(2026, 12, 24), "Listed")}
+    assert answer_window(learned, date(2026, 11, 23)) == (date(2026, 11, 23), date(2027, 2, 21))
+    assert set(apply_answer(known, learned, date(2026, 11, 23))) == {far, date(2026, 11, 2), date(2026, 12, 24)}
+    later = {date(2027, 7, 3): SpecialDay(date(2027, 7, 3), "Listed far")}     # reaches past `far`: retracts it
+    assert set(apply_answer(known, later, date(2026, 11, 23))) == {date(2026, 11, 2), date(2027, 7, 3)}
+    assert ANSWER_SPAN_DAYS == 90
 
 
 def test_a_later_answer_wins_for_the_days_it_lists(store):
@@ -92,12 +109,6 @@ def test_a_later_answer_wins_for_the_days_it_lists(store):
     fetch.rows = holiday_rows("2026-11-25", "Closed after all")
     refresher.refresh()
     assert refresher.calendar.closed_reason(ny(2026, 11, 25, 10)) == "holiday: Closed after all"
-
-
-def test_merge_keeps_every_layer_and_later_layers_win():
-    first = {date(2026, 1, 2): SpecialDay(date(2026, 1, 2), "a"), date(2026, 1, 5): SpecialDay(date(2026, 1, 5), "b")}
-    later = {date(2026, 1, 5): SpecialDay(date(2026, 1, 5), "c")}
-    assert merge_days(first, later) == {date(2026, 1, 2): first[date(2026, 1, 2)], date(2026, 1, 5): later[date(2026, 1, 5)]}
 
 
 def test_failures_warn_once_per_streak_and_recovery_is_said_once(store, caplog):
@@ -145,7 +156,7 @@ def test_an_unwritable_cache_keeps_the_days_in_memory(tmp_path, caplog):
     assert refresher.calendar.session_on(date(2026, 11, 24)) is None
 
 
-def test_concurrent_refreshes_lose_no_day(store):
+def test_concurrent_refreshes_apply_whole_answers(store):
     calendar = MarketCalendar(HOURS)
     first, second = refresher_for(store, Fetch(MOURNING), calendar), refresher_for(store, Fetch(HALF_DAY), calendar)
     threads = [threading.Thread(target=refresher.refresh) for refresher in (first, second) * 5]
@@ -153,8 +164,8 @@ def test_concurrent_refreshes_lose_no_day(store):
         thread.start()
     for thread in threads:
         thread.join(10)
-    for days in (calendar.polygon_days, load_known_days(store).days):
-        assert {date(2026, 11, 24), date(2026, 11, 25)} <= set(days)
+    assert set(calendar.polygon_days) in ({date(2026, 11, 24)}, {date(2026, 11, 25)})   # one answer, not a mix
+    assert load_known_days(store).days == calendar.polygon_days
 
 
 def test_save_and_load_round_trip(store):

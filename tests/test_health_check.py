@@ -144,7 +144,7 @@ def test_one_failed_write_warns_and_failing_writes_are_critical(config):
     (lambda rig: setattr(rig.monitor, "queue_fill", lambda: (900, 0.8)), "80% full"),
     (lambda rig: setattr(rig.monitor.backfill, "backfill_failures", 2), "could not be backfilled"),
     (lambda rig: setattr(rig.monitor.backfill, "backfill_requests", 3), "3 gap(s) waiting for REST backfill"),
-    (lambda rig: setattr(rig.writer, "clock_skew_seconds", 86402.0), "disagree by 86402 s"),
+    (lambda rig: setattr(rig.writer, "clock_skew_seconds", 86402.0), "clock skew: the daemon's clock is 86402 s ahead"),
     (lambda rig: setattr(rig.monitor.backfill, "gap_ledger_set_aside", 1), "1 gap ledger file(s) set aside"),
     (lambda rig: setattr(rig.monitor.backfill, "gaps_over_bound", 4), "4 gap(s) not backfilled: the gap ledger is full"),
 ])

@@ -344,8 +344,8 @@ class BatchWriter(Service):
         """Of rows that passed the channel's rules: drop late, out-of-session and already stored ones;
         queue the rest for the next flush."""
         self.stats.events_received += table.num_rows
-        if source == "ws" and table.num_rows and "end" in table.column_names:
-            self._check_clock(table)
+        if source == "ws" and table.num_rows:
+            self._check_clock(lane, table)
         table = self._in_session(lane, table)
         if lane.gap_from and source == "ws" and table.num_rows:
             for gap in lane.close_gaps(table.column("symbol").to_pylist(), lane.channel.time_ms(table).to_pylist()):
@@ -385,11 +385,13 @@ class BatchWriter(Service):
         merged = Counter(self.stats.rejected_reasons) + rejected
         self.stats.rejected_reasons = dict(sorted(merged.items()))
 
-    def _check_clock(self, table: pa.Table) -> None:
-        """Live bars arrive about 2 s after they end; a steady disagreement means the wall clock is wrong."""
-        newest_end_ms = pc.max(epoch_ms(table.column("end"))).as_py()
+    def _check_clock(self, lane: Lane, table: pa.Table) -> None:
+        """Live events arrive moments after their exchange time (a bar about 2 s after it ends); a steady
+        disagreement, either way, means the wall clock is wrong."""
+        times = epoch_ms(table.column("end")) if "end" in table.column_names else lane.channel.time_ms(table)
+        newest_ms = pc.max(times).as_py()
         received_ns = pc.max(table.column("received_at")).cast(pa.int64()).as_py() * 1000
-        self._skew.observe(received_ns, newest_end_ms, self.clock.monotonic())
+        self._skew.observe(received_ns, newest_ms, self.clock.monotonic())
         self.stats.clock_skew_seconds = self._skew.skew_seconds
 
     def _store(self, lane: Lane, table: pa.Table, source: str) -> None:

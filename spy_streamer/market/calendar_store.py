@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "polygon /v1/marketstatus/upcoming"
 MAX_CALENDAR_BYTES = 1_000_000   # a few hundred bytes a year of special days; more is not ours
+ANSWER_SPAN_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,30 @@ def calendar_path(config: Config) -> Path:
 
 def load_calendar(config: Config) -> MarketCalendar:
     """The configured hours, the exchange rules and what Polygon taught before: no key, no network."""
-    return MarketCalendar(config.market_hours, load_known_days(calendar_path(config)).days)
+    return load_calendar_and_fetch_time(config)[0]
 
 
-def merge_days(*layers: Mapping[date, SpecialDay]) -> dict[date, SpecialDay]:
-    """Later layers win for the dates they list; a date no later layer lists is kept, never forgotten
-    (Polygon's list covers upcoming days only and may leave one out: today, or one near its horizon)."""
-    merged: dict[date, SpecialDay] = {}
-    for layer in layers:
-        merged.update(layer)
-    return merged
+def load_calendar_and_fetch_time(config: Config) -> tuple[MarketCalendar, datetime | None]:
+    """The calendar, and when Polygon's list in it was fetched (None: never): the file is read once."""
+    known = load_known_days(calendar_path(config))
+    return MarketCalendar(config.market_hours, known.days), known.fetched_at
+
+
+def answer_window(learned: Mapping[date, SpecialDay], fetched_on: date) -> tuple[date, date]:
+    """The dates one `upcoming` answer speaks for: from the day it was fetched through the last day it lists,
+    and at least ANSWER_SPAN_DAYS. An honest answer always reaches that far (NYSE never goes 90 days without
+    a holiday, and the list names the next one), so an answer that lists less says "nothing special here"."""
+    last_listed = max(learned, default=fetched_on)
+    return fetched_on, max(last_listed, fetched_on + timedelta(days=ANSWER_SPAN_DAYS))
+
+
+def apply_answer(known: Mapping[date, SpecialDay], learned: Mapping[date, SpecialDay],
+                 fetched_on: date) -> dict[date, SpecialDay]:
+    """The latest answer is the authority for its window: a day listed before and left out now is no longer
+    special (a retraction wins). Known days outside the window (the past, or beyond its horizon) are kept."""
+    first, last = answer_window(learned, fetched_on)
+    kept = {day: special for day, special in known.items() if not first <= day <= last}
+    return {**kept, **learned}
 
 
 def load_known_days(path: Path) -> KnownDays:
@@ -60,7 +75,7 @@ def load_known_days(path: Path) -> KnownDays:
         return _parse_document(json.loads(read_regular_file(path, MAX_CALENDAR_BYTES)))
     except (FileNotFoundError, NotADirectoryError):   # nothing saved yet (the folder may be missing too)
         return KnownDays()
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
         log.warning("calendar cache %s is unreadable (%s); using the exchange rules only until the next "
                     "refresh", path, exc, extra={"event": "calendar_cache_unreadable"})
         return KnownDays()

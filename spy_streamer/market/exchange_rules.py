@@ -22,14 +22,12 @@ import re
 from datetime import date, datetime, time, timezone
 from types import MappingProxyType
 from typing import Callable, Mapping
-from zoneinfo import ZoneInfo
 
 import holidays
 from holidays.constants import HALF_DAY, PUBLIC
 
-from .special_days import SpecialDay
+from .special_days import EXCHANGE_TZ, SpecialDay
 
-EXCHANGE_TZ = ZoneInfo("America/New_York")
 REGULAR_EARLY_CLOSE = time(13, 0)
 _CLOSE_LABEL = re.compile(r"\s*\(markets close at (\d{1,2}):(\d{2})\s*([ap]m)\)", re.IGNORECASE)
 

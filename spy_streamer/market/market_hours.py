@@ -19,24 +19,24 @@ at once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from types import MappingProxyType
 from typing import Mapping
-from zoneinfo import ZoneInfo
 
 from ..config import MarketHoursConfig
 from .exchange_rules import RULE_SETS
-from .special_days import SpecialDay
+from .special_days import EXCHANGE_TZ, SpecialDay
 
-__all__ = ["MarketCalendar", "Session", "SpecialDay"]
+__all__ = ["Disagreement", "MarketCalendar", "Session", "SpecialDay"]
 
 LOOKAHEAD_DAYS = 30
+NO_SESSION_IN_SIGHT = f"no session in the next {LOOKAHEAD_DAYS} days by the calendar"
 
 
 # Extended hours (opt-in): pre-market from 04:00 New York, after-hours until 4 h after the regular close
 # (20:00; 17:00 after a 13:00 early close), as Nasdaq and NYSE Arca run them.
-EXCHANGE_TZ = ZoneInfo("America/New_York")
 PRE_MARKET_OPENS = time(4, 0)
 AFTER_HOURS_SPAN = timedelta(hours=4)
 
@@ -57,6 +57,24 @@ class Session:
     def regular(self) -> tuple[datetime, datetime]:
         """(open, close) of the regular session (the whole session without extended hours)."""
         return (self.regular_open or self.open, self.regular_close or self.close)
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A day Polygon's list and the exchange rules describe differently (Polygon's is applied)."""
+    day: date
+    polygon: str      # "closed (National Day of Mourning)", "early close 09:30-12:31 (Half Day)"
+    rules: str        # "regular session 09:30-16:00", "early close 09:30-13:00 (Christmas Eve)"
+
+    def describe(self) -> str:
+        return f"{self.day}: Polygon says {self.polygon}, the exchange rules say {self.rules}"
+
+    def as_row(self) -> dict[str, str]:
+        return {"date": self.day.isoformat(), "polygon": self.polygon, "rules": self.rules}
+
+
+def _bounds(session: Session | None) -> tuple[datetime, datetime] | None:
+    return None if session is None else (session.open, session.close)
 
 
 class MarketCalendar:
@@ -91,9 +109,33 @@ class MarketCalendar:
 
     def regular_session_on(self, day: date) -> Session | None:
         """The regular session of a local date, or None when the market does not open that day."""
+        return self._regular_session(day, self.special_day(day))
+
+    def polygon_only_days(self, since: date) -> list[Disagreement]:
+        """From `since` on, the days whose session Polygon's list changes against the exchange rules (a
+        closure or early close only Polygon states, or another closing time): applied, and worth showing.
+        None with `holiday_rules: none` (there are no rules to disagree with)."""
+        if self.hours.holiday_rules == "none":
+            return []
+        found = []
+        for day in sorted(day for day in self._polygon_days if day >= since):
+            by_rules = self._rules(day.year).get(day)
+            polygon, rules = self.regular_session_on(day), self._regular_session(day, by_rules)
+            if _bounds(polygon) != _bounds(rules):
+                found.append(Disagreement(day, self._describe(polygon, self._polygon_days[day]),
+                                          self._describe(rules, by_rules)))
+        return found
+
+    def _describe(self, session: Session | None, special: SpecialDay | None) -> str:
+        name = f" ({special.name})" if special is not None else ""
+        if session is None:
+            return f"closed{name}"
+        opens, closes = (instant.astimezone(self.tz) for instant in (session.open, session.close))
+        return f"{'early close' if special is not None else 'regular session'} {opens:%H:%M}-{closes:%H:%M}{name}"
+
+    def _regular_session(self, day: date, special: SpecialDay | None) -> Session | None:
         if day.weekday() not in self.hours.active_days:
             return None
-        special = self.special_day(day)
         if special is not None and special.closed:
             return None
         # Instants are kept in UTC: arithmetic between two datetimes sharing one ZoneInfo is wall-clock
@@ -106,29 +148,33 @@ class MarketCalendar:
         closes = min(closes, special.close)
         return Session(opens, closes, special) if opens < closes else None
 
-    def current_or_next_session(self, now: datetime | None = None) -> Session:
-        """The session in progress at `now`, else the next one to open."""
+    def current_or_next_session(self, now: datetime | None = None) -> Session | None:
+        """The session in progress at `now`, else the next one to open; None when none opens within
+        LOOKAHEAD_DAYS (a calendar that closes a whole month: every caller names that state, none fails)."""
         now = self._now(now)
         first_day = now.astimezone(self.tz).date()
         for offset in range(LOOKAHEAD_DAYS):
             session = self.session_on(first_day + timedelta(days=offset))
             if session is not None and session.close > now:
                 return session
-        raise RuntimeError(f"no market session in the next {LOOKAHEAD_DAYS} days; check active_days")
+        return None
 
     def is_market_open(self, now: datetime | None = None) -> bool:
         now = self._now(now)
-        return self.current_or_next_session(now).open <= now
+        session = self.current_or_next_session(now)
+        return session is not None and session.open <= now
 
     def seconds_until_market_open(self, now: datetime | None = None) -> float:
-        """0 while open; otherwise the time to the next open."""
+        """0 while open; otherwise the time to the next open (infinite with no session in sight)."""
         now = self._now(now)
-        return max(0.0, (self.current_or_next_session(now).open - now).total_seconds())
+        session = self.current_or_next_session(now)
+        return math.inf if session is None else max(0.0, (session.open - now).total_seconds())
 
     def seconds_until_market_close(self, now: datetime | None = None) -> float:
-        """Time to the close of the current session, or of the next one while closed."""
+        """Time to the close of the current session, or of the next one while closed (or infinite)."""
         now = self._now(now)
-        return (self.current_or_next_session(now).close - now).total_seconds()
+        session = self.current_or_next_session(now)
+        return math.inf if session is None else (session.close - now).total_seconds()
 
     def trading_day(self, now: datetime | None = None) -> date:
         """The local (exchange time zone) calendar date of `now`."""
@@ -139,6 +185,8 @@ class MarketCalendar:
         now = self._now(now)
         if self.is_market_open(now):
             return None
+        if self.current_or_next_session(now) is None:
+            return NO_SESSION_IN_SIGHT
         today = self.trading_day(now)
         if today.weekday() not in self.hours.active_days:
             return "weekend"

@@ -11,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Iterable
+from zoneinfo import ZoneInfo
 
+MAX_NAME_CHARS = 100   # a name is shown in logs, `status` and `check`: a hostile one stays one line's worth
 # The equity session follows NYSE and NASDAQ (not OTC).
 EQUITY_EXCHANGES = ("NYSE", "NASDAQ")
+EXCHANGE_TZ = ZoneInfo("America/New_York")
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,18 @@ def parse_polygon_rows(rows: Iterable[dict[str, Any]]) -> dict[date, SpecialDay]
 
 
 def special_day_from_row(row: dict[str, Any]) -> SpecialDay | None:
-    """One row (`date`, `name`, `status` closed|early-close, `open`, `close`), or None when it is not one."""
+    """One row (`date`, `name`, `status` closed|early-close, `open`, `close`), or None when it is not one:
+    an early close's instants must fall on its own date in New York, the open before the close."""
     try:
         day = date.fromisoformat(row["date"])
-        name = str(row.get("name") or "holiday")
+        name = " ".join(str(row.get("name") or "").split())[:MAX_NAME_CHARS] or "holiday"   # one line
         if row["status"] == "closed":
             return SpecialDay(day, name)
         if row["status"] == "early-close":
-            opens = _utc_instant(row["open"]) if row.get("open") else None
-            return SpecialDay(day, name, opens, _utc_instant(row["close"]))
-    except (KeyError, TypeError, ValueError):
+            opens = _instant_on(day, row["open"]) if row.get("open") else None
+            closes = _instant_on(day, row["close"])
+            return SpecialDay(day, name, opens, closes) if opens is None or opens < closes else None
+    except (KeyError, TypeError, ValueError, OverflowError):   # OverflowError: an instant near year 1 or 9999
         pass
     return None
 
@@ -71,11 +76,15 @@ def special_day_to_row(special: SpecialDay) -> dict[str, Any]:
     return row
 
 
-def _utc_instant(text: str) -> datetime:
+def _instant_on(day: date, text: str) -> datetime:
+    """`text` as a UTC instant; ValueError unless it falls on `day` in New York (a close of 2099 on a day
+    of 2026 is not an early close)."""
     # Polygon writes "2026-11-27T18:00:00.000Z"; fromisoformat accepts "Z" from Python 3.11 on.
     instant = datetime.fromisoformat(text)
     if instant.tzinfo is None:
         raise ValueError(f"timestamp without a zone: {text!r}")
+    if instant.astimezone(EXCHANGE_TZ).date() != day:
+        raise ValueError(f"{text!r} is not on {day}")
     return instant.astimezone(timezone.utc)
 
 

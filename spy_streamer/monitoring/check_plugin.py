@@ -26,7 +26,7 @@ from .. import __version__
 from ..config import ConfigError, load_config, resolve_config_path
 from ..log_setup import REDACTED, discard_stdout
 from .health_check import OK, UNKNOWN, WARNING, HeartbeatUnreadable, Verdict, evaluate_health, heartbeat_path, \
-    load_heartbeat
+    heartbeat_written_at, load_heartbeat
 
 PROG = "spy-streamer check"
 PROBE_FLAGS = ("--probe", "--docker")
@@ -108,7 +108,8 @@ def _health(config) -> Verdict:
         heartbeat = load_heartbeat(heartbeat_path(config))
     except HeartbeatUnreadable as exc:
         return Verdict(UNKNOWN, str(exc))
-    return evaluate_health(heartbeat, datetime.now(timezone.utc), lambda now: _market_open(config, now))
+    return evaluate_health(heartbeat, datetime.now(timezone.utc), lambda now: _market_open(config, now),
+                           heartbeat_written_at(heartbeat_path(config)))
 
 
 def _market_open(config, now: datetime) -> bool:

@@ -1,7 +1,8 @@
-"""Clock sanity: the bars carry Polygon's own times, so a wall clock that is wrong shows as a steady gap
-between when a bar arrives and when it ended. A second bar arrives about two seconds after its end; a
-clock a day off would reject every bar as late or out of session, silently. One WARNING `clock_skew`
-when the disagreement lasts, and `clock_skew_seconds` in the heartbeat (which makes `check` WARN).
+"""Clock sanity: events carry the exchange's own times, so a wall clock that is wrong shows as a steady gap
+between when an event arrives and its time (a bar's end, a trade's or quote's SIP time), either way. A
+second bar arrives about two seconds after its end, a trade within milliseconds; a clock a day off would
+reject every row as late or out of session, silently. One WARNING `clock_skew` when the disagreement
+lasts, and `clock_skew_seconds` in the heartbeat (which makes `check` WARN).
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ SUSTAINED_SECONDS = 60.0       # a burst of delayed bars (a backlog after a stal
 
 
 class ClockSkewDetector:
-    """`observe()` from the writer for each batch of live bars; `skew_seconds` is None while the clock
-    agrees with the feed, else the arrival time minus the newest bar's end (negative: clock behind)."""
+    """`observe()` from the writer for each batch of live events; `skew_seconds` is None while the clock
+    agrees with the feed, else the arrival time minus the newest event's time (negative: clock behind)."""
 
     def __init__(self, max_skew_seconds: float = MAX_SKEW_SECONDS, sustained_seconds: float = SUSTAINED_SECONDS):
         self.max_skew_seconds = max_skew_seconds

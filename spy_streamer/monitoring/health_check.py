@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from .rejection_watch import describe_rejections
 
 from ..storage import layout
 from ..storage.durable_files import read_regular_file
@@ -22,6 +24,7 @@ STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNK
 FUTURE_TOLERANCE_SECONDS = 60.0   # a heartbeat dated later than this is a wrong clock, not a fresh beat
 STALE_AFTER_INTERVALS = 2
 PENDING_AFTER_INTERVALS = 2
+REJECTING_AFTER_INTERVALS = 2
 QUEUE_WARNING_FILL = 0.5
 # (label, heartbeat key, unit, the fixed `;warn;crit;min;max` tail of the guidelines' perfdata format).
 # `age` gets its critical range from the heartbeat's interval (_Facts.perfdata).
@@ -72,6 +75,28 @@ def is_stale(heartbeat: dict[str, Any], age_seconds: float) -> bool:
     return age_seconds > STALE_AFTER_INTERVALS * interval + 1
 
 
+def heartbeat_written_at(path: Path) -> datetime | None:
+    """When the heartbeat file was last written, by this host's clock (the file system's time): the proof
+    that the daemon is alive even when its own clock, and so its `updated_at`, is off."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except (OSError, OverflowError, ValueError):
+        return None
+
+
+def age_and_clock_offset(heartbeat: dict[str, Any], now: datetime,
+                         written_at: datetime | None) -> tuple[float, float | None]:
+    """(seconds since the heartbeat was written, the daemon's clock minus this host's or None when they
+    agree). With a daemon clock far off, `updated_at` says nothing about liveness; the file's time does."""
+    age = heartbeat_age_seconds(heartbeat, now)
+    if written_at is None:
+        return age, None
+    offset = (datetime.fromisoformat(heartbeat["updated_at"]) - written_at).total_seconds()
+    if abs(offset) <= FUTURE_TOLERANCE_SECONDS:
+        return age, None
+    return (now - written_at).total_seconds(), offset
+
+
 def heartbeat_age_seconds(heartbeat: dict[str, Any], now: datetime) -> float:
     """Seconds since the heartbeat was written; ValueError when it carries no valid `updated_at`."""
     try:
@@ -95,12 +120,14 @@ class Verdict:
 
 
 def evaluate_health(heartbeat: dict[str, Any] | None, now: datetime,
-                    market_open_now: Callable[[datetime], bool] | None = None) -> Verdict:
-    """The verdict on `heartbeat` (None: there is no heartbeat file) at `now`."""
+                    market_open_now: Callable[[datetime], bool] | None = None,
+                    written_at: datetime | None = None) -> Verdict:
+    """The verdict on `heartbeat` (None: there is no heartbeat file) at `now`; `written_at` is the file's
+    time (heartbeat_written_at), which tells a daemon with a wrong clock from a hung one."""
     if heartbeat is None:
         return Verdict(UNKNOWN, "no heartbeat file yet (has the daemon run with this config?)")
     try:
-        facts = _Facts(heartbeat, now)
+        facts = _Facts(heartbeat, now, written_at)
     except (KeyError, TypeError, ValueError) as exc:
         return Verdict(UNKNOWN, f"heartbeat is not usable: {exc}")
     code, problem = _judge(facts, market_open_now)
@@ -121,12 +148,22 @@ def _judge(facts: "_Facts", market_open_now) -> tuple[int, str | None]:
         return CRITICAL, f"heartbeat is {facts.age:.0f} s old (daemon hung or dead)"
     if hb["status"] == "stalled":
         return CRITICAL, "no market data while the market is open (stream stalled)"
+    if hb.get("session_in_sight") is False:
+        return CRITICAL, f"{hb.get('closed_reason') or 'no session in sight'}: capturing nothing"
     if market_open and hb["status"] == "market_closed":
         return CRITICAL, "the market is open but no session is running"
     waiting = facts.rows_waiting_seconds()
     if waiting is not None and waiting > PENDING_AFTER_INTERVALS * facts.write_interval:
         return CRITICAL, (f"{hb['rows_pending']} rows not written for {waiting:.0f} s "
                           f"({hb.get('last_write_error') or 'writer behind'})")
+    rejecting = hb.get("rejecting_seconds")
+    if market_open and isinstance(rejecting, (int, float)) and rejecting > REJECTING_AFTER_INTERVALS * facts.write_interval:
+        return CRITICAL, (f"messages arrive but (nearly) every row is rejected, for {rejecting:.0f} s: "
+                          f"{describe_rejections(hb.get('rejected_in_streak') or {})}")
+    if facts.clock_offset is not None:
+        return WARNING, (f"clock skew: the daemon's clock is {abs(facts.clock_offset):.0f} s "
+                         f"{'ahead of' if facts.clock_offset > 0 else 'behind'} this host's (its heartbeat is "
+                         f"still rewritten: alive)")
     return _warning(hb)
 
 
@@ -138,7 +175,14 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
     if (hb.get("lake") or {}).get("last_error"):
         return WARNING, f"lake commits failing, {hb.get('upload_backlog')} batch(es) staged ({hb['lake']['last_error'][:80]})"
     if hb.get("clock_skew_seconds") is not None:
-        return WARNING, f"the wall clock and the bars disagree by {hb['clock_skew_seconds']:.0f} s"
+        skew = hb["clock_skew_seconds"]
+        return WARNING, (f"clock skew: the daemon's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} "
+                         f"the exchange timestamps of the events it receives")
+    disagreements = hb.get("calendar_disagreements")
+    if isinstance(disagreements, list) and disagreements and isinstance(disagreements[0], dict):
+        first, others = disagreements[0], f" (and {len(disagreements) - 1} more day(s))" if len(disagreements) > 1 else ""
+        return WARNING, (f"calendar: Polygon's list overrides the exchange rules on {first.get('date')}: Polygon "
+                         f"says {first.get('polygon')}, the rules say {first.get('rules')}; Polygon's is applied{others}")
     if (hb.get("queue_fill_ratio") or 0) > QUEUE_WARNING_FILL:
         return WARNING, f"the frame queue is {hb['queue_fill_ratio']:.0%} full (writer behind)"
     if hb.get("gaps_over_bound"):
@@ -169,9 +213,9 @@ def _failure_streaks(hb: dict[str, Any]) -> tuple[int, str | None]:
 class _Facts:
     """The figures `check` needs, parsed once; KeyError/TypeError/ValueError when the heartbeat lacks one."""
 
-    def __init__(self, heartbeat: dict[str, Any], now: datetime):
+    def __init__(self, heartbeat: dict[str, Any], now: datetime, written_at: datetime | None = None):
         self.heartbeat, self.now = heartbeat, now
-        self.age = heartbeat_age_seconds(heartbeat, now)
+        self.age, self.clock_offset = age_and_clock_offset(heartbeat, now, written_at)
         self.updated_at = datetime.fromisoformat(heartbeat["updated_at"])
         self.interval = _positive(heartbeat["heartbeat_interval_seconds"], "heartbeat_interval_seconds")
         self.write_interval = _positive(heartbeat.get("write_interval_seconds") or self.interval,
@@ -182,13 +226,15 @@ class _Facts:
     def market_open(self, market_open_now) -> bool:
         """Per the heartbeat's own next open and close; the calendar only when those are behind us."""
         hb = self.heartbeat
-        next_open, next_close = (datetime.fromisoformat(hb[key]) for key in ("next_open", "next_close"))
+        next_open, next_close = (_instant(hb[key]) for key in ("next_open", "next_close"))
+        if next_close is None:       # no session in sight (a rule of its own)
+            return False
         if hb["market_open"] and self.now < next_close:
             return True
-        if next_open > next_close:   # the session it describes ended; the next one opens at next_open
+        if next_open is not None and next_open > next_close:   # that session ended; the next opens at next_open
             if self.now < next_open:
                 return False
-        elif self.now < next_close:
+        elif next_open is not None and self.now < next_close:
             return self.now >= next_open
         return market_open_now(self.now) if market_open_now is not None else False
 
@@ -214,6 +260,10 @@ class _Facts:
         age_limits = f";;{-FUTURE_TOLERANCE_SECONDS:g}:{STALE_AFTER_INTERVALS * self.interval + 1:g}"
         return " ".join(f"{label}={values[key]}{unit}{limits or age_limits}" for label, key, unit, limits in PERFDATA
                         if isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool))
+
+
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def _positive(value: Any, name: str) -> float:

@@ -21,11 +21,15 @@ from ..market.market_hours import MarketCalendar
 from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
 from ..orchestrator.service import Service
 from .failure_streak import FailureStreak, active_streaks
+from .rejection_watch import RejectionWatch
 
 log = logging.getLogger(__name__)
 
 MAX_CHECK_TICK_SECONDS = 1.0   # while the market is open: a stall is seen within this of its threshold
 
+
+
+MAX_DISAGREEMENTS = 5      # the heartbeat names the nearest few days Polygon's list overrides; `status` all
 
 
 def _iso(instant: datetime | None) -> str | None:
@@ -72,6 +76,7 @@ class HeartbeatMonitor(Service):
         self._write_streak = FailureStreak("heartbeat_write", log, "heartbeat_write_failed",
                                            "heartbeat_write_recovered", logging.ERROR)
         self._failure: str | None = None
+        self._rejections = RejectionWatch(writer, write_interval_seconds or interval_seconds, self.clock.monotonic)
         # The heartbeat thread and the runner (at open, close and stop) both write the file.
         self._write_lock = threading.Lock()
 
@@ -104,6 +109,7 @@ class HeartbeatMonitor(Service):
         next_beat = self.clock.monotonic() + self.interval_seconds
         while not self.stop_requested.wait(self._seconds_to_next_check(next_beat)):
             self.check_stalled_stream()
+            self.check_rejections()
             if self.clock.monotonic() >= next_beat:
                 self.send_heartbeat()
                 next_beat += self.interval_seconds
@@ -140,6 +146,11 @@ class HeartbeatMonitor(Service):
             self._stalled(silence)
             return True
         return False
+
+    def check_rejections(self) -> None:
+        """Once per write interval: are rows arriving only to be rejected? A change is beaten at once."""
+        if self._rejections.tick():
+            self.send_heartbeat()
 
     def _stalled(self, silence: float) -> None:
         self._stalled_since_mono = self.clock.monotonic()
@@ -189,6 +200,7 @@ class HeartbeatMonitor(Service):
             "queue_fill_ratio": round(queue_fill_ratio, 4),
             "memory_rss_bytes": psutil.Process().memory_info().rss,
             **self._market_state(now),
+            **self._rejections.fields(),
             "heartbeat_interval_seconds": self.interval_seconds,
             "write_interval_seconds": self.write_interval_seconds,
             "failing": active_streaks(),
@@ -202,15 +214,18 @@ class HeartbeatMonitor(Service):
     def _market_state(self, now: datetime) -> dict[str, Any]:
         """The market now, so `check` and `status` can judge the daemon without a calendar or a key."""
         session = self.calendar.current_or_next_session(now)
-        market_open = session.open <= now
-        next_open = self.calendar.current_or_next_session(session.close).open if market_open else session.open
-        special = self.calendar.special_day(self.calendar.trading_day(session.open))
+        market_open = session is not None and session.open <= now
+        following = self.calendar.current_or_next_session(session.close) if market_open else session
+        special = None if session is None else self.calendar.special_day(self.calendar.trading_day(session.open))
         return {
             "market_open": market_open,
             "closed_reason": self.calendar.closed_reason(now),
-            "next_open": _iso(next_open),
-            "next_close": _iso(session.close),
+            "session_in_sight": session is not None,
+            "next_open": _iso(None if following is None else following.open),
+            "next_close": _iso(None if session is None else session.close),
             "session_special_day": special.name if special is not None else None,
+            "calendar_disagreements": [item.as_row() for item in
+                                       self.calendar.polygon_only_days(self.calendar.trading_day(now))[:MAX_DISAGREEMENTS]],
         }
 
     def _write(self, heartbeat: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Callable
 import pyarrow as pa
 import schedule
 
-from ..market.calendar_refresh import REFRESH_INTERVAL_SECONDS, RETRY_INTERVAL_SECONDS
+from ..market.calendar_refresh import seconds_to_next_refresh
 from ..clock import SystemClock
 from ..config import Config
 from ..exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
@@ -29,7 +29,8 @@ from ..monitoring.heartbeat_monitor import HeartbeatMonitor
 from ..instance_lock import InstanceLock, InstanceLocked, UnsafeLockFile
 from ..log_setup import reopen_log_files
 from .repeat_limiter import RepeatLimiter
-from ..market.market_hours import MarketCalendar, Session
+from ..market.market_hours import NO_SESSION_IN_SIGHT, MarketCalendar, Session
+from .clock_watch import WallClockWatch
 from ..monitoring.metrics import MetricsPublisher
 from ..monitoring.systemd_notify import notify, start_watchdog
 from ..storage.parquet_sink import ParquetSink
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above this
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends
-RECONCILE_EVERY_SECONDS = 60         # safety net against clock jumps; transitions have their own jobs
+RECONCILE_EVERY_SECONDS = 60         # safety net; transitions have their own jobs
 # supervisord's startsecs=0 (so that exit 78 is final) also means no back-off before a restart: a
 # daemon that fails at once would be respawned several times a second. It lingers this long instead.
 MIN_UPTIME_BEFORE_FAILING_SECONDS = 10.0
@@ -92,6 +93,8 @@ class StreamingRunner:
         self._after_close: tuple[AfterClose, threading.Thread] | None = None
         self._calendar_refresh: threading.Thread | None = None
         self._announced_next_open: datetime | None = None
+        self._no_session_announced = False
+        self._wall_clock = WallClockWatch(self.clock)
         self._lake_thread: threading.Thread | None = None
         self._signal_lines = RepeatLimiter(monotonic=self.clock.monotonic)
 
@@ -168,6 +171,7 @@ class StreamingRunner:
             notify("READY=1")
             start_watchdog(self.scheduler, self._capture_progress, 2 * self.config.batching.write_interval_seconds + 1)
             while self._exit_code is None:
+                self._watch_wall_clock()
                 self.scheduler.run_pending()
                 self._wait_for_event(self._seconds_to_next_job())
         except Exception as exc:  # the supervisor itself: still flush and stop in order, and say so
@@ -313,7 +317,7 @@ class StreamingRunner:
         if self.refresh_calendar is None:
             return
         self.scheduler.clear("calendar")
-        seconds = REFRESH_INTERVAL_SECONDS if succeeded else RETRY_INTERVAL_SECONDS
+        seconds = seconds_to_next_refresh(self.calendar, self.clock.now(), succeeded)
         self.scheduler.every(seconds).seconds.do(self._refresh_calendar_in_background).tag("calendar")
 
     def _refresh_calendar_in_background(self) -> None:
@@ -324,6 +328,18 @@ class StreamingRunner:
         self._calendar_refresh = self._start_thread(
             "calendar-refresh", lambda: self._events.put(("calendar", self.refresh_calendar())))
 
+    # --- the wall clock ---
+
+    def _watch_wall_clock(self) -> None:
+        """A wall clock that jumped moves the day the session belongs to: reconcile at once. The scheduler
+        times its jobs by the wall clock, so a jump back would also hold every job (the reconcile safety
+        net included) for as long as the clock went back."""
+        if self._wall_clock.jumped() is None:
+            return
+        for job in self.scheduler.get_jobs():
+            job._schedule_next_run()   # (schedule's own method: the next run counted from the new time)
+        self.reconcile()
+
     # --- market transitions ---
 
     def reconcile(self) -> None:
@@ -331,15 +347,32 @@ class StreamingRunner:
         now = self.clock.now()
         if self._session is not None:
             self._follow_calendar_changes()
+        if self._session is not None and now < self._session.market_session.open:
+            # The clock went back before this session's open (it had jumped ahead): not a close, no
+            # after-close work; the session of the day the clock now says begins below.
+            self._end_session("clock_moved_back", self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS)
         if self._session is not None and now >= self._session.market_session.close + self.close_grace:
             self._end_session("market_close", self.clock.monotonic() + SHUTDOWN_DEADLINE_SECONDS)
         if self._session is None:
-            upcoming = self.calendar.current_or_next_session(now)
-            if upcoming.open <= now:
-                self._begin_session(upcoming)
-            elif self._announced_next_open != upcoming.open:
-                self._announce_closed(upcoming, now)
+            self._begin_or_announce(self.calendar.current_or_next_session(now), now)
         self._schedule_next_transition(now)
+
+    def _begin_or_announce(self, upcoming: Session | None, now: datetime) -> None:
+        if upcoming is None:
+            self._announce_no_session()
+        elif upcoming.open <= now:
+            self._begin_session(upcoming)
+        elif self._announced_next_open != upcoming.open:
+            self._announce_closed(upcoming, now)
+
+    def _announce_no_session(self) -> None:
+        """A calendar that closes the next month (a poisoned list): said once; the daemon keeps beating and
+        refreshing the list, and the reconcile safety net opens a session as soon as the calendar has one."""
+        if not self._no_session_announced:
+            self._no_session_announced = True
+            log.warning("the calendar has %s; capturing nothing until it has one", NO_SESSION_IN_SIGHT,
+                        extra={"event": "no_session_in_sight"})
+            self.monitor.send_heartbeat()
 
     def _follow_calendar_changes(self) -> None:
         """The calendar may have learned (a refresh) that today is closed or closes early: act at once."""
@@ -361,7 +394,10 @@ class StreamingRunner:
         if self._session is not None:
             at = self._session.market_session.close + self.close_grace
         else:
-            at = self.calendar.current_or_next_session(now).open
+            upcoming = self.calendar.current_or_next_session(now)
+            if upcoming is None:
+                return   # the reconcile safety net looks again every RECONCILE_EVERY_SECONDS
+            at = upcoming.open
         # schedule loops forever on a zero interval, so never ask for less than a millisecond.
         seconds = max((at - now).total_seconds(), 0.001)
         self.scheduler.every(seconds).seconds.do(self._transition).tag("transition")
@@ -372,6 +408,7 @@ class StreamingRunner:
 
     def _announce_closed(self, upcoming: Session, now: datetime) -> None:
         self._announced_next_open = upcoming.open
+        self._no_session_announced = False
         local_open = upcoming.open.astimezone(self.calendar.tz)
         log.info("market closed (%s); next open %s", self.calendar.closed_reason(now), local_open.isoformat(),
                  extra={"event": "market_closed", "next_open": local_open.isoformat(),
@@ -381,6 +418,7 @@ class StreamingRunner:
     def _begin_session(self, market_session: Session) -> None:
         self._session = open_capture_session(market_session, self)
         self._announced_next_open = None
+        self._no_session_announced = False
         log.info("market open; streaming until %s", market_session.close.astimezone(self.calendar.tz).isoformat(),
                  extra={"event": "market_open", "close": market_session.close.isoformat()})
         self.monitor.session_started()

@@ -6,7 +6,7 @@ from typing import Any
 
 import psutil
 
-from ..monitoring.health_check import heartbeat_age_seconds, is_stale
+from ..monitoring.health_check import age_and_clock_offset, is_stale
 from ..market.market_hours import MarketCalendar
 
 
@@ -29,6 +29,9 @@ def both_zones(instant: datetime, tz, seconds: bool = False) -> str:
 
 def market_lines(calendar: MarketCalendar, now: datetime) -> list[str]:
     session = calendar.current_or_next_session(now)
+    if session is None:
+        return [f"market: CLOSED ({calendar.closed_reason(now)}): the daemon captures nothing until the "
+                f"calendar has a session (see the calendar lines)"]
     if calendar.is_market_open(now):
         state = "OPEN"
         if session.early_close is not None:
@@ -41,6 +44,12 @@ def market_lines(calendar: MarketCalendar, now: datetime) -> list[str]:
     return lines
 
 
+def calendar_lines(calendar: MarketCalendar, now: datetime) -> list[str]:
+    """The days Polygon's list overrides the exchange rules (from today on): applied, and said."""
+    return [f"calendar: Polygon's list overrides the exchange rules on {item.describe()} (Polygon's applied)"
+            for item in calendar.polygon_only_days(calendar.trading_day(now))]
+
+
 HEARTBEAT_FIELDS = ("status", "connected", "updated_at", "last_message_at", "messages_total",
                     "rows_written", "rows_pending", "rejected_late", "rejected_invalid", "reconnects",
                     "queue_depth", "write_errors", "last_write_error", "failure")
@@ -49,14 +58,19 @@ HEARTBEAT_FIELDS = ("status", "connected", "updated_at", "last_message_at", "mes
 INSTANT_FIELDS = ("updated_at", "last_message_at")
 
 
-def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime, tz=timezone.utc) -> list[str]:
+def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime, tz=timezone.utc,
+                    written_at: datetime | None = None) -> list[str]:
     """The heartbeat for a person. A stale one is called what it is: the last words of a process that is
-    probably gone (the fields then describe the past, not now). ValueError when it has no valid time."""
+    probably gone (the fields then describe the past, not now). ValueError when it has no valid time.
+    `written_at` (the file's time) tells a daemon whose clock is off from one that stopped writing."""
     if heartbeat is None:
         return ["heartbeat: none yet (the daemon has not written one)"]
-    age = heartbeat_age_seconds(heartbeat, now)
+    age, clock_offset = age_and_clock_offset(heartbeat, now, written_at)
     pid = heartbeat.get("pid")
     lines = [f"heartbeat: pid {pid}, written {format_duration(abs(age))} {'ago' if age >= 0 else 'in the FUTURE'}"]
+    if clock_offset is not None:
+        lines.append(f"  CLOCK SKEW: the daemon's clock is {format_duration(abs(clock_offset))} "
+                     f"{'ahead of' if clock_offset > 0 else 'behind'} this host's (its updated_at says so)")
     if is_stale(heartbeat, age):
         interval = heartbeat["heartbeat_interval_seconds"]
         alive = isinstance(pid, int) and psutil.pid_exists(pid)
@@ -80,25 +94,28 @@ def _plain(field: str, value: Any, tz) -> str:
 
 
 def status_document(calendar: MarketCalendar, now: datetime, calendar_source: str,
-                    heartbeat: dict[str, Any] | None) -> dict[str, Any]:
+                    heartbeat: dict[str, Any] | None, written_at: datetime | None = None) -> dict[str, Any]:
     """`status --json`: the same facts for a program (instants in ISO 8601 UTC)."""
     session = calendar.current_or_next_session(now)
     market_open = calendar.is_market_open(now)
-    special = session.early_close
+    special = None if session is None else session.early_close
     document: dict[str, Any] = {
         "now": now.isoformat(),
         "market": {"open": market_open, "closed_reason": calendar.closed_reason(now),
-                   "next_open": None if market_open else session.open.isoformat(),
-                   "next_close": session.close.isoformat(), "timezone": str(calendar.tz),
+                   "session_in_sight": session is not None,
+                   "next_open": None if market_open or session is None else session.open.isoformat(),
+                   "next_close": None if session is None else session.close.isoformat(), "timezone": str(calendar.tz),
                    "early_close": special.name if special is not None else None},
         "calendar": calendar_source,
+        "calendar_disagreements": [item.as_row() for item in calendar.polygon_only_days(calendar.trading_day(now))],
         "heartbeat": heartbeat,
     }
     if heartbeat is not None:
         try:
-            age = heartbeat_age_seconds(heartbeat, now)
+            age, offset = age_and_clock_offset(heartbeat, now, written_at)
         except ValueError:
-            age = None
+            age, offset = None, None
         document["heartbeat_age_seconds"] = age
         document["heartbeat_stale"] = age is not None and is_stale(heartbeat, age)
+        document["daemon_clock_offset_seconds"] = offset
     return document
