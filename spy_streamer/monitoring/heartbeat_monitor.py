@@ -117,10 +117,8 @@ class HeartbeatMonitor(Service):
     def _seconds_to_next_check(self, next_beat: float) -> float:
         until_beat = max(0.0, next_beat - self.clock.monotonic())
         tick = min(MAX_CHECK_TICK_SECONDS, self.alert_threshold_seconds / 4)
-        now = self.clock.now()
-        if self.calendar.is_market_open(now):
-            return min(until_beat, tick)
-        until_open = (self.calendar.current_or_next_session(now).open - now).total_seconds()
+        # 0 while open; infinite with no session in sight (then the beats alone wake it)
+        until_open = self.calendar.seconds_until_market_open(self.clock.now())
         return min(until_beat, max(until_open, tick))
 
     def silence_seconds(self) -> float | None:
