@@ -86,9 +86,11 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.05, what: str =
 
 
 def log_events(log_file: Path) -> list[dict]:
+    """The log's complete lines (the daemon may be half-way through writing the last one)."""
     if not log_file.exists():
         return []
-    return [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in log_file.read_text().splitlines(keepends=True)
+            if line.endswith("\n") and line.strip()]
 
 
 def events_named(log_file: Path, name: str) -> list[dict]:
