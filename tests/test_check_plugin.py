@@ -66,7 +66,10 @@ def healthy_config(tmp_path: Path, **heartbeat) -> Path:
                 "rows_written": 10, "rows_pending": 0, "reconnects": 1, "queue_fill_ratio": 0.25,
                 "memory_rss_bytes": 80_000_000, **heartbeat}
     (tmp_path / "heartbeat").mkdir(exist_ok=True)
-    (tmp_path / "heartbeat" / "polygon.json").write_text(json.dumps(document))
+    beat = tmp_path / "heartbeat" / "polygon.json"
+    beat.write_text(json.dumps(document))
+    written = datetime.fromisoformat(document["updated_at"]).timestamp()   # a file is written when it says
+    os.utime(beat, (written, written))
     return path
 
 
