@@ -134,6 +134,18 @@ def cmd_report(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(config: Config, args: argparse.Namespace) -> int:
+    from .storage.flat_files import ExportError, default_output, export_flat_file
+    output = Path(args.output) if args.output else default_output(args.channel, args.date)
+    try:
+        rows = export_flat_file(config.paths.data_dir, args.date, args.channel, output)
+    except ExportError as exc:
+        print(f"spy-streamer: {exc}", file=sys.stderr)
+        return 1
+    print(f"{rows} rows of {args.channel} {args.date.isoformat()} written to {output} (Polygon's flat-file layout)")
+    return 0
+
+
 def cmd_import_local(config: Config, args: argparse.Namespace) -> int:
     from .storage.lake_commands import import_local_command
     configure_logging(config.paths.log_file)  # it deletes local files: the daemon's log keeps the record
@@ -207,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="list stretches without bars longer than N seconds (default: 1)")
     report.add_argument("--channel", default="A", choices=_channel_names(),
                         help="the channel to report on (default: A, second aggregates)")
+    _add_export_command(commands)
     _add_lake_commands(commands)
     verify = _add_command(commands, "verify", "a day's stored second bars against Polygon's REST minute bars, "
                                               "minute by minute; --repair refetches the minutes that disagree")
@@ -221,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="var/demo", metavar="DIR",
                       help="parent of the demo's folder DIR/<UTC time>/, DIR/latest points at it (default: var/demo)")
     return parser
+
+
+def _add_export_command(commands) -> None:
+    export = _add_command(commands, "export", "a day of one channel in Polygon's flat-file layout (gzip CSV), "
+                                              "to join a capture with flat-file history")
+    export.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD", help="the trading day")
+    export.add_argument("--channel", required=True, choices=_channel_names(), help="the channel to export")
+    export.add_argument("--flat-file", action="store_true", required=True,
+                        help="Polygon's flat-file columns and forms (the one format so far)")
+    export.add_argument("--output", metavar="PATH", help="the .csv.gz to write (default: <dataset>/YYYY/MM/"
+                                                         "YYYY-MM-DD.csv.gz here, as Polygon's bucket lays it out)")
 
 
 def _add_lake_commands(commands) -> None:
@@ -256,7 +280,7 @@ def _add_command(commands, name: str, help_text: str) -> argparse.ArgumentParser
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "compact": cmd_compact,
             "report": cmd_report, "verify": cmd_verify, "demo": cmd_demo, "import-local": cmd_import_local,
-            "lake-compact": cmd_lake_compact, "expire-snapshots": cmd_expire_snapshots}
+            "lake-compact": cmd_lake_compact, "expire-snapshots": cmd_expire_snapshots, "export": cmd_export}
 
 
 # Said on stderr when `run` ends non-zero without a reason of its own (supervisord and journald show it).
