@@ -319,19 +319,13 @@ def engine_ready(request):
 @pytest.mark.parametrize("engine_ready", ENGINES, indirect=True)
 def test_each_engine_reads_every_channel_folder_with_the_same_rows_and_values(engine_ready, state, folders):
     engine, data_dir = engine_ready, folders[state]
-    unreadable = []
     for channel in CHANNELS:
         folder = data_dir / channel
-        if engine == "polars" and any(folder.glob("date=*/.gaps.json")):
-            unreadable.append(channel)
-            continue
         reference = normalized(read_with("arrow", folder, cast_date=True), channel)
         result = read_with(engine, folder)
         assert date_type(engine, result) == DATE_TYPES[engine], (engine, channel)
         assert normalized(as_arrow(engine, read_with(engine, folder, cast_date=True)), channel).equals(reference), \
             (engine, channel, state)
-    if unreadable:
-        pytest.xfail(f"{unreadable}: the gap ledger still sits in the date folders, where Polars' folder scan fails")
 
 
 def test_pandas_keeps_nullable_integers_as_integers(folders):
