@@ -47,3 +47,21 @@ def test_learning_the_close_has_passed_ends_the_session_at_once(make_runner, fak
     runner.calendar.use_polygon_days({TUESDAY: SpecialDay(TUESDAY, "Half Day", None, ny(2026, 11, 24, 13, 0))})
     runner.reconcile()
     assert runner._session is None
+
+
+def test_the_list_is_refreshed_every_half_hour_during_a_session(make_runner, fake):
+    """Seen: a running daemon did not learn an early close listed after its start (refresh only daily) and
+    kept storing after it."""
+    runner = make_runner(ny(2026, 11, 24, 11, 0))
+    runner.refresh_calendar = lambda: True
+    runner.reconcile()
+    runner._schedule_calendar_refresh(succeeded=True)
+    (job,) = runner.scheduler.get_jobs("calendar")
+    assert job.interval <= 3600
+    runner.clock.advance(100 * 60)                   # 12:40: that refresh learns of a 12:31 close
+    runner.calendar.use_polygon_days({TUESDAY: SpecialDay(TUESDAY, "Half Day", None, ny(2026, 11, 24, 12, 31))})
+    runner._events.put(("calendar", True))
+    runner._wait_for_event(timeout=1)
+    assert runner._session is None                   # nothing more is stored
+    (job,) = runner.scheduler.get_jobs("calendar")
+    assert job.interval == (20 * 60 + 50) * 60       # closed for today: next at Wednesday's open
