@@ -2,8 +2,11 @@
 early) takes effect at once: within one reconcile, logged once, no backfill for a day that is closed."""
 from __future__ import annotations
 
+from datetime import timedelta
+
+from conftest import logged_events
 from spy_streamer.market.special_days import SpecialDay
-from test_streaming_runner import TUESDAY, make_runner, ny, transition_in_seconds  # noqa: F401 (fixture)
+from test_streaming_runner import TUESDAY, heartbeat, make_runner, ny, transition_in_seconds  # noqa: F401 (fixture)
 
 
 def events_named(caplog, name):
@@ -65,3 +68,18 @@ def test_the_list_is_refreshed_every_half_hour_during_a_session(make_runner, fak
     assert runner._session is None                   # nothing more is stored
     (job,) = runner.scheduler.get_jobs("calendar")
     assert job.interval == (20 * 60 + 50) * 60       # closed for today: next at Wednesday's open
+
+
+def test_no_session_in_sight_is_waited_out_and_the_truth_opens_the_session(make_runner, fake, info_logs):
+    """Seen: `RuntimeError: no market session in the next 30 days` on every start, even after the truth."""
+    poison = {TUESDAY + timedelta(days=n): SpecialDay(TUESDAY + timedelta(days=n), "Poison") for n in range(40)}
+    runner = make_runner(ny(2026, 11, 24, 11, 0), special_days=poison)
+    runner.reconcile()
+    runner.reconcile()
+    assert runner._session is None and runner.scheduler.get_jobs("transition") == []
+    assert len(logged_events(info_logs, "no_session_in_sight")) == 1           # said once
+    assert heartbeat(runner)["session_in_sight"] is False
+    runner.calendar.use_polygon_days({})                                          # a refresh learns the truth
+    runner._events.put(("calendar", True))
+    runner._wait_for_event(timeout=1)
+    assert runner._session is not None and fake.wait_for_subscribers(1, timeout=10)
