@@ -79,3 +79,16 @@ def test_the_watch_ignores_time_that_passes_and_reports_jumps_both_ways(caplog):
     clock.jump(5.5)
     assert watch.jumped() == 5.5
     assert len(events_named(caplog, "clock_jumped")) == 2
+
+
+def test_a_jump_past_the_close_and_back_cancels_that_days_close_work(make_runner, fake, caplog):
+    runner = make_runner(ny(2026, 11, 24, 15, 0))
+    runner.reconcile()
+    runner.clock.jump(2 * 3600)                           # 17:00: the close has passed, after-close work begins
+    runner.reconcile()
+    (after_close, _) = runner._after_close
+    assert runner._session is None and after_close.day == TUESDAY
+    runner.clock.jump(-2 * 3600)                          # 15:00 again: Tuesday's session resumes
+    runner.reconcile()
+    assert session_day(runner) == TUESDAY
+    assert after_close.stop_requested.is_set()            # its compaction is redone at the real close

@@ -416,6 +416,7 @@ class StreamingRunner:
         self.monitor.send_heartbeat()
 
     def _begin_session(self, market_session: Session) -> None:
+        self._stop_after_close_of(self.calendar.trading_day(market_session.open))
         self._session = open_capture_session(market_session, self)
         self._announced_next_open = None
         self._no_session_announced = False
@@ -424,6 +425,15 @@ class StreamingRunner:
         self.monitor.session_started()
         self._session.start(self._start_service)
         self.monitor.send_heartbeat()
+
+    def _stop_after_close_of(self, day) -> None:
+        """The clock went back into a day whose close had been passed (it jumped ahead): that day's
+        compaction is cancelled (its gap bars are still written) and done again at the real close."""
+        after_close = self._after_close[0] if self._after_close is not None else None
+        if after_close is not None and after_close.day == day and not after_close.stop_requested.is_set():
+            log.warning("the session of %s resumes: its after-close work is cancelled and redone at the close",
+                        day, extra={"event": "after_close_cancelled"})
+            after_close.stop()
 
     def _end_session(self, reason: str, deadline: float) -> None:
         session, self._session = self._session, None
