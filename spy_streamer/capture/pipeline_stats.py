@@ -16,6 +16,8 @@ class ReaderStats:
     reconnects: int = 0
     last_disconnect_reason: str | None = None
     dropped_queue_full: int = 0              # frames dropped because the writer fell behind
+    frames_too_large: int = 0                # frames over the WebSocket size limit: the connection dropped them
+    last_frame_too_large_at: datetime | None = None
 
 
 @dataclass

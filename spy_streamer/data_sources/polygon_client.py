@@ -34,6 +34,10 @@ CLOSE_TIMEOUT_SECONDS = 2.0
 # timeout (websockets pings every 20 s), so a burst slows the sender instead of costing data.
 FULL_QUEUE_PATIENCE_SECONDS = 2.0
 FULL_QUEUE_POLL_SECONDS = 0.002
+# The largest frame read (websockets' max_size, through the library's connect(**kwargs)). Its default, 1 MiB,
+# is about 9,000 trades: a burst under a wildcard went over it, and websockets dropped the connection.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MESSAGE_TOO_BIG = 1009   # the close code websockets sends when a frame is over max_size
 TURN_SECONDS = 1.0   # the event loop counts a turn this often (the systemd watchdog's proof that it runs)
 # Every data frame Polygon sends starts `[{"ev":"A"`, its first event's name first: such a frame cannot be
 # a status message (that needs every element to say `"ev":"status"`), so it is passed on after a look at
@@ -182,7 +186,7 @@ class PolygonStream(Service):
             max_reconnects=0,  # every reconnect goes through our loop, with our backoff
         )
         connection = asyncio.ensure_future(
-            self._client.connect(self._on_frame, reconnect_delays=self._handshake_delays))
+            self._client.connect(self._on_frame, reconnect_delays=self._handshake_delays, max_size=MAX_FRAME_BYTES))
         stop = asyncio.ensure_future(self._stop_event.wait())
         await asyncio.wait({connection, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not connection.done():
@@ -206,10 +210,22 @@ class PolygonStream(Service):
             return f"reconnect forced: {forced}"
         if exc is None:
             return "closed by the server"
+        if isinstance(exc, ConnectionClosed) and exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
+            return self._frame_too_large()
         if isinstance(exc, ConnectionClosed):
             code = exc.rcvd.code if exc.rcvd is not None else 1006
             return f"connection closed with code {code}"
         return f"{type(exc).__name__}"
+
+    def _frame_too_large(self) -> str:
+        """Counted (check is WARNING for a while), logged; the reconnect that follows opens a gap, so the
+        frame's window is asked of REST like any other lost stretch."""
+        self.stats.frames_too_large += 1
+        self.stats.last_frame_too_large_at = self.clock.now()
+        reason = f"a frame over the {MAX_FRAME_BYTES // 2**20} MiB limit (close code {MESSAGE_TOO_BIG})"
+        log.error("%s was refused and the connection dropped; its window will be backfilled from REST", reason,
+                  extra={"event": "frame_too_large", "frames_too_large": self.stats.frames_too_large})
+        return reason
 
     def _handshake_delays(self) -> Iterator[float]:
         """Backoff for failed handshakes (refused, HTTP error), which the library retries itself."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +26,7 @@ STALE_AFTER_INTERVALS = 2
 PENDING_AFTER_INTERVALS = 2
 REJECTING_AFTER_INTERVALS = 2
 QUEUE_WARNING_FILL = 0.5
+FRAME_REFUSED_WARNING_SECONDS = 3600   # an oversize frame keeps check at WARNING this long (its gap is backfilled)
 # (label, heartbeat key, unit, the fixed `;warn;crit;min;max` tail of the guidelines' perfdata format).
 # `age` gets its critical range from the heartbeat's interval (_Facts.perfdata).
 COUNTER_LIMITS = ";;;0"
@@ -183,6 +184,9 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
         first, others = disagreements[0], f" (and {len(disagreements) - 1} more day(s))" if len(disagreements) > 1 else ""
         return WARNING, (f"calendar: Polygon's list overrides the exchange rules on {first.get('date')}: Polygon "
                          f"says {first.get('polygon')}, the rules say {first.get('rules')}; Polygon's is applied{others}")
+    if _frame_refused_lately(hb):
+        return WARNING, (f"{hb['frames_too_large']} WebSocket frame(s) over the size limit refused, the last at "
+                         f"{hb['last_frame_too_large_at']}; their window is backfilled from REST")
     if (hb.get("queue_fill_ratio") or 0) > QUEUE_WARNING_FILL:
         return WARNING, f"the frame queue is {hb['queue_fill_ratio']:.0%} full (writer behind)"
     if hb.get("gaps_over_bound"):
@@ -196,6 +200,18 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
     if hb.get("backfill_failures"):
         return WARNING, f"{hb['backfill_failures']} gap(s) could not be backfilled from REST"
     return _failure_streaks(hb)
+
+
+def _frame_refused_lately(hb: dict[str, Any]) -> bool:
+    """A frame over the limit within FRAME_REFUSED_WARNING_SECONDS of this heartbeat (both the daemon's times)."""
+    last = hb.get("last_frame_too_large_at")
+    if not last:
+        return False
+    try:
+        return datetime.fromisoformat(hb["updated_at"]) - datetime.fromisoformat(last) \
+            < timedelta(seconds=FRAME_REFUSED_WARNING_SECONDS)
+    except (KeyError, TypeError, ValueError):
+        return True
 
 
 def _failure_streaks(hb: dict[str, Any]) -> tuple[int, str | None]:
