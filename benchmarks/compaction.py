@@ -37,7 +37,8 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spy_streamer.channels.aggregates import SCHEMA  # noqa: E402
+from spy_streamer.channels import channel_for  # noqa: E402
+from spy_streamer.channels.parsing import to_schema  # noqa: E402
 from spy_streamer.storage.compaction import BUCKET_ROWS, MEMORY_LIMIT, SPILL_FOLDER, THREADS, compact_day  # noqa: E402
 from spy_streamer.storage.parquet_sink import ParquetSink  # noqa: E402
 from spy_streamer.peak_memory import peak_rss_bytes  # noqa: E402
@@ -64,35 +65,29 @@ def generate_day(data_dir: Path, rows: int, symbols: int, files: int, channel: s
 
 def _bars(symbol: np.ndarray, start: np.ndarray, rng: np.random.Generator, index: int) -> pa.Table:
     price = 100 + rng.random(len(start))
-    ms = pa.timestamp("ms", "UTC")
-    columns = {"symbol": pa.array(symbol, pa.string()), "start": pa.array(start).cast(ms),
-               "end": pa.array(start + 1000).cast(ms), **{name: pa.array(price) for name in PRICE_COLUMNS},
+    columns = {"symbol": pa.array(symbol, pa.string()), "start": pa.array(start * 1000),   # us, as stored
+               "end": pa.array((start + 1000) * 1000), **{name: pa.array(price) for name in PRICE_COLUMNS},
                "volume": pa.array(rng.integers(0, 1000, len(start))),
                "accumulated_volume": pa.array(rng.integers(0, 10**6, len(start))),
-               "received_at": pa.array((start + 2000) * 1000 + index).cast(pa.timestamp("us", "UTC")),
-               "source": pa.array(np.full(len(start), "ws", dtype=object), pa.string())}
-    return pa.table(columns, schema=SCHEMA)
+               "received_at": pa.array((start + 2000) * 1000 + index).cast(pa.timestamp("us", "UTC"))}
+    return to_schema(channel_for("A"), pa.table(columns), "ws", {})
 
 
 def _trades(symbol: np.ndarray, positions: np.ndarray, ms: np.ndarray, rng: np.random.Generator,
             index: int) -> pa.Table:
-    from spy_streamer.channels.trades import SCHEMA as TRADES
-    rows, ns = len(positions), pa.timestamp("ns", "UTC")
+    rows = len(positions)
     off_exchange = positions % 3 == 0  # a third reported through a TRF
     conditions = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * rows + 1, 2, dtype=np.int32)),
                                           pa.array(np.tile([12, 37], rows)))
-    columns = {"symbol": pa.array(symbol, pa.string()), "sip_timestamp": pa.array(ms * 10**6).cast(ns),
-               "participant_timestamp": pa.nulls(rows, ns),
-               "trf_timestamp": pa.array(ms * 10**6, mask=~off_exchange).cast(ns),
+    columns = {"symbol": pa.array(symbol, pa.string()), "sip_timestamp_ns": pa.array(ms * 10**6),
+               "trf_timestamp_ns": pa.array(ms * 10**6, mask=~off_exchange),
                "exchange": pa.array(np.where(off_exchange, 4, 1 + positions % 16)),
                "trade_id": pa.array(positions).cast(pa.string()),
                "trf_id": pa.array(np.full(rows, 201), mask=~off_exchange), "tape": pa.array(1 + positions % 3),
                "price": pa.array(100 + rng.random(rows)), "size": pa.array(rng.integers(1, 500, rows).astype(float)),
-               "conditions": conditions, "correction": pa.nulls(rows, pa.int64()),
-               "sequence_number": pa.array(positions),
-               "received_at": pa.array((ms + 2000) * 1000 + index).cast(pa.timestamp("us", "UTC")),
-               "source": pa.array(np.full(rows, "ws", dtype=object), pa.string())}
-    return pa.table(columns, schema=TRADES)
+               "conditions": conditions, "sequence_number": pa.array(positions),
+               "received_at": pa.array((ms + 2000) * 1000 + index).cast(pa.timestamp("us", "UTC"))}
+    return to_schema(channel_for("T"), pa.table(columns), "ws", {})
 
 
 IN_MEMORY = """
