@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from .parquet_sink import ParquetSink
-from .lake_tables import NS_SUFFIX, table_name
+from .lake_tables import table_name
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,9 @@ class LakeBackedSink(ParquetSink):
             table = self._open_catalog().load_table((self._namespace, table_name(channel)))
         except NoSuchTableError:
             return
-        names = [_lake_name(field) for field in columns]
         scan = table.scan(row_filter=And(GreaterThanOrEqual(time_column, start.isoformat()),
                                          LessThan(time_column, end.isoformat())),
-                          selected_fields=tuple(names))
+                          selected_fields=tuple(columns.names))
         for batch in scan.to_arrow_batch_reader():
-            yield pa.Table.from_arrays([_from_lake(batch.column(name), field) for name, field in zip(names, columns)],
-                                       schema=columns)
-
-
-def _lake_name(field: pa.Field) -> str:
-    """The lake keeps nanosecond timestamps exactly only in `<name>_ns` (the timestamp itself is in us)."""
-    is_ns = pa.types.is_timestamp(field.type) and field.type.unit == "ns"
-    return field.name + NS_SUFFIX if is_ns else field.name
-
-
-def _from_lake(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
-    # Microseconds back to the staged unit: exact, as the staged values were whole milliseconds.
-    return column.cast(field.type)
+            # The lake's columns are the channel's own (one schema for both): the cast only drops field ids.
+            yield pa.Table.from_arrays([batch.column(field.name).cast(field.type) for field in columns], schema=columns)
