@@ -94,7 +94,7 @@ IN_MEMORY = """
 import sys, time, pyarrow as pa, pyarrow.parquet as pq
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from spy_streamer.storage.compaction import first_received_per_key
+from spy_streamer.capture.keep_first import first_received_per_key
 from spy_streamer.peak_memory import peak_rss_bytes
 started = time.monotonic()
 files = sorted(Path(sys.argv[1]).glob("*.parquet"))

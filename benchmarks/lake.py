@@ -127,7 +127,7 @@ def day_bytes(catalog, data_dir: Path) -> tuple[int, float]:
     for n in range(10):
         sink.write("A", date(2026, 12, 1), bars(n * step, step), time.time_ns())
     IcebergCommitter(catalog, data_dir).commit_pending()
-    result = compact_partition(open_table(catalog, "spy_streamer", "A"), date(2026, 12, 1))
+    result = compact_partition(open_table(catalog, "spy_streamer", "A"), date(2026, 12, 1), "A")
     return result.bytes, result.seconds
 
 

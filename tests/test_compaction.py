@@ -28,8 +28,9 @@ from daemon_harness import wait_for
 from fake_polygon import agg_event
 from channel_parsing import events_one_by_one, rest_table
 from spy_streamer.channels.aggregates import SCHEMA
-from spy_streamer.storage import compaction
-from spy_streamer.storage.compaction import (SPILL_FOLDER, CompactionError, CompactionKeys, Outcome, compact_day,
+from spy_streamer.capture.keep_first import KeepFirst, first_received_per_key
+from spy_streamer.storage import compaction_merge
+from spy_streamer.storage.compaction import (SPILL_FOLDER, CompactionError, Outcome, compact_day,
                                      compaction_refusal, day_file_name, merge_files, verify_compacted)
 from spy_streamer.config import load_config
 from spy_streamer.market.market_hours import MarketCalendar
@@ -232,7 +233,7 @@ def test_an_unreadable_file_stops_the_compaction(sink, data_dir):
     (folder_of(data_dir) / "part-9-9-000009.parquet").write_bytes(b"PAR1 not really")
     before = names(data_dir)
 
-    with pytest.raises(CompactionError, match="cannot read part-9-9-000009.parquet.*nothing changed"):
+    with pytest.raises(CompactionError, match="cannot read .*part-9-9-000009.parquet.*nothing changed"):
         compact_day(data_dir, DAY)
 
     assert names(data_dir) == before
@@ -280,8 +281,8 @@ def test_the_log_line_carries_files_rows_and_bytes(sink, data_dir, caplog):
 # --------------------------------------------------------------------------------------------------
 
 def test_repeats_across_streamed_batches_and_row_groups(sink, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(compaction, "BATCH_ROWS", 7)        # (in this process: merge_files called directly)
-    monkeypatch.setattr(compaction, "ROW_GROUP_ROWS", 10)
+    monkeypatch.setattr(compaction_merge, "BATCH_ROWS", 7)        # (in this process: merge_files called directly)
+    monkeypatch.setattr(compaction_merge, "ROW_GROUP_ROWS", 10)
     for copy in range(3):  # every bar three times; the middle copy was received first
         ws_batch(sink, 0, 25, RECEIVED_NS + (1, 0, 2)[copy] * 10**9, price=500.0 + copy)
     inputs = sorted(folder_of(data_dir).glob("*.parquet"))
@@ -301,7 +302,7 @@ def test_keys_whose_sort_does_not_group_them(sink, data_dir, tmp_path):
     """A channel sorted by a column outside its key (a trade's time, say) still keeps one row per key."""
     ws_batch(sink, 0, 5, RECEIVED_NS + 10**9, price=500.0)
     ws_batch(sink, 0, 5, RECEIVED_NS, price=501.0)
-    keys = CompactionKeys(dedup_key=("symbol", "start"), sort_key=("symbol", "close"))
+    keys = KeepFirst(dedup_key=("symbol", "start"), sort_key=("symbol", "close"))
     inputs = sorted(folder_of(data_dir).glob("*.parquet"))
 
     summary = merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill", keys)
@@ -490,7 +491,7 @@ def random_day(sink, channel, files=6, rows=40, seed=7):
     key, so two runs order the rows alike."""
     from spy_streamer.channels import channel_for
     schema, rng = channel_for(channel).schema, np.random.default_rng(seed)
-    dropped = [name for name in schema.names if name not in compaction.keys_for(channel).columns][-2]
+    dropped = [name for name in schema.names if name not in KeepFirst.of(channel).columns][-2]
     for index in range(files):
         key = rng.integers(0, 12, rows)
         ns = int(ny(2025, 6, 10, 9, 45).timestamp()) * 10**9 + key * 1000
@@ -521,20 +522,20 @@ def random_day(sink, channel, files=6, rows=40, seed=7):
 def test_a_day_split_into_buckets_of_symbols_compacts_as_one(channel, sink, tmp_path, monkeypatch):
     """A day larger than `bucket_rows` is copied into one spill file per range of symbols and each is
     sorted by itself: the result is the file the one-piece merge writes, for every channel."""
-    inputs, keys = random_day(sink, channel), compaction.keys_for(channel)
+    inputs, keys = random_day(sink, channel), KeepFirst.of(channel)
     whole = merge_files(inputs, tmp_path / ".whole.tmp", tmp_path / "spill", keys)
-    buckets, partition = [], compaction._partition
-    monkeypatch.setattr(compaction, "_partition", lambda *args: buckets.append(partition(*args)) or buckets[-1])
+    buckets, partition = [], compaction_merge.partition
+    monkeypatch.setattr(compaction_merge, "partition", lambda *args: buckets.append(partition(*args)) or buckets[-1])
 
     split = merge_files(inputs, tmp_path / ".split.tmp", tmp_path / "spill", keys, bucket_rows=25)
 
     assert split == whole and whole["rows"] < whole["rows_read"] == 240
     assert len(buckets) == 1 and len(buckets[0]) == 5 and not (tmp_path / "spill").exists()
     assert pq.read_table(tmp_path / ".split.tmp").equals(pq.read_table(tmp_path / ".whole.tmp"))
-    if channel in ("A", "AM"):  # and both are the in-memory merge's answer
-        reference = compaction.first_received_per_key(pa.concat_tables(
-            [pq.read_table(path) for path in inputs], promote_options="default"))
-        assert pq.read_table(tmp_path / ".split.tmp").equals(reference.select(whole_schema(tmp_path)))
+    # and both are the in-memory rule's answer (the lake's): keep-first is one definition
+    reference = first_received_per_key(pa.concat_tables(
+        [pq.read_table(path) for path in inputs], promote_options="default"), keys)
+    assert pq.read_table(tmp_path / ".split.tmp").equals(reference.select(whole_schema(tmp_path)))
 
 
 def whole_schema(tmp_path):
@@ -555,8 +556,8 @@ def test_a_killed_bucketed_run_leaves_spill_files_the_next_run_replaces(sink, da
 
 def test_a_bucket_lost_on_the_way_fails_the_verification(sink, tmp_path, monkeypatch):
     """Order and row count alone would pass a day file missing a whole range of symbols."""
-    inputs, partition = random_day(sink, "A"), compaction._partition
-    monkeypatch.setattr(compaction, "_partition", lambda *args: partition(*args)[1:])
+    inputs, partition = random_day(sink, "A"), compaction_merge.partition
+    monkeypatch.setattr(compaction_merge, "partition", lambda *args: partition(*args)[1:])
 
     with pytest.raises(CompactionError, match=r"symbol values: 1 missing \['AAPL'\], 0 not in the inputs"):
         merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill", bucket_rows=25)
@@ -586,7 +587,7 @@ def test_trades_of_one_busy_symbol_compact_within_a_small_memory_limit(data_dir,
         sink.write("T", DAY, table, 10**18 + index)
     inputs = sorted(sink.partition_dir("T", DAY).glob("*.parquet"))
 
-    summary = merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill", compaction.keys_for("T"),
+    summary = merge_files(inputs, tmp_path / ".day.tmp", tmp_path / "spill", KeepFirst.of("T"),
                           memory_limit="128MB", threads=1)
 
     assert summary == {"rows_read": 10 * rows, "rows": 10 * rows - 9 * (rows // 10)}

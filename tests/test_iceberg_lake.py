@@ -297,7 +297,7 @@ def test_compaction_rewrites_the_day_as_one_snapshot_one_row_per_key(lake, s3):
     snapshots_before = len(table.metadata.snapshots)
     assert len(table.inspect.files()) == 3
 
-    result = compact_partition(table, DAY)
+    result = compact_partition(table, DAY, "A")
 
     assert (result.outcome, result.files_before, result.files_after, result.rows_read, result.rows) == (
         Outcome.COMPACTED, 3, 1, 25, 20)
@@ -309,8 +309,8 @@ def test_compaction_rewrites_the_day_as_one_snapshot_one_row_per_key(lake, s3):
     only_file = table.inspect.files()["file_path"].to_pylist()
     assert len(only_file) == 1
     starts = pc.cast(rows["start"], pa.int64()).to_pylist()
-    assert compact_partition(table, DAY).outcome is Outcome.ALREADY_COMPACTED
-    assert compact_partition(table, date(2026, 12, 1)).outcome is Outcome.NO_DATA
+    assert compact_partition(table, DAY, "A").outcome is Outcome.ALREADY_COMPACTED
+    assert compact_partition(table, date(2026, 12, 1), "A").outcome is Outcome.NO_DATA
 
     # Expiry: the micro-batch files only old snapshots used are deleted; the table reads the same.
     import boto3
@@ -346,7 +346,7 @@ def test_compaction_racing_appends_loses_nothing(lake):
     thread.start()
     table = open_table(catalog, NAMESPACE, "A")
     for _ in range(3):
-        compact_partition(table, DAY)
+        compact_partition(table, DAY, "A")
         table.refresh()
     thread.join()
     stop.set()

@@ -38,6 +38,7 @@ from .pipeline_stats import WriterStats
 from ..monitoring.failure_streak import FailureStreak
 from ..orchestrator.service import Service
 from .queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
+from .keep_first import KeepFirst
 from .seen_keys import seen_rows_for
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Lane:
 
     def key_schema(self) -> pa.Schema:
         """The columns a restart reads back from the day's files: the dedup key and the time."""
-        names = dict.fromkeys((*self.channel.dedup_key, self.channel.time_column))
+        names = dict.fromkeys((*KeepFirst.of(self.channel).dedup_key, self.channel.time_column))
         return pa.schema([self.channel.schema.field(name) for name in names])
 
     def reset(self) -> None:

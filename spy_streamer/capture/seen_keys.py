@@ -1,6 +1,8 @@
-"""Which rows of one channel and trading day are already stored, by their dedup key.
+"""Which rows of one channel and trading day are already stored, by their dedup key: how the writer and a
+restart apply keep_first.py's rule (the first received row of a key is the one stored; a later one is a
+repeat).
 
-Each key (the channel's `dedup_key` columns: (symbol, start) for bars, (symbol, exchange, trf_id,
+Each key (`KeepFirst.of(channel).dedup_key`: (symbol, start) for bars, (symbol, exchange, trf_id,
 trade_id) for trades, (symbol, sequence_number) for quotes) is reduced to a 64-bit hash, kept in sorted
 numpy arrays (SeenKeys). A batch is checked with binary searches (`searchsorted`), never a Python loop
 per row (string key columns are hashed once per distinct value, all at once). New keys go to a small
@@ -37,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..monitoring.failure_streak import FailureStreak
+from .keep_first import KeepFirst
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +212,12 @@ class SeenTicks(_TimeBuckets):
     def __init__(self, channel, spill_dir=None, resident: int = RESIDENT_KEYS):
         super().__init__(SeenKeys, spill_dir, resident)
         self.channel = channel
+        self.key = KeepFirst.of(channel).dedup_key
         self._rows = 0
 
     def add_table(self, table: pa.Table) -> pa.BooleanArray:
         """Record `table`'s keys; True for the rows whose key was not seen before (earlier in it included)."""
-        hashes = key_hashes(table, self.channel.dedup_key)
+        hashes = key_hashes(table, self.key)
         times = pc.fill_null(self.channel.time_ms(table), pa.scalar(-BUCKET_MS, pa.int64()))
         new = np.empty(table.num_rows, bool)
         for bucket, rows in _groups(times.to_numpy(zero_copy_only=False) // BUCKET_MS):
@@ -240,7 +244,7 @@ class SeenSlots(_TimeBuckets):
     def __init__(self, channel, spill_dir=None, resident: int = RESIDENT_WORDS):
         super().__init__(SlotWords, spill_dir, resident)
         self.channel = channel
-        self._off_grid = SeenKeys(channel.dedup_key)
+        self._off_grid = SeenKeys(KeepFirst.of(channel).dedup_key)
         self._on_grid_rows = 0
 
     def add_table(self, table: pa.Table) -> pa.BooleanArray:
@@ -351,7 +355,7 @@ class KeySpill:
 def seen_rows_for(channel, spill_dir=None):
     """SeenSlots for a channel whose key is (symbol, its time) on a grid of `gap_step_ms` (the bars),
     else SeenTicks of its key columns (trades, quotes), spilling to `spill_dir`."""
-    if channel.gap_step_ms > 0 and tuple(channel.dedup_key) == ("symbol", channel.time_column):
+    if channel.gap_step_ms > 0 and KeepFirst.of(channel).dedup_key == ("symbol", channel.time_column):
         return SeenSlots(channel, spill_dir)
     return SeenTicks(channel, spill_dir)
 

@@ -18,6 +18,7 @@ from .rejection_watch import describe_rejections
 
 from ..storage import layout
 from ..storage.durable_files import read_regular_file
+from .storage_health import storage_problem
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -144,7 +145,8 @@ def _judge(facts: "_Facts", market_open_now) -> tuple[int, str | None]:
         return CRITICAL, f"daemon failed: {hb.get('failure') or 'unknown reason'}"
     market_open = facts.market_open(market_open_now)
     if hb["status"] == "stopped":
-        return (CRITICAL, "daemon stopped while the market is open") if market_open else (OK, None)
+        return (CRITICAL, "daemon stopped while the market is open") if market_open \
+            else storage_problem(hb, facts.now) or (OK, None)
     if is_stale(hb, facts.age):
         return CRITICAL, f"heartbeat is {facts.age:.0f} s old (daemon hung or dead)"
     if hb["status"] == "stalled":
@@ -161,11 +163,15 @@ def _judge(facts: "_Facts", market_open_now) -> tuple[int, str | None]:
     if market_open and isinstance(rejecting, (int, float)) and rejecting > REJECTING_AFTER_INTERVALS * facts.write_interval:
         return CRITICAL, (f"messages arrive but (nearly) every row is rejected, for {rejecting:.0f} s: "
                           f"{describe_rejections(hb.get('rejected_in_streak') or {})}")
+    storage = storage_problem(hb, facts.now)
+    if storage is not None and storage[0] == CRITICAL:
+        return storage
     if facts.clock_offset is not None:
         return WARNING, (f"clock skew: the daemon's clock is {abs(facts.clock_offset):.0f} s "
                          f"{'ahead of' if facts.clock_offset > 0 else 'behind'} this host's (its heartbeat is "
                          f"still rewritten: alive)")
-    return _warning(hb)
+    code, problem = _warning(hb)
+    return storage if code == OK and storage is not None else (code, problem)
 
 
 def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
@@ -173,8 +179,6 @@ def _warning(hb: dict[str, Any]) -> tuple[int, str | None]:
         return WARNING, f"the last Parquet write failed ({hb['last_write_error']}); rows kept, retrying"
     if hb["status"] == "reconnecting":
         return WARNING, f"reconnecting ({hb.get('last_disconnect_reason') or 'connection lost'})"
-    if (hb.get("lake") or {}).get("last_error"):
-        return WARNING, f"lake commits failing, {hb.get('upload_backlog')} batch(es) staged ({hb['lake']['last_error'][:80]})"
     if hb.get("clock_skew_seconds") is not None:
         skew = hb["clock_skew_seconds"]
         return WARNING, (f"clock skew: the daemon's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} "

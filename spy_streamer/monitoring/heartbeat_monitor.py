@@ -49,7 +49,7 @@ class HeartbeatMonitor(Service):
                  reader: ReaderStats, writer: WriterStats, backfill: BackfillStats | None = None,
                  write_interval_seconds: float | None = None,
                  queue_fill: Callable[[], tuple[int, float]] = lambda: (0, 0.0),
-                 on_stall: Callable[[], None] = lambda: None, clock=None, metrics=None, lake=None):
+                 on_stall: Callable[[], None] = lambda: None, clock=None, metrics=None, lake=None, compaction=None):
         super().__init__()
         self.path = path
         self.calendar = calendar
@@ -66,6 +66,7 @@ class HeartbeatMonitor(Service):
         if metrics is not None:
             metrics.read_live_from(self.snapshot)   # a scrape reads the stats now, not the last heartbeat
         self.lake = lake                # the Iceberg committer's LakeStats, with storage.kind iceberg
+        self.compaction = compaction    # the after-close compactions' CompactionStats (local layout)
         self.clock = clock or SystemClock()
         self.started_at = self.clock.now()
         self.messages_total = 0
@@ -204,6 +205,8 @@ class HeartbeatMonitor(Service):
             "failing": active_streaks(),
         }
         heartbeat.pop("state")  # the reader's own state is folded into `status`
+        if self.compaction is not None:
+            heartbeat.update(asdict(self.compaction))
         if self.lake is not None:
             heartbeat["upload_backlog"] = self.lake.upload_backlog
             heartbeat["lake"] = asdict(self.lake)

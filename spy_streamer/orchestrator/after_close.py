@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from datetime import date
+from typing import Callable
 
 from ..channels.subscriptions import channel_names
-from ..storage.compaction import CompactionError, compact_day
+from ..storage.compaction import CompactionStats, compact_after_close
 from .capture_session import CaptureSession
 from .service import Service
 
@@ -16,9 +17,14 @@ log = logging.getLogger(__name__)
 class AfterClose(Service):
     thread_name = "after-close"
 
-    def __init__(self, session: CaptureSession, day: date, config, lake=None):
+    def __init__(self, session: CaptureSession, day: date, config, lake=None,
+                 compaction_stats: CompactionStats | None = None, on_done: Callable[[], object] = lambda: None):
+        """`compaction_stats` keeps each channel's failed compaction for the heartbeat and `check`;
+        `on_done()` (a heartbeat) tells them once the work is over."""
         super().__init__()
         self.session, self.day, self.config, self.lake = session, day, config, lake
+        self.compaction_stats = compaction_stats or CompactionStats()
+        self.on_done = on_done
         self.backfiller = session.backfiller.for_close()
         self.holds_rows = True   # until the gap bars are written: abandoning it then loses rows
 
@@ -42,16 +48,17 @@ class AfterClose(Service):
     def _compact(self) -> None:
         """The day is over: one sorted file per channel and day instead of hundreds of micro-batches (with
         the lake: a rewrite of the day's partitions, as the staged files move into the table). A stop
-        cancels it (the merge runs in a child process; nothing changes until its result is verified)."""
+        cancels it (the merge runs in a child process; nothing changes until its result is verified). Each
+        channel's failure is logged and kept for the heartbeat and `check`; the others still run."""
         market_session = self.session.market_session
         try:
             if self.lake is not None:
                 self.lake.compact_session(market_session.open, market_session.close)
-                return
-            for channel in channel_names(self.config.polygon.subscriptions):
-                compact_day(self.config.paths.data_dir, self.day, channel, cancel=self.stop_requested)
-        except CompactionError:
-            pass  # logged by compact_day; the micro-batches stay, `spy-streamer compact` can retry
-        except Exception:  # compaction is atomic: a bug in it must not stop the next day's capture
-            log.exception("compaction of %s crashed; the micro-batches stay", self.day,
-                          extra={"event": "compaction_failed"})
+            else:
+                compact_after_close(self.config.paths.data_dir, self.day,
+                                    channel_names(self.config.polygon.subscriptions), self.compaction_stats,
+                                    cancel=self.stop_requested)
+        except Exception:  # a bug in it must not stop the next day's capture; every row stays where it was
+            log.exception("compaction of %s crashed; every row stays where it was (micro-batches, or the lake's "
+                          "appended files)", self.day, extra={"event": "compaction_failed"})
+        self.on_done()

@@ -23,6 +23,7 @@ import schedule
 from ..market.calendar_refresh import seconds_to_next_refresh
 from ..clock import SystemClock
 from ..config import Config
+from ..storage.compaction import CompactionStats
 from ..exit_codes import EX_CONFIG, EX_LOCKED, EX_OK, EX_SOFTWARE
 from ..monitoring.health_check import heartbeat_path
 from ..monitoring.heartbeat_monitor import HeartbeatMonitor
@@ -72,6 +73,7 @@ class StreamingRunner:
         self.reader_stats = ReaderStats()
         self.writer_stats = WriterStats()
         self.backfill_stats = BackfillStats()
+        self.compaction_stats = CompactionStats()
         self.rest_client = make_rest_client(api_key, config.polygon.rest_base_url)
         self.lake = _lake_committer(config, self.clock) if config.storage.kind == "iceberg" else None
         self.monitor = HeartbeatMonitor(
@@ -83,7 +85,7 @@ class StreamingRunner:
             backfill=self.backfill_stats, queue_fill=self._queue_fill, on_stall=self._on_stall, clock=self.clock,
             metrics=MetricsPublisher(config.paths.heartbeat_dir, config.monitoring.metrics_port,
                                      config.monitoring.metrics_address),
-            lake=None if self.lake is None else self.lake.stats)
+            lake=None if self.lake is None else self.lake.stats, compaction=self.compaction_stats)
         self.scheduler = schedule.Scheduler()
         self.exit_reason: str | None = None      # one line for stderr when the exit code is not 0
         self._events = Inbox()
@@ -447,7 +449,7 @@ class StreamingRunner:
             self._abandoned(abandoned)
         elif reason == "market_close":
             after_close = AfterClose(session, self.calendar.trading_day(session.market_session.open), self.config,
-                                     self.lake)
+                                     self.lake, self.compaction_stats, self.monitor.send_heartbeat)
             self._after_close = after_close, self._start_service(after_close)
         self.monitor.send_heartbeat()
 

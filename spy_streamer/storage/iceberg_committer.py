@@ -28,7 +28,7 @@ import logging
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -70,6 +70,7 @@ class LakeStats:
     last_commit_at: str | None = None   # ISO 8601 UTC
     last_commit_seconds: float | None = None  # read + upload + catalog commit of the last commit
     last_error: str | None = None
+    rewrite_failed: dict[str, str] = field(default_factory=dict)  # channel -> why its close-time rewrite failed
 
 
 @dataclass(frozen=True)
@@ -147,17 +148,45 @@ class IcebergCommitter(Service):
 
     def compact_session(self, opens, closes) -> None:
         """After the close: rewrite each UTC day the session touched, per table (one snapshot each, one row
-        per key). The commit thread keeps appending meanwhile; the rewrite is safe against that."""
-        from pyiceberg.exceptions import NoSuchTableError
-        from .iceberg_maintenance import compact_partition, open_table, utc_days
-        catalog = self._catalog_factory() if self._catalog_factory is not None else self.catalog
+        per the channel's key). The commit thread keeps appending meanwhile; the rewrite is safe against
+        that. A table whose rewrite fails keeps every row (in the files its commits appended: more files
+        for queries to read, repeats not yet dropped); it is logged and shown (`rewrite_failed`, `check`
+        WARNING) until a later rewrite of that table succeeds, and the other tables are still rewritten."""
+        from .iceberg_maintenance import utc_days
+        try:
+            catalog = self._catalog_factory() if self._catalog_factory is not None else self.catalog
+        except Exception as exc:  # the catalog is down: no table can be rewritten today
+            catalog, unreachable = None, exc
+        failed = dict(self.stats.rewrite_failed)
         for channel in lake_tables.TABLE_NAMES:
+            error = self._rewrite(catalog, channel, utc_days(opens, closes)) if catalog is not None \
+                else self._rewrite_failed(channel, utc_days(opens, closes)[0], unreachable)
+            if error is None:
+                failed.pop(channel, None)
+            else:
+                failed[channel] = error
+            self.stats.rewrite_failed = dict(failed)
+
+    def _rewrite(self, catalog, channel: str, days) -> str | None:
+        """Rewrite `channel`'s table for each of `days`; None, or what failed (logged)."""
+        from pyiceberg.exceptions import NoSuchTableError
+        from .iceberg_maintenance import compact_partition, open_table
+        for day in days:
             try:
-                table = open_table(catalog, self.namespace, channel)
+                compact_partition(open_table(catalog, self.namespace, channel), day, channel)
             except NoSuchTableError:
-                continue
-            for day in utc_days(opens, closes):
-                compact_partition(table, day)
+                return None   # nothing of this channel was ever committed
+            except Exception as exc:
+                return self._rewrite_failed(channel, day, exc)
+        return None
+
+    def _rewrite_failed(self, channel: str, day, exc: Exception) -> str:
+        text = f"{day}: {type(exc).__name__}: {exc}"[:300]
+        log.warning("the close-time rewrite of the %s table for %s failed (%s); every row is in the table, in "
+                    "the files its commits appended, repeats not yet dropped; `spy-streamer lake-compact --date "
+                    "%s --channel %s` retries it", lake_tables.table_name(channel), day, text, day, channel,
+                    exc_info=not _expected(exc), extra={"event": "lake_rewrite_failed", "channel": channel})
+        return text
 
     # --- thread body ---
 

@@ -1,9 +1,9 @@
 """Lake maintenance that can run on any machine that reaches the catalog and the warehouse.
 
-- `compact_partition`: a day's partition (UTC day of `start`) rewritten as one snapshot: every data file
-  of the day replaced by files of about the table's target size (one, for a day of SPY), sorted by
-  (symbol, start), one row per (symbol, start), the first received kept (the local layout's rule,
-  `compaction.first_received_per_key`). Concurrent appends (the daemon's late batches) make the catalog
+- `compact_partition`: a day's partition (UTC day of `start`, or `sip_timestamp` for trades and quotes)
+  rewritten as one snapshot: every data file of the day replaced by files of about the table's target
+  size (one, for a day of SPY), in the channel's sort order, one row per the channel's dedup key, the
+  first received kept (the local layout's rule: capture/keep_first.py). Concurrent appends (the daemon's late batches) make the catalog
   refuse the stale commit; pyiceberg checks the replaced files still exist and retries, and a conflict
   it cannot resolve starts the rewrite again from a fresh read.
 - `expire_snapshots`: snapshots older than a retention are dropped from the table's history, then the
@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from .compaction import Outcome, first_received_per_key
+from ..capture.keep_first import KeepFirst, first_received_per_key
+from .compaction import Outcome
 from . import lake_tables
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,13 @@ def utc_days(open_at: datetime, close_at: datetime) -> list[date]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def compact_partition(table, day: date) -> LakeCompaction:
-    """Rewrite the table's partition of `day` (UTC) as one sorted, deduplicated snapshot."""
+def compact_partition(table, day: date, channel: str) -> LakeCompaction:
+    """Rewrite the table of `channel`'s partition of `day` (UTC) as one sorted, deduplicated snapshot."""
     from pyiceberg.exceptions import CommitFailedException, ValidationException
 
     for attempt in range(1, COMPACTION_ATTEMPTS + 1):
         try:
-            return _compact_once(table, day)
+            return _compact_once(table, day, KeepFirst.of(channel))
         except (CommitFailedException, ValidationException) as exc:
             if attempt == COMPACTION_ATTEMPTS:
                 raise LakeMaintenanceError(f"{day}: still conflicting after {attempt} attempts: {exc}") from exc
@@ -79,7 +80,7 @@ def compact_partition(table, day: date) -> LakeCompaction:
     raise AssertionError("unreachable")
 
 
-def _compact_once(table, day: date) -> LakeCompaction:
+def _compact_once(table, day: date, keys: KeepFirst) -> LakeCompaction:
     from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
@@ -98,7 +99,7 @@ def _compact_once(table, day: date) -> LakeCompaction:
     merged = scan.to_arrow()
     if merged.num_rows != sum(task.file.record_count for task in tasks):
         raise LakeMaintenanceError(f"{name} {day}: the day's files hold rows of other days; nothing changed")
-    rows = first_received_per_key(merged)
+    rows = first_received_per_key(merged, keys)
     with table.transaction() as transaction:
         with transaction.update_snapshot(snapshot_properties={COMPACTED_PROPERTY: day.isoformat()}).overwrite() as rewrite:
             for task in tasks:

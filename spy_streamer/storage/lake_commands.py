@@ -62,9 +62,9 @@ def lake_compact_command(config, day: date, channel: str | None) -> int:
     location = location_of(config)
     found = False
     try:
-        for _, table in _tables(open_catalog(location, config.paths.data_dir), location.namespace, channel):
+        for name, table in _tables(open_catalog(location, config.paths.data_dir), location.namespace, channel):
             found = True
-            print(compact_partition(table, day).describe())
+            print(compact_partition(table, day, name).describe())
     except LakeMaintenanceError as exc:
         return _fail(f"lake compaction of {day} failed: {exc}")
     except Exception as exc:
