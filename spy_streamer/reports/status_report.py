@@ -78,6 +78,23 @@ def heartbeat_lines(heartbeat: dict[str, Any] | None, now: datetime, tz=timezone
                      f"{'hung' if alive else 'not running'} (pid {pid} {'exists' if alive else 'not found'}). "
                      f"Last known state:")
     lines += [f"  {field}: {_plain(field, heartbeat[field], tz)}" for field in HEARTBEAT_FIELDS if field in heartbeat]
+    return lines + _storage_lines(heartbeat)
+
+
+def _storage_lines(heartbeat: dict[str, Any]) -> list[str]:
+    """The after-close compaction's failures and the lake's state (what `check` judges: storage_health)."""
+    failed = heartbeat.get("compaction_failed")
+    lines = [f"  compaction failed: {channel} {why}" for channel, why in sorted(failed.items())] \
+        if isinstance(failed, dict) else []
+    lake = heartbeat.get("lake")
+    if isinstance(lake, dict):
+        lines.append(f"  lake: {heartbeat.get('upload_backlog')} staged file(s), {lake.get('upload_backlog_rows')} "
+                     f"rows, waiting since {lake.get('oldest_staged_at') or '-'}; last commit "
+                     f"{lake.get('last_commit_at') or '-'}; failing since {lake.get('failing_since') or '-'}"
+                     f" ({lake.get('last_error') or 'no error'})")
+        rewrites = lake.get("rewrite_failed")
+        lines += [f"  lake rewrite failed: {channel} {why}" for channel, why in sorted(rewrites.items())] \
+            if isinstance(rewrites, dict) else []
     return lines
 
 

@@ -29,7 +29,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +70,10 @@ class LakeStats:
     last_commit_at: str | None = None   # ISO 8601 UTC
     last_commit_seconds: float | None = None  # read + upload + catalog commit of the last commit
     last_error: str | None = None
+    failing_since: str | None = None    # the first failure of the current streak (check: WARNING after 5 min)
+    commit_started_at: str | None = None  # while a commit is in flight (check: WARNING past 30 s)
+    oldest_staged_at: str | None = None   # when the oldest staged file was written (check: CRITICAL past 30 min)
+    upload_backlog_rows: int = 0          # rows in the staged files (their footers)
     rewrite_failed: dict[str, str] = field(default_factory=dict)  # channel -> why its close-time rewrite failed
 
 
@@ -139,6 +143,7 @@ class IcebergCommitter(Service):
         self.on_commit = on_commit
         self.stats = LakeStats()
         self._failures = 0
+        self._staged_rows: dict[tuple, int] = {}
         self._backlog_warned = False
         self._host = socket.gethostname()
 
@@ -191,11 +196,18 @@ class IcebergCommitter(Service):
     # --- thread body ---
 
     def run(self) -> None:
-        """Until stop(): a pass every `interval_seconds`, backing off after failures. Staged files left at
-        stop are durable and committed by the next run."""
+        """Until stop(): a pass every `interval_seconds`, backing off after failures; then one last pass,
+        for what the writer's final flush staged (the runner stops this service after the writer). Staged
+        files it cannot commit are durable, counted in the stats, and committed by the next run."""
         wait = 0.0
         while not self.stop_requested.wait(wait):
             wait = self.tick(self.interval_seconds)
+        self.tick(self.interval_seconds)
+
+    def count_staged(self) -> None:
+        """The staged files as they are on disk now, into the stats (the final heartbeat's truth, whatever
+        the commit thread managed before the deadline)."""
+        self._scan()
 
     def tick(self, interval_seconds: float) -> float:
         """One pass; the seconds to wait before the next (longer after each failure in a row)."""
@@ -217,20 +229,51 @@ class IcebergCommitter(Service):
         leaving that batch and all later ones staged (so the table receives them in order)."""
         done = 0
         pending = self._scan()
-        if pending and self.catalog is None:
-            self.catalog = self._catalog_factory()
-        for channel, group in _commit_groups(pending):
-            done += self._commit_group(channel, group)
-            self.stats.upload_backlog -= len(group)
-            self.stats.upload_backlog_bytes -= sum(batch.size for batch in group)
+        if not pending:
+            return 0
+        self.stats.commit_started_at = self._now_iso()
+        try:
+            if self.catalog is None:
+                self.catalog = self._catalog_factory()
+            for channel, group in _commit_groups(pending):
+                done += self._commit_group(channel, group)
+                committed = set(group)
+                pending = [batch for batch in pending if batch not in committed]
+                self._count(pending)
+        finally:
+            self.stats.commit_started_at = None
         return done
+
+    def _now_iso(self) -> str:
+        return self.clock.now().astimezone(timezone.utc).isoformat()
 
     def _scan(self) -> list[StagedBatch]:
         pending = staged_batches(self.data_dir)
-        self.stats.upload_backlog = len(pending)
-        self.stats.upload_backlog_bytes = sum(batch.size for batch in pending)
+        self._count(pending)
         self._check_backlog_bound()
         return pending
+
+    def _count(self, pending: list[StagedBatch]) -> None:
+        stats = self.stats
+        stats.upload_backlog = len(pending)
+        stats.upload_backlog_bytes = sum(batch.size for batch in pending)
+        stats.upload_backlog_rows = self._rows_staged(pending)
+        oldest = min((batch.stamp_ns for batch in pending), default=None)   # the writer's clock, as the heartbeat's
+        stats.oldest_staged_at = None if oldest is None else \
+            datetime.fromtimestamp(oldest / 1e9, timezone.utc).isoformat()
+
+    def _rows_staged(self, pending: list[StagedBatch]) -> int:
+        """Rows in the staged files, from their footers (each read once: a file's rows never change)."""
+        known, self._staged_rows = self._staged_rows, {}
+        for batch in pending:
+            key = (str(batch.path), batch.size, batch.mtime_ns)
+            if key not in known:
+                try:
+                    known[key] = pq.read_metadata(batch.path).num_rows
+                except (pa.ArrowException, OSError):   # vanished, or unreadable: set aside by the next commit
+                    continue
+            self._staged_rows[key] = known[key]
+        return sum(self._staged_rows.values())
 
     def _commit_group(self, channel: str, group: list[StagedBatch]) -> int:
         started = time.monotonic()
@@ -269,7 +312,7 @@ class IcebergCommitter(Service):
         stats.rows_committed += rows
         stats.bytes_committed += sum(batch.size for batch in batches)
         stats.last_commit_seconds = round(seconds, 4)
-        stats.last_commit_at = self.clock.now().astimezone(timezone.utc).isoformat()
+        stats.last_commit_at = self._now_iso()
 
     def _remove(self, batches: list[StagedBatch]) -> None:
         """Committed: the staged copies go (each folder fsynced once). A failure here loses nothing: the
@@ -301,6 +344,8 @@ class IcebergCommitter(Service):
     def _on_failure(self, exc: Exception) -> None:
         self._failures += 1
         self.stats.commit_failures += 1
+        if self._failures == 1:
+            self.stats.failing_since = self._now_iso()
         self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
         if self._failures == 1:
             log.warning("lake commit failed; %d staged batch(es) wait on local disk and are retried with "
@@ -314,7 +359,7 @@ class IcebergCommitter(Service):
                      extra={"event": "lake_commit_recovered", "failed_attempts": self._failures,
                             "upload_backlog": self.stats.upload_backlog})
         self._failures = 0
-        self.stats.last_error = None
+        self.stats.last_error = self.stats.failing_since = None
 
     def _check_backlog_bound(self) -> None:
         over = self.stats.upload_backlog_bytes > self.max_backlog_bytes

@@ -21,10 +21,12 @@ NAMESPACE = "spy_streamer"
 CATALOG_NAME = "spy_streamer"
 CATALOG_FILE = "lake-catalog.db"
 TOKEN_ENV, CREDENTIAL_ENV = "SPY_STREAMER_CATALOG_TOKEN", "SPY_STREAMER_CATALOG_CREDENTIAL"
-# A store that is down must fail a commit in seconds (the committer backs off and retries), not hang the
-# thread for the AWS SDK's minutes.
-S3_CONNECT_TIMEOUT_SECONDS = 5
-S3_REQUEST_TIMEOUT_SECONDS = 60
+# A store or catalog that is down must fail a call within 10 s (the committer backs off and retries), not
+# hang the thread for the AWS SDK's minutes: lake_bounds.py, loaded by pyiceberg by these names.
+S3_CONNECT_TIMEOUT_SECONDS = 3
+S3_REQUEST_TIMEOUT_SECONDS = 4     # without a byte; lake_bounds.S3_ATTEMPTS tries in all
+BOUNDED_S3_RETRIES = "spy_streamer.storage.lake_bounds.BoundedS3Retries"
+BOUNDED_REST_CATALOG = "spy_streamer.storage.lake_bounds.BoundedRestCatalog"
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ def catalog_properties(location: LakeLocation, data_dir: Path) -> dict[str, str]
         properties.update({"s3.region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
                            or "us-east-1",
                            "s3.connect-timeout": str(S3_CONNECT_TIMEOUT_SECONDS),
-                           "s3.request-timeout": str(S3_REQUEST_TIMEOUT_SECONDS)})
+                           "s3.request-timeout": str(S3_REQUEST_TIMEOUT_SECONDS),
+                           "s3.retry-strategy-impl": BOUNDED_S3_RETRIES})
         if location.s3_endpoint:
             properties["s3.endpoint"] = location.s3_endpoint
     kind = location.catalog
@@ -77,7 +80,11 @@ def open_catalog(location: LakeLocation, data_dir: Path):
         Path(location.warehouse).expanduser().mkdir(parents=True, exist_ok=True)
     if location.catalog == "sql":
         data_dir.mkdir(parents=True, exist_ok=True)
-    return load_catalog(CATALOG_NAME, **catalog_properties(location, data_dir))
+    properties = catalog_properties(location, data_dir)
+    if properties["type"] == "rest":   # the same catalog, its requests bounded
+        del properties["type"]
+        properties["py-catalog-impl"] = BOUNDED_REST_CATALOG
+    return load_catalog(CATALOG_NAME, **properties)
 
 
 def location_of(config) -> LakeLocation:
