@@ -19,6 +19,7 @@ from spy_streamer.demo.replay_server import agg_event, quote_event, trade_event 
 from spy_streamer.storage.iceberg_committer import IcebergCommitter  # noqa: E402
 from spy_streamer.storage.iceberg_maintenance import open_table  # noqa: E402
 from spy_streamer.storage.parquet_sink import ParquetSink  # noqa: E402
+from test_heartbeat_monitor import config  # noqa: E402,F401 (fixture)
 from test_iceberg_lake import DAY, DAY_START_MS, NAMESPACE, lake, s3  # noqa: E402,F401,F811 (fixtures)
 
 CHANNELS = ("A", "AM", "T", "Q")
@@ -116,6 +117,44 @@ def test_the_close_time_rewrite_compacts_every_channel(lake, caplog):
     assert sorted(record.table for record in compacted) == sorted(f"{NAMESPACE}.{name}" for name in
                                                                   ("second_aggregates", "minute_aggregates",
                                                                    "trades", "quotes"))
+    assert committer.stats.rewrite_failed == {}
+
+
+def test_a_failed_rewrite_of_one_table_warns_until_a_later_one_succeeds(lake, caplog, monkeypatch, config):
+    """Measured: the rewrite failed on T, never tried Q, logged the wrong consequence, `check` stayed OK."""
+    from spy_streamer.monitoring.health_check import OK, WARNING, evaluate_health, load_heartbeat
+    from spy_streamer.storage import iceberg_maintenance
+    from test_heartbeat_monitor import FRIDAY_EVENING, Rig
+
+    data_dir, _, catalog = lake
+    committed(lake)
+    committer = IcebergCommitter(catalog, data_dir, NAMESPACE)
+    rig = Rig(config, FRIDAY_EVENING, lake=committer.stats)
+    opens = datetime.fromtimestamp(DAY_START_MS / 1000, timezone.utc)
+    rewrite = iceberg_maintenance.compact_partition
+
+    def failing_on_trades(table, day, channel):
+        if channel == "T":
+            raise OSError("the store refused the rewrite")
+        return rewrite(table, day, channel)
+
+    monkeypatch.setattr(iceberg_maintenance, "compact_partition", failing_on_trades)
+    caplog.set_level(logging.INFO, logger="spy_streamer")
+    committer.compact_session(opens, opens + timedelta(hours=6, minutes=30))
+
+    for channel in ("A", "AM", "Q"):
+        assert_first_of_each_key(catalog, channel)                   # the others were rewritten
+    (failed,) = [record for record in caplog.records if getattr(record, "event", None) == "lake_rewrite_failed"]
+    assert "every row is in the table" in failed.getMessage() and "--channel T" in failed.getMessage()
+    rig.monitor.send_heartbeat()
+    verdict = evaluate_health(load_heartbeat(rig.path), rig.clock.now())
+    assert verdict.code == WARNING and "lake_rewrite_T" in verdict.text
+
+    monkeypatch.setattr(iceberg_maintenance, "compact_partition", rewrite)
+    committer.compact_session(opens, opens + timedelta(hours=6, minutes=30))   # the next close's
+    assert_first_of_each_key(catalog, "T")
+    rig.monitor.send_heartbeat()
+    assert evaluate_health(load_heartbeat(rig.path), rig.clock.now()).code == OK
     assert committer.stats.rewrite_failed == {}
 
 

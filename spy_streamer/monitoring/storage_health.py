@@ -5,10 +5,10 @@ The rules (README, *check states*), most severe first:
   them, and a data_dir lost now would lose them;
 - WARNING: a lake commit in flight for more than IN_FLIGHT_WARNING_SECONDS (30 s): a store or catalog
   that hangs rather than fails;
-- WARNING: lake commits failing for FAILING_WARNING_SECONDS (5 min) or more;
 - WARNING: rows staged and not in the lake when the daemon stopped (committed at its next start);
-- WARNING: a close-time rewrite of a lake table failed, until a later rewrite of that table succeeds;
 - WARNING: the after-close compaction of a channel failed (the file named), until a later one succeeds.
+Failing lake commits and a failed close-time rewrite of a table are failure streaks (`lake_commit`,
+`lake_rewrite_<channel>`: monitoring/failure_streak.py), WARNING by the one rule for every streak.
 A stopped or failed daemon's figures are judged at `now` (nobody will commit its staged rows meanwhile);
 a running one's as of its heartbeat.
 """
@@ -20,14 +20,13 @@ from typing import Any
 CRITICAL, WARNING = 2, 1
 STAGED_CRITICAL_SECONDS = 1800.0
 IN_FLIGHT_WARNING_SECONDS = 30.0
-FAILING_WARNING_SECONDS = 300.0
 
 
 def storage_problem(hb: dict[str, Any], now: datetime) -> tuple[int, str] | None:
     """(state, what is wrong) for the most severe storage rule that applies, or None."""
     lake = hb.get("lake") if isinstance(hb.get("lake"), dict) else {}
     at = now if hb.get("status") in ("stopped", "failed") else datetime.fromisoformat(hb["updated_at"])
-    for rule in (_staged_too_long, _commit_hanging, _commits_failing, _staged_at_stop, _rewrite_failed):
+    for rule in (_staged_too_long, _commit_hanging, _staged_at_stop):
         problem = rule(hb, lake, at)
         if problem is not None:
             return problem
@@ -64,26 +63,9 @@ def _commit_hanging(hb, lake, at) -> tuple[int, str] | None:
     return None
 
 
-def _commits_failing(hb, lake, at) -> tuple[int, str] | None:
-    failing = _seconds_since(lake.get("failing_since"), at)
-    if failing is not None and failing >= FAILING_WARNING_SECONDS:
-        return WARNING, (f"lake commits failing for {failing / 60:.0f} min, {_staged(hb, lake)} waiting "
-                         f"({str(lake.get('last_error'))[:80]})")
-    return None
-
-
 def _staged_at_stop(hb, lake, at) -> tuple[int, str] | None:
     if hb.get("status") in ("stopped", "failed") and hb.get("upload_backlog"):
         return WARNING, f"{_staged(hb, lake)} not in the lake at the stop (committed at the next start)"
-    return None
-
-
-def _rewrite_failed(hb, lake, at) -> tuple[int, str] | None:
-    failed = lake.get("rewrite_failed")
-    if isinstance(failed, dict) and failed:
-        channel, why = sorted(failed.items())[0]
-        return WARNING, (f"the close-time lake rewrite failed for {', '.join(sorted(failed))} "
-                         f"({channel} {str(why)[:100]}); `lake-compact` retries it")
     return None
 
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..clock import SystemClock
+from ..monitoring.failure_streak import FailureStreak
 from .durable_files import fsync_directory
 from .layout import micro_batch_stamp, partition_day_text, partition_dirs, visible_parquet_files
 from .parquet_sink import ParquetSink
@@ -70,11 +71,11 @@ class LakeStats:
     last_commit_at: str | None = None   # ISO 8601 UTC
     last_commit_seconds: float | None = None  # read + upload + catalog commit of the last commit
     last_error: str | None = None
-    failing_since: str | None = None    # the first failure of the current streak (check: WARNING after 5 min)
+    failing_since: str | None = None    # the first failure of the current streak
     commit_started_at: str | None = None  # while a commit is in flight (check: WARNING past 30 s)
     oldest_staged_at: str | None = None   # when the oldest staged file was written (check: CRITICAL past 30 min)
     upload_backlog_rows: int = 0          # rows in the staged files (their footers)
-    rewrite_failed: dict[str, str] = field(default_factory=dict)  # channel -> why its close-time rewrite failed
+    rewrite_failed: dict[str, str] = field(default_factory=dict)  # channel -> why its last close-time rewrite failed
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ class IcebergCommitter(Service):
         self.whole_ledger = whole_ledger
         self.on_commit = on_commit
         self.stats = LakeStats()
-        self._failures = 0
+        self._streak = FailureStreak("lake_commit", log, "lake_commit_failed", "lake_commit_recovered")
+        self._rewrite_streaks: dict[str, FailureStreak] = {}
         self._staged_rows: dict[tuple, int] = {}
         self._backlog_warned = False
         self._host = socket.gethostname()
@@ -155,43 +157,55 @@ class IcebergCommitter(Service):
         """After the close: rewrite each UTC day the session touched, per table (one snapshot each, one row
         per the channel's key). The commit thread keeps appending meanwhile; the rewrite is safe against
         that. A table whose rewrite fails keeps every row (in the files its commits appended: more files
-        for queries to read, repeats not yet dropped); it is logged and shown (`rewrite_failed`, `check`
-        WARNING) until a later rewrite of that table succeeds, and the other tables are still rewritten."""
+        for queries to read, repeats not yet dropped); its failure streak (`lake_rewrite_<channel>`: the
+        heartbeat's `failing`, `check` WARNING) runs until a later rewrite of that table succeeds, and the
+        other tables are still rewritten."""
         from .iceberg_maintenance import utc_days
+        days = utc_days(opens, closes)
         try:
             catalog = self._catalog_factory() if self._catalog_factory is not None else self.catalog
         except Exception as exc:  # the catalog is down: no table can be rewritten today
-            catalog, unreachable = None, exc
-        failed = dict(self.stats.rewrite_failed)
+            for channel in lake_tables.TABLE_NAMES:
+                self._rewrite_failed(channel, days[0], exc)
+            return
         for channel in lake_tables.TABLE_NAMES:
-            error = self._rewrite(catalog, channel, utc_days(opens, closes)) if catalog is not None \
-                else self._rewrite_failed(channel, utc_days(opens, closes)[0], unreachable)
-            if error is None:
-                failed.pop(channel, None)
-            else:
-                failed[channel] = error
-            self.stats.rewrite_failed = dict(failed)
+            if self._rewrite(catalog, channel, days):
+                self._rewrite_streak(channel).succeeded("the close-time rewrite of the %s table works again",
+                                                        lake_tables.table_name(channel), channel=channel)
+                self.stats.rewrite_failed = {name: why for name, why in self.stats.rewrite_failed.items()
+                                             if name != channel}
 
-    def _rewrite(self, catalog, channel: str, days) -> str | None:
-        """Rewrite `channel`'s table for each of `days`; None, or what failed (logged)."""
+    def _rewrite(self, catalog, channel: str, days) -> bool:
+        """Rewrite `channel`'s table for each of `days`; False when one failed (logged, shown)."""
         from pyiceberg.exceptions import NoSuchTableError
         from .iceberg_maintenance import compact_partition, open_table
+        try:
+            table = open_table(catalog, self.namespace, channel)
+        except NoSuchTableError:
+            return True   # nothing of this channel was ever committed
+        except Exception as exc:
+            self._rewrite_failed(channel, days[0], exc)
+            return False
         for day in days:
             try:
-                compact_partition(open_table(catalog, self.namespace, channel), day, channel)
-            except NoSuchTableError:
-                return None   # nothing of this channel was ever committed
+                compact_partition(table, day, channel)
             except Exception as exc:
-                return self._rewrite_failed(channel, day, exc)
-        return None
+                self._rewrite_failed(channel, day, exc)
+                return False
+        return True
 
-    def _rewrite_failed(self, channel: str, day, exc: Exception) -> str:
-        text = f"{day}: {type(exc).__name__}: {exc}"[:300]
-        log.warning("the close-time rewrite of the %s table for %s failed (%s); every row is in the table, in "
-                    "the files its commits appended, repeats not yet dropped; `spy-streamer lake-compact --date "
-                    "%s --channel %s` retries it", lake_tables.table_name(channel), day, text, day, channel,
-                    exc_info=not _expected(exc), extra={"event": "lake_rewrite_failed", "channel": channel})
-        return text
+    def _rewrite_failed(self, channel: str, day, exc: Exception) -> None:
+        self.stats.rewrite_failed = {**self.stats.rewrite_failed, channel: f"{day}: {type(exc).__name__}: {exc}"[:300]}
+        self._rewrite_streak(channel).failed(
+            exc, "the close-time rewrite of the %s table for %s failed; every row is in the table, in the files "
+                 "its commits appended, repeats not yet dropped; `spy-streamer lake-compact --date %s --channel %s` "
+                 "retries it", lake_tables.table_name(channel), day, day, channel, channel=channel)
+
+    def _rewrite_streak(self, channel: str) -> FailureStreak:
+        if channel not in self._rewrite_streaks:
+            self._rewrite_streaks[channel] = FailureStreak(f"lake_rewrite_{channel}", log, "lake_rewrite_failed",
+                                                           "lake_rewrite_recovered")
+        return self._rewrite_streaks[channel]
 
     # --- thread body ---
 
@@ -218,7 +232,7 @@ class IcebergCommitter(Service):
                 self.catalog = None
             self._on_failure(exc)
             low, high = BACKOFF_SECONDS
-            return min(high, low * 2 ** (self._failures - 1)) * random.uniform(0.9, 1.1)
+            return min(high, low * 2 ** (self._streak.failures - 1)) * random.uniform(0.9, 1.1)
         self._on_success()
         return interval_seconds
 
@@ -342,23 +356,19 @@ class IcebergCommitter(Service):
     # --- failures and the backlog bound: few log lines ---
 
     def _on_failure(self, exc: Exception) -> None:
-        self._failures += 1
+        """One failed pass: counted, the streak's first logged (a traceback only for what may be a bug)."""
         self.stats.commit_failures += 1
-        if self._failures == 1:
-            self.stats.failing_since = self._now_iso()
         self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        if self._failures == 1:
-            log.warning("lake commit failed; %d staged batch(es) wait on local disk and are retried with "
-                        "backoff: %s", self.stats.upload_backlog, self.stats.last_error,
-                        exc_info=not _expected(exc),
-                        extra={"event": "lake_commit_failed", "upload_backlog": self.stats.upload_backlog})
+        first = not self._streak.failing
+        self._streak.failed(exc, "lake commit failed; %d staged batch(es) (%d rows) wait on local disk and are "
+                            "retried with backoff", self.stats.upload_backlog, self.stats.upload_backlog_rows,
+                            upload_backlog=self.stats.upload_backlog)
+        self.stats.failing_since = self._streak.since.isoformat() if self._streak.since else None
+        if first and not _expected(exc):
+            log.error("the lake commit's failure may be a bug", exc_info=exc, extra={"event": "lake_commit_error"})
 
     def _on_success(self) -> None:
-        if self._failures:
-            log.info("lake commits resumed after %d failed attempt(s)", self._failures,
-                     extra={"event": "lake_commit_recovered", "failed_attempts": self._failures,
-                            "upload_backlog": self.stats.upload_backlog})
-        self._failures = 0
+        self._streak.succeeded("lake commits resumed", upload_backlog=self.stats.upload_backlog)
         self.stats.last_error = self.stats.failing_since = None
 
     def _check_backlog_bound(self) -> None:
