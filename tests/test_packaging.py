@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "spy_streamer"
 # Imported only where `storage.kind: iceberg` is configured, and declared as the `lake` extra.
-EXTRA_ONLY = {"lake": {"pyiceberg"}}
+EXTRA_ONLY = {"lake": {"pyiceberg", "requests"}}   # requests: the REST catalog's bound (storage/lake_bounds.py)
 
 
 def imported_top_level_modules() -> set[str]:

@@ -145,8 +145,10 @@ def _judge(facts: "_Facts", market_open_now) -> tuple[int, str | None]:
         return CRITICAL, f"daemon failed: {hb.get('failure') or 'unknown reason'}"
     market_open = facts.market_open(market_open_now)
     if hb["status"] == "stopped":
-        return (CRITICAL, "daemon stopped while the market is open") if market_open \
-            else storage_problem(hb, facts.now) or (OK, None)
+        storage = storage_problem(hb, facts.now)
+        if market_open:
+            return CRITICAL, "daemon stopped while the market is open" + (f"; {storage[1]}" if storage else "")
+        return storage or (OK, None)
     if is_stale(hb, facts.age):
         return CRITICAL, f"heartbeat is {facts.age:.0f} s old (daemon hung or dead)"
     if hb["status"] == "stalled":

@@ -260,15 +260,20 @@ class StreamingRunner:
                         "rows_written": self.writer_stats.rows_written})
 
     def _stop_lake_commits(self, deadline: float) -> None:
-        """A commit in flight may outlast the deadline; abandoning it is safe (the batch stays staged and
-        the commit ledger recognises it next time), so it is logged, not failed on."""
+        """The commit thread's last pass commits what the writer's final flush staged. A commit in flight
+        may outlast the deadline; abandoning it is safe (the batch stays staged and the commit ledger
+        recognises it next time), so it is logged, not failed on, and the staged rows counted."""
         if self._lake_thread is None:
             return
         self.lake.stop()
         self._lake_thread.join(max(0.0, deadline - self.clock.monotonic()))
-        if self._lake_thread.is_alive():
-            log.warning("a lake commit was still running at the deadline; its batches stay staged and are "
-                        "committed at the next start", extra={"event": "lake_commit_abandoned"})
+        self.lake.count_staged()   # the final heartbeat tells what is still only on local disk
+        if self._lake_thread.is_alive() or self.lake.stats.upload_backlog:
+            log.warning("%d staged file(s), %d rows, are not in the lake at the stop (%s); they stay on local "
+                        "disk and are committed at the next start", self.lake.stats.upload_backlog,
+                        self.lake.stats.upload_backlog_rows, "a commit was still running at the deadline"
+                        if self._lake_thread.is_alive() else self.lake.stats.last_error or "not committed",
+                        extra={"event": "lake_commit_abandoned", "upload_backlog": self.lake.stats.upload_backlog})
 
     def _abandoned(self, thread_names: list[str]) -> None:
         """Threads still running at the deadline: a fact to log and to exit non-zero on."""

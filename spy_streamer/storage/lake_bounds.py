@@ -2,8 +2,8 @@
 
 A store that accepts connections and never answers had held a commit for a 60 s read timeout plus the
 AWS SDK's retries, with nothing counted or logged. Now a request that receives nothing for
-S3_REQUEST_TIMEOUT_SECONDS fails, and is tried S3_ATTEMPTS times in all: 2 x 4 s plus the SDK's short
-back-off, under 10 s. (The request timeout is a time without bytes, not a total: a large upload that
+S3_REQUEST_TIMEOUT_SECONDS (lake_catalog.py) fails, and is tried S3_ATTEMPTS times in all: 2 x 3 s plus the SDK's short
+back-off, about 6 s. (The request timeout is a time without bytes, not a total: a large upload that
 keeps moving is not cut.) A REST catalog's requests carry the same bound (pyiceberg sets none). The
 committer counts each failure and backs off; `check` judges the streak (monitoring/storage_health.py).
 
@@ -16,9 +16,7 @@ from pyiceberg.catalog.rest import RestCatalog
 from requests.adapters import HTTPAdapter
 
 CALL_TIMEOUT_SECONDS = 10.0
-S3_CONNECT_TIMEOUT_SECONDS = 3
-S3_REQUEST_TIMEOUT_SECONDS = 4
-S3_ATTEMPTS = 2
+S3_ATTEMPTS = 2   # of lake_catalog's S3_REQUEST_TIMEOUT_SECONDS each
 
 
 class BoundedS3Retries(pyarrow.fs.AwsStandardS3RetryStrategy):

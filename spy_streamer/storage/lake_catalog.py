@@ -24,7 +24,7 @@ TOKEN_ENV, CREDENTIAL_ENV = "SPY_STREAMER_CATALOG_TOKEN", "SPY_STREAMER_CATALOG_
 # A store or catalog that is down must fail a call within 10 s (the committer backs off and retries), not
 # hang the thread for the AWS SDK's minutes: lake_bounds.py, loaded by pyiceberg by these names.
 S3_CONNECT_TIMEOUT_SECONDS = 3
-S3_REQUEST_TIMEOUT_SECONDS = 4     # without a byte; lake_bounds.S3_ATTEMPTS tries in all
+S3_REQUEST_TIMEOUT_SECONDS = 3     # without a byte; lake_bounds.S3_ATTEMPTS tries in all
 BOUNDED_S3_RETRIES = "spy_streamer.storage.lake_bounds.BoundedS3Retries"
 BOUNDED_REST_CATALOG = "spy_streamer.storage.lake_bounds.BoundedRestCatalog"
 
