@@ -109,3 +109,26 @@ def test_a_sigterm_with_the_store_down_reports_the_staged_rows(start, fake, tmp_
     assert "30 rows" in abandoned["message"]
     verdict = evaluate_health(load_heartbeat(heartbeat_path(load_config(run.config_path))), datetime.now(timezone.utc))
     assert "30 rows in" in verdict.text and "not in the lake at the stop" in verdict.text
+
+
+def test_iceberg_without_its_libraries_is_exit_78_naming_the_install_command(tmp_path):
+    """Measured: without pyiceberg-core, `storage.kind: iceberg` retried a commit failure forever, with a
+    WARNING. Now the start stops at once (exit 78, which supervisord does not restart) with the command."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, TEST_API_KEY, settings, write_settings
+
+    shadow = tmp_path / "shadow"
+    (shadow / "pyiceberg_core").mkdir(parents=True)
+    (shadow / "pyiceberg_core" / "__init__.py").write_text("raise ImportError('No module named pyiceberg_core')\n")
+    config = write_settings(tmp_path, settings(tmp_path, storage={"kind": "iceberg", "warehouse": str(tmp_path / "lake")}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), str(REPO_ROOT)]), "POLYGON_API_KEY": TEST_API_KEY}
+
+    result = subprocess.run([sys.executable, "-m", "spy_streamer", "run", "--config", str(config)], env=env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 78
+    (line,) = result.stderr.strip().splitlines()
+    assert "storage.kind: iceberg needs pyiceberg-core" in line and "pip install 'spy-streamer[lake]'" in line

@@ -87,7 +87,26 @@ def open_catalog(location: LakeLocation, data_dir: Path):
     return load_catalog(CATALOG_NAME, **properties)
 
 
+LAKE_LIBRARIES = ("pyiceberg", "pyiceberg_core")   # the catalog and tables; the day partitioning of the tables
+INSTALL_COMMAND = "pip install 'spy-streamer[lake]'"
+
+
+def require_lake_libraries(config) -> None:
+    """ConfigError (exit 78) naming the install command when a library the lake needs cannot be imported:
+    without pyiceberg-core every commit failed, retried forever behind one WARNING."""
+    from importlib import import_module
+
+    from ..config import ConfigError
+    for name in LAKE_LIBRARIES:
+        try:
+            import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{config.source}: storage.kind: iceberg needs {name.replace('_', '-')}, which "
+                              f"cannot be imported ({exc}); install it with: {INSTALL_COMMAND}") from None
+
+
 def location_of(config) -> LakeLocation:
-    """The lake named by a loaded Config's `storage` section."""
+    """The lake named by a loaded Config's `storage` section; ConfigError when its libraries are missing."""
+    require_lake_libraries(config)
     storage = config.storage
     return LakeLocation(storage.catalog, storage.warehouse, storage.s3_endpoint)
