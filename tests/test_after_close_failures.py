@@ -9,10 +9,9 @@ from datetime import date, timedelta
 import pyarrow.parquet as pq
 
 from conftest import ny
-from fake_polygon import agg_event, session_timeline
+from fake_polygon import agg_event, session_timeline, trade_event
 from channel_parsing import events_one_by_one
 from daemon_harness import wait_for
-from spy_streamer.demo.replay_server import trade_event
 from spy_streamer.monitoring.health_check import WARNING, evaluate_health, load_heartbeat
 from spy_streamer.reports.status_report import heartbeat_lines
 from spy_streamer.storage.parquet_sink import ParquetSink
@@ -70,7 +69,7 @@ def test_the_daemon_shows_a_failed_compaction_until_a_later_one_succeeds(make_ru
     corrupt_a_page(written)
     runner.clock.advance(35)                            # 16:00:05: the session ends, the day is compacted
     runner.reconcile()
-    runner._after_close.join(30)
+    runner._after_close[1].join(30)
 
     beat = heartbeat(runner)
     assert str(written) in beat["compaction_failed"]["A"]

@@ -15,7 +15,7 @@ pytest.importorskip("pyiceberg")
 pytest.importorskip("moto.server")
 
 from channel_parsing import events_one_by_one  # noqa: E402
-from spy_streamer.demo.replay_server import agg_event, quote_event, trade_event  # noqa: E402
+from fake_polygon import agg_event, quote_event, trade_event  # noqa: E402
 from spy_streamer.storage.iceberg_committer import IcebergCommitter  # noqa: E402
 from spy_streamer.storage.iceberg_maintenance import open_table  # noqa: E402
 from spy_streamer.storage.parquet_sink import ParquetSink  # noqa: E402
