@@ -48,12 +48,13 @@ def window_settings(tmp_path: Path, fake, *, open_now: bool = True, **sections) 
 class Daemon:
     """`spy-streamer run` as a subprocess of this interpreter, with the test key in its environment."""
 
-    def __init__(self, config_path: Path, api_key: str = TEST_API_KEY):
-        env = dict(os.environ, POLYGON_API_KEY=api_key, PYTHONUNBUFFERED="1")
+    def __init__(self, config_path: Path, api_key: str = TEST_API_KEY, code: Path = REPO_ROOT):
+        """`code`: the checkout whose spy_streamer runs (the benchmarks compare another commit's)."""
+        env = dict(os.environ, POLYGON_API_KEY=api_key, PYTHONUNBUFFERED="1", PYTHONPATH=str(code))
         env.pop("SPY_STREAMER_CONFIG", None)
         self.config_path = config_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "spy_streamer", "run", "--config", str(config_path)], cwd=REPO_ROOT,
+            [sys.executable, "-m", "spy_streamer", "run", "--config", str(config_path)], cwd=code,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def wait_exit(self, timeout: float) -> int:

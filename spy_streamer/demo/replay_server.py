@@ -66,6 +66,7 @@ class FakePolygon(RestReplay):
         self.host = host
         self.compression = compression  # permessage-deflate, as the client offers; None to switch it off
         self.last_blast_started: float | None = None
+        self.last_blast_cpu_seconds: float | None = None
         # Recorded state (read by tests; written under self._lock).
         self.connections_total = 0
         self.refused_handshakes = 0
@@ -325,30 +326,33 @@ class FakePolygon(RestReplay):
         return sent
 
     def blast(self, total_events: int, frame_size: int = 200, start_ms: int = 1_767_000_000_000,
-              symbols: tuple[str, ...] = ("SPY",)) -> float:
+              symbols: tuple[str, ...] = ("SPY",), separators: tuple[str, str] = (",", ":")) -> float:
         """Benchmark: send pre-encoded frames as fast as possible; returns seconds.
 
         Events go round-robin over `symbols`, one bar per symbol per second from start_ms, so with
         several symbols many events fit in a short session window. The time ends when the last frame
         is handed to the socket, i.e. the client may still have up to the write buffer plus kernel
-        buffers left to read. Nothing is recorded in sent_events/timeline.
+        buffers left to read. Nothing is recorded in sent_events/timeline. `separators`: Polygon's
+        compact JSON by default; `(", ", ": ")` is json.dumps's spaced form. The CPU the sending itself
+        took is kept in `last_blast_cpu_seconds` (the sender's own ceiling: events / that).
         """
         per_symbol = -(-total_events // len(symbols))
         timelines = [list(_timeline_iter(start_ms, per_symbol, symbol)) for symbol in symbols]
         events = [timeline[i] for i in range(per_symbol) for timeline in timelines][:total_events]
-        frames = [json.dumps(c, separators=(",", ":")) for c in _chunks(events, frame_size)]
+        frames = [json.dumps(c, separators=separators) for c in _chunks(events, frame_size)]
         return self._call(self._blast(frames, symbols), timeout=None)
 
     async def _blast(self, frames: list[str], symbols: tuple[str, ...]) -> float:
         clients = [c for c in self._subscribed() if any(c.wants({"ev": "A", "sym": s}) for s in symbols)]
         self.last_blast_started = time.monotonic()  # after encoding: when the first frame goes out
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()   # the loop's own thread
         for frame in frames:
             for client in list(clients):
                 try:
                     await client.ws.send(frame)
                 except ConnectionClosed:
                     clients.remove(client)
+        self.last_blast_cpu_seconds = time.thread_time() - cpu_started
         return time.perf_counter() - started
 
     def replay_live(self, symbols: Iterable[str] = ("SPY",), since_ms: int | None = None,
