@@ -68,8 +68,17 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 def _keep_pandas_out() -> None:
     """pyarrow imports pandas, when it is installed, at its first conversion (even `pa.scalar(1)`), only to
     recognise pandas objects: 59 MB resident for a daemon that never makes a DataFrame. Marked absent, it
-    stays out of this process (compaction and the reading commands run in processes of their own)."""
+    stays out of this process (compaction and the reading commands run in processes of their own).
+
+    pyarrow looks for pandas once; finding the module marked absent, that look raises AttributeError (not
+    the ImportError it expects) and from then on pyarrow knows there is none. It is made here, so that no
+    import-time conversion elsewhere (whichever module happens to come first) meets the error."""
     sys.modules.setdefault("pandas", None)
+    import pyarrow
+    try:
+        pyarrow.scalar(0)
+    except AttributeError:
+        pass
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:

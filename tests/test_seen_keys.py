@@ -139,7 +139,7 @@ def test_a_restart_reads_the_day_a_bounded_part_at_a_time(tmp_path, monkeypatch)
     from datetime import date
 
     from spy_streamer.storage import parquet_sink
-    from spy_streamer.capture.batch_writer import Lane
+    from spy_streamer.capture.lane import Lane
 
     monkeypatch.setattr(parquet_sink, "READ_WHOLE_ROWS", 100)
     sink = parquet_sink.ParquetSink(tmp_path)

@@ -137,3 +137,15 @@ def test_signal_handler_only_records_and_a_second_ctrl_c_exits_at_once(make_runn
 ])
 def test_backfill_covers_the_aggregate_subscriptions(subscriptions, symbols):
     assert symbols_of("A", subscriptions) == symbols
+
+
+def test_keeping_pandas_out_leaves_every_module_importable_whatever_imports_first():
+    """With pandas marked absent, pyarrow's first look for it raises AttributeError: the daemon started only
+    because some module happened to swallow that first error (the writer's split changed the import order
+    and `run` died at start). `_keep_pandas_out` makes the look itself."""
+    import subprocess
+    import sys
+    code = ("from spy_streamer.cli import _keep_pandas_out; _keep_pandas_out(); "
+            "import spy_streamer.channels.base, sys; assert sys.modules['pandas'] is None")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-500:]

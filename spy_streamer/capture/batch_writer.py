@@ -6,9 +6,9 @@ Parsing happens here, not in the reader, so the WebSocket loop never waits on JS
 parsed many at a time into columns. A failed flush keeps the rows in memory and retries at the next
 interval, so a full or read-only disk loses nothing once it recovers.
 
-The writer knows no channel by name: each subscribed channel (spy_streamer/channels/) gets a `Lane` with
-its rules, the day's dedup keys, its pending rows and its gaps, and each flush writes one file per
-channel with rows. Nothing a server sends stops this thread: an event that is not a plausible row of a
+The writer knows no channel by name: each subscribed channel (spy_streamer/channels/) gets a `Lane`
+(capture/lane.py) with its rules, the day's dedup keys, its pending rows and its gaps, and each flush
+(capture/flush_pipeline.py) writes one file per channel with rows. Nothing a server sends stops this thread: an event that is not a plausible row of a
 subscribed symbol (channels.rules.ChannelRules) is counted, by reason, and the day's files hold only rows
 every reader can open.
 """
@@ -21,25 +21,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..channels import Channel, channel_for
+from ..channels import channel_for
 from ..channels.base import SESSION, epoch_ms
 from ..channels.parsing import parse_frames, rest_results_with_reasons
-from ..channels.rules import ChannelRules
-from ..channels.subscriptions import channel_names, has_wildcard, symbols_of
+from ..channels.subscriptions import channel_names
 from ..monitoring.clock_skew import ClockSkewDetector
 from ..backfill.gap_backfill import Gap
 from ..market.market_hours import MarketCalendar
 from ..storage.parquet_sink import ParquetSink
 from .pipeline_stats import WriterStats
-from ..monitoring.failure_streak import FailureStreak
 from ..orchestrator.service import Service
 from .queue_items import END_OF_STREAM, GAP_POSSIBLE, RestBars
-from .keep_first import KeepFirst
-from .seen_keys import seen_rows_for
+from .flush_pipeline import FlushPipeline
+from .lane import Lane
 
 log = logging.getLogger(__name__)
 
@@ -55,113 +52,6 @@ LINGER_SECONDS = 0.05
 # the rules) is the pipeline's longest stage, and one thread's Python steps would leave the reader idle.
 PARSERS = 2
 FLUSH_POLL_SECONDS = 0.01   # while a flush is in flight, an idle writer looks this often whether it is done
-
-
-class Lane:
-    """One channel's share of the writer for the current day: rules, stored keys, pending rows, gaps.
-
-    Per symbol it keeps the latest row time (where a gap would begin) and, while one may be open, the
-    gap's first time: two dict entries, about 200 bytes a symbol-day, plus the stored keys (seen_bars.py:
-    at most 16 MB in memory, the older ones spilled to a scratch file in `spill_dir`). The latest times
-    are read only when a gap opens, so the rows accepted live are folded into them lazily: at each flush,
-    from the rows it writes (and before a gap opens, from what is pending), not per batch (a group_by and
-    a loop over the batch's symbols were a quarter of the writer's time)."""
-
-    def __init__(self, channel: Channel, subscriptions: tuple[str, ...], backfill: bool, spill_dir=None):
-        """`spill_dir`: where the stored keys of older parts of the day go (seen_bars.KeySpill)."""
-        self.channel = channel
-        self.spill_dir = spill_dir
-        self.rules = ChannelRules(channel, subscriptions)
-        self.named_symbols = symbols_of(channel.name, subscriptions)
-        self.wildcard = has_wildcard(channel.name, subscriptions)
-        self.backfill = backfill
-        self.seen = seen_rows_for(channel, spill_dir)
-        self.latest_ms: dict[str, int] = {}      # per symbol: the latest stored row time today...
-        self.unfolded: list[pa.Table] = []       # ...but for these pending tables' rows (fold_latest)
-        self.gap_from: dict[str, int] = {}       # per symbol: first row time that may be missing
-        self.pending: list[pa.Table] = []
-
-    def key_schema(self) -> pa.Schema:
-        """The columns a restart reads back from the day's files: the dedup key and the time."""
-        names = dict.fromkeys((*KeepFirst.of(self.channel).dedup_key, self.channel.time_column))
-        return pa.schema([self.channel.schema.field(name) for name in names])
-
-    def reset(self) -> None:
-        self.seen.close()
-        self.seen, self.latest_ms, self.gap_from = seen_rows_for(self.channel, self.spill_dir), {}, {}
-
-    def remember(self, table: pa.Table) -> pa.Array:
-        """Record `table`'s keys and latest times at once (rows already stored: they never pass through
-        `pending`); True for the rows not stored before."""
-        new = self.new_rows(table)
-        if self.backfill and table.num_rows:  # the latest times only tell where gaps begin
-            self._fold([table if pc.all(new).as_py() else table.filter(new)])
-        return new
-
-    def new_rows(self, table: pa.Table) -> pa.Array:
-        """Record `table`'s keys; True for the rows not stored before (their times: `add_pending`)."""
-        return self.seen.add_table(table)
-
-    def add_pending(self, table: pa.Table) -> None:
-        """Rows for the next flush; from now on their times count among the symbols' latest."""
-        self.pending.append(table)
-        if self.backfill:
-            self.unfolded.append(table)
-
-    def fold_latest(self) -> None:
-        """Fold the pending rows not folded yet into `latest_ms` (at each flush and before a gap opens)."""
-        if self.unfolded:
-            tables, self.unfolded = self.unfolded, []
-            self._fold(tables)
-
-    def _fold(self, tables: list[pa.Table]) -> None:
-        """Each symbol's latest time in `tables`, into `latest_ms`: numpy over the rows, Python per symbol."""
-        symbols = pa.concat_arrays([chunk for table in tables for chunk in table.column("symbol").chunks])
-        times = pa.concat_arrays([chunk for table in tables for chunk in self.channel.time_ms(table).chunks])
-        if times.null_count:
-            symbols, times = symbols.filter(times.is_valid()), times.drop_null()
-        if not len(times):
-            return
-        encoded = pc.dictionary_encode(symbols)
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
-        newest = np.full(len(encoded.dictionary), np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(newest, codes, times.to_numpy(zero_copy_only=False))
-        known = self.latest_ms
-        for symbol, time_ms in zip(encoded.dictionary.to_pylist(), newest.tolist()):
-            if time_ms > known.get(symbol, time_ms - 1):
-                known[symbol] = time_ms
-
-    def symbols_to_backfill(self) -> list[str]:
-        """Named symbols, and under a wildcard every symbol seen today."""
-        if not self.backfill:
-            return []
-        self.fold_latest()
-        return list(dict.fromkeys([*self.named_symbols, *(self.latest_ms if self.wildcard else ())]))
-
-    def open_gaps(self, opens_ms: int) -> None:
-        step = self.channel.gap_step_ms
-        for symbol in self.symbols_to_backfill():
-            last = self.latest_ms.get(symbol)
-            self.gap_from[symbol] = opens_ms if last is None else max(opens_ms, last + step)
-
-    def close_gaps(self, symbols: list[str], times_ms: list[int]) -> list[Gap]:
-        """The first live row of a symbol after a possible gap tells where the gap ends."""
-        gaps = []
-        for symbol, time_ms in zip(symbols, times_ms):
-            gap_from = self.gap_from.get(symbol)
-            if gap_from is None or time_ms < gap_from:
-                continue
-            del self.gap_from[symbol]
-            if time_ms > gap_from:
-                gaps.append(Gap(symbol, gap_from, time_ms - self.channel.gap_step_ms, self.channel.name))
-            if not self.gap_from:
-                break
-        return gaps
-
-    def gaps_left_open(self, closes_ms: int) -> list[Gap]:
-        last = closes_ms - max(self.channel.gap_step_ms, 1)
-        return [Gap(symbol, gap_from, last, self.channel.name) for symbol, gap_from in self.gap_from.items()
-                if gap_from <= last]
 
 
 class BatchWriter(Service):
@@ -187,15 +77,10 @@ class BatchWriter(Service):
         self._day_start_ms = 0
         self._session_bounds_ms: tuple[int, int] = (0, 0)
         self._regular_bounds_ms: tuple[int, int] | None = None   # set when the session has extended hours
-        self._flush_streak = FailureStreak("parquet_write", log, "write_failed", "write_recovered", logging.ERROR)
         self._skew = ClockSkewDetector()
         self._parsed_runs: deque | None = None   # run() parsed these runs of frames ahead, in order
-        self._in_flight: tuple[Future, list, int] | None = None   # a flush: (outcomes, [(lane, table)], REST pages)
-        self._pending_since = None               # when the oldest row not handed to a flush was accepted
-        # REST pages (RestBars) accepted, and how many of them the last successful flush made durable: the
-        # gap ledger records a gap as filled only once its pages are on disk (the backfill counts them alike).
-        self.rest_pages_accepted = 0
-        self.rest_pages_durable = 0
+        self._flushes = FlushPipeline(sink, stats, clock, self.lanes)
+        self.rest_pages_accepted = 0   # REST pages (RestBars) accepted; `rest_pages_durable`: of them, on disk
         self.turns = 0   # turns of run()'s loop, read by the supervisor (a hung flush stops the count)
 
     # --- thread body ---
@@ -218,8 +103,8 @@ class BatchWriter(Service):
             while True:
                 self.turns += 1
                 wait = max(0.0, next_flush - self.clock.monotonic())
-                if ahead or self._in_flight is not None:
-                    wait = min(wait, LINGER_SECONDS if self._in_flight is None else FLUSH_POLL_SECONDS)
+                if ahead or self._flushes.busy:
+                    wait = min(wait, FLUSH_POLL_SECONDS if self._flushes.busy else LINGER_SECONDS)
                 items = self._next_items(wait, next_flush)
                 ended = END_OF_STREAM in items
                 items = [item for item in items if item is not END_OF_STREAM]
@@ -231,10 +116,9 @@ class BatchWriter(Service):
                     self._accept_parsed(*ahead.popleft())
                 if ended:
                     break
-                if self._in_flight is not None and self._in_flight[0].done():
-                    self._finish_flush()
+                self._flushes.take_in_if_done()
                 if self.clock.monotonic() >= next_flush or \
-                        self.stats.rows_pending - self._rows_in_flight() >= MAX_PENDING_ROWS:
+                        self.stats.rows_pending - self._flushes.rows_in_flight() >= MAX_PENDING_ROWS:
                     self._start_flush(flusher)
                     next_flush = self.clock.monotonic() + self.interval_seconds
             while ahead:
@@ -397,9 +281,9 @@ class BatchWriter(Service):
 
     def _store(self, lane: Lane, table: pa.Table, source: str) -> None:
         if not any(other.pending for other in self.lanes.values()):
-            self._pending_since = self.clock.now()   # the oldest row not handed to a flush yet
+            self._flushes.pending_since = self.clock.now()   # the oldest row not handed to a flush yet
         if not self.stats.rows_pending:
-            self.stats.pending_since = self._pending_since
+            self.stats.pending_since = self._flushes.pending_since
         lane.add_pending(table)
         self.stats.rows_pending += table.num_rows
         if source == "rest":
@@ -447,103 +331,21 @@ class BatchWriter(Service):
         """Gaps no live row closed before the session ended (lost connection until the close): up to the close."""
         return [gap for lane in self.lanes.values() for gap in lane.gaps_left_open(self._session_bounds_ms[1])]
 
-    # --- flushing ---
+    # --- flushing (capture/flush_pipeline.py) ---
 
     def flush(self) -> bool:
         """Write each channel's pending rows as one file, now; on failure keep them for the next attempt.
         A flush still in flight (run's) is waited for and taken in first."""
-        ok = self._finish_flush()
-        batch, rest_pages = self._hand_over()
-        if batch:
-            written = Future()
-            written.set_result(self._write_batch(batch))
-            self._in_flight = (written, batch, rest_pages)
-        return self._finish_flush() and ok
+        self._follow_early_close()
+        return self._flushes.flush_now(self._day, self.rest_pages_accepted)
 
     def _start_flush(self, flusher: ThreadPoolExecutor) -> None:
-        """Hand the pending rows to a flush on `flusher`, once the one before it is taken in."""
-        self._finish_flush()
-        batch, rest_pages = self._hand_over()
-        if batch:
-            self._in_flight = (flusher.submit(self._write_batch, batch), batch, rest_pages)
-
-    def _hand_over(self) -> tuple[list, int]:
-        """Each lane's pending rows as one table (no longer pending: in flight until taken in)."""
         self._follow_early_close()
-        rest_pages = self.rest_pages_accepted   # every row they brought is pending or already written
-        batch = []
-        for lane in self.lanes.values():
-            lane.fold_latest()
-            if lane.pending:
-                batch.append((lane, pa.concat_tables(lane.pending, promote_options="default")))
-                lane.pending = []
-        if not batch:
-            self.rest_pages_durable = rest_pages
-        return batch, rest_pages
+        self._flushes.start(flusher, self._day, self.rest_pages_accepted)
 
-    def _write_batch(self, batch: list) -> list:
-        """Write each (lane, table) of `batch` as a file of the day; None or the OSError, per table (on the
-        `parquet-flush` thread: it touches neither the stats nor the lanes)."""
-        outcomes = []
-        for lane, table in batch:
-            try:
-                self.sink.write(lane.channel.name, self._day, table, self.clock.time_ns())
-                outcomes.append(None)
-            except OSError as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    def _rows_in_flight(self) -> int:
-        return 0 if self._in_flight is None else sum(table.num_rows for _, table in self._in_flight[1])
-
-    def _finish_flush(self) -> bool:
-        """Take in the flush in flight (waiting for it): count what was written, return what was not to
-        pending. False if a file could not be written."""
-        if self._in_flight is None:
-            return True
-        future, batch, rest_pages = self._in_flight
-        self._in_flight = None
-        try:
-            outcomes = future.result()
-        except BaseException:   # not a disk refusing (a bug): the rows stay pending for a salvage
-            for lane, table in batch:
-                lane.pending.insert(0, table)
-            raise
-        for (lane, table), failure in zip(batch, outcomes):
-            if failure is None:
-                self._flush_succeeded(table.num_rows)
-                self._count_channel_rows(lane.channel.name, table.num_rows)
-            else:
-                self._flush_failed(failure, table.num_rows)
-                lane.pending.insert(0, table)   # written at the next attempt, with what came since
-        ok = not any(outcomes)
-        if ok:
-            self.rest_pages_durable = rest_pages
-        if not any(lane.pending for lane in self.lanes.values()):
-            self.stats.rows_pending = 0
-            self.stats.pending_since = None
-        elif ok:
-            self.stats.pending_since = self._pending_since
-        return ok
-
-    def _count_channel_rows(self, channel: str, rows: int) -> None:
-        # A new dict rather than an update: the heartbeat thread may be serializing the old one.
-        counts = self.stats.rows_written_by_channel
-        self.stats.rows_written_by_channel = {**counts, channel: counts.get(channel, 0) + rows}
-
-    def _flush_failed(self, exc: OSError, rows: int) -> None:
-        self.stats.write_errors += 1
-        self.stats.last_write_error = f"{type(exc).__name__}: {exc.strerror or exc}"
-        self._flush_streak.failed(exc, "cannot write Parquet batch (%d rows kept in memory, retrying every "
-                                  "interval)", rows, rows_pending=rows)
-
-    def _flush_succeeded(self, rows: int) -> None:
-        self._flush_streak.succeeded("Parquet writes work again", rows=rows)
-        self.stats.last_write_error = None
-        self.stats.rows_written += rows
-        self.stats.batches_written += 1
-        self.stats.rows_pending -= rows
-        self.stats.last_flush_at = self.clock.now()
+    @property
+    def rest_pages_durable(self) -> int:
+        return self._flushes.rest_pages_durable
 
 
 def _ms(instant: datetime) -> int:
