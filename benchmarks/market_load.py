@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Paced market loads against the bare polygon-api-client and the whole daemon, side by side.
 
-Three scenarios, each in interleaved rounds (each round runs the three clients in a rotated order) against
+Scenarios, each in interleaved rounds (each round runs the three clients in a rotated order) against
 the loopback fake Polygon, which sends frames at a steady pace rather than as fast as it can:
   whole-market  `A.*`: one second bar for each of 11,000 symbols every second, in frames of 20 events
                 (550 frames/s), bars of the current second, at real-time pace;
   trades        `T.*`: 20,000 trades a second over 5,000 symbols in frames of 100;
   burst         `A.*`: 250,000 events a second in frames of 200 (bars of the last six hours, distinct keys);
+  trades-peak   `T.*` at 120,000 trades a second (a busy market's peak) over 6,000 symbols in frames of 200;
+  quotes-peak   `Q.*` at 400,000 quotes a second (NBBO at the open) over 8,000 symbols in frames of 200;
   day           `A.*`: a whole-market day replayed, a bar for each of 11,000 symbols for every second of a
                 6.5-hour session (257M bars), 9 seconds of the day every second (99,000 events a second,
                 frames of 200): `--seconds 2600 --daemon-only` follows the daemon's RSS over the whole day.
@@ -17,6 +19,8 @@ missing; then the daemon's ratios to both bare clients (rate and CPU).
     .venv/bin/python benchmarks/market_load.py whole-market [--minutes 0.5] [--rounds 3]
     .venv/bin/python benchmarks/market_load.py trades --minutes 10 --rounds 1
     .venv/bin/python benchmarks/market_load.py burst --seconds 60 --rounds 1
+    .venv/bin/python benchmarks/market_load.py trades-peak --seconds 60 --daemon-only
+    .venv/bin/python benchmarks/market_load.py quotes-peak --seconds 60 --daemon-only
     .venv/bin/python benchmarks/market_load.py day --seconds 2600 --daemon-only
 """
 from __future__ import annotations
@@ -62,12 +66,15 @@ class Load:
         blocks = [range(start, min(start + self.frame_events, self.symbols))
                   for start in range(0, self.symbols, self.frame_events)]
         return [json.dumps([self.event(f"S{i:05d}") for i in block], separators=(",", ":"))
-                .replace('"@T@"', "@T@").replace('"@E@"', "@E@") for block in blocks]
+                .replace('"@T@"', "@T@").replace('"@E@"', "@E@").replace('"@Q@"', "@Q@") for block in blocks]
 
     def event(self, symbol: str) -> dict:
         if self.channel == "T":
             return {"ev": "T", "sym": symbol, "x": 4, "i": "@I@", "z": 2, "p": 101.25, "s": 100,
                     "c": [12, 37], "t": "@T@", "q": 1}
+        if self.channel == "Q":   # the sequence number is the quote's key: one per (second, repeat)
+            return {"ev": "Q", "sym": symbol, "bx": 11, "bp": 101.24, "bs": 2, "ax": 12, "ap": 101.26, "as": 3,
+                    "c": 1, "i": [604], "t": "@T@", "q": "@Q@", "z": 2}
         return {"ev": "A", "sym": symbol, "v": 200, "av": 10_000, "op": 100.0, "vw": 100.02, "o": 100.0,
                 "c": 100.05, "h": 100.1, "l": 99.95, "a": 100.01, "z": 50, "s": "@T@", "e": "@E@"}
 
@@ -77,6 +84,8 @@ SCENARIOS = {
     "trades": Load("T", 20_000, 5_000, 100, real_time=True),
     "burst": Load("A", 250_000, 11_000, 200, real_time=False),
     "day": Load("A", 99_000, 11_000, 200, real_time=False),
+    "trades-peak": Load("T", 120_000, 6_000, 200, real_time=True),
+    "quotes-peak": Load("Q", 400_000, 8_000, 200, real_time=True),
 }
 
 
@@ -109,7 +118,7 @@ class PacedSender:
                 for repeat, (template, events) in share:
                     start_ms = first_ms + (second if self.load.real_time else second * repeats + repeat) * 1000
                     frame = template.replace("@T@", str(start_ms)).replace("@E@", str(start_ms + 1000)) \
-                        .replace("@I@", f"{second}-{repeat}")
+                        .replace("@I@", f"{second}-{repeat}").replace("@Q@", str(second * repeats + repeat))
                     for client in clients:
                         await client.ws.send(frame)
                     self.sent_events += events
