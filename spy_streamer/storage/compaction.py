@@ -102,6 +102,7 @@ def compact_day(data_dir: Path, day: date, channel: str = "A",
     final = folder / day_file_name(day)
     job = _Job(keys or KeepFirst.of(channel), verify, cancel, memory_limit, threads, bucket_rows)
     try:
+        _upgrade_old_layout(folder, channel)
         result = _compact_folder(folder, final, day, job)
     except (CompactionError, OSError) as exc:  # OSError: the folder could not be opened, listed or stat'ed
         log.error("compaction of %s %s failed: %s", channel, day.isoformat(), exc,
@@ -136,6 +137,14 @@ def compact_after_close(data_dir: Path, day: date, channels: Iterable[str], stat
             failed.pop(channel, None)
             stats.compactions += 1
         stats.compaction_failed = failed
+
+
+def _upgrade_old_layout(folder: Path, channel: str) -> None:
+    """A day recorded across the upgrade to one schema holds files of both layouts: old ones first."""
+    if folder.is_dir():
+        from ..channels import channel_for
+        from .legacy_files import upgrade_day_files
+        upgrade_day_files(folder, channel_for(channel))
 
 
 @dataclass(frozen=True)
