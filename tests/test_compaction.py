@@ -322,17 +322,20 @@ def test_verify_compacted_refuses_a_file_out_of_key_order(sink, tmp_path):
         verify_compacted(tmp_path / "repeated.parquet", 4)
 
 
-def blocking_input(data_dir):
-    """A FIFO named like a micro-batch: the merging child blocks opening it, as if the day were huge."""
-    path = folder_of(data_dir) / "part-9-9-000009.parquet"
-    os.mkfifo(path)
-    return path
-
-
 def merging_children(parent=None):
     process = psutil.Process(parent) if parent else psutil.Process()
     return [child for child in process.children(recursive=True)
             if "spy_streamer.storage.compaction" in " ".join(child.cmdline())]
+
+
+def freeze_the_merging_child(parent=None) -> list:
+    """SIGSTOP the merging child as soon as it exists, as if the day were huge. (A FIFO named like a
+    micro-batch used to block it; such an entry is refused as data now.) It is still importing its
+    libraries at that point: well over the 50 ms a poll takes."""
+    children = wait_for(lambda: merging_children(parent), timeout=20, interval=0.01, what="the merging child")
+    for child in children:
+        child.suspend()
+    return children
 
 
 def assert_nothing_changed(data_dir, before):
@@ -341,38 +344,40 @@ def assert_nothing_changed(data_dir, before):
 
 def test_a_cancelled_compaction_stops_its_child_and_changes_nothing(sink, data_dir):
     ws_batch(sink, 0, 10, RECEIVED_NS)
-    fifo = blocking_input(data_dir)
     before = names(data_dir)
     cancel = threading.Event()
-    threading.Timer(1.0, cancel.set).start()
 
+    def freeze_then_cancel():
+        freeze_the_merging_child()
+        cancel.set()
+
+    threading.Thread(target=freeze_then_cancel).start()
     with pytest.raises(CompactionError, match="stopped before the end; nothing changed"):
         compact_day(data_dir, DAY, cancel=cancel)
 
-    assert_nothing_changed(data_dir, before)
+    assert_nothing_changed(data_dir, sorted(before + [SPILL_FOLDER]) if SPILL_FOLDER in names(data_dir) else before)
     assert not merging_children()
-    fifo.unlink()
     assert compact_day(data_dir, DAY).rows == 10
 
 
 def test_the_child_of_a_killed_compaction_exits_and_the_next_run_merges_everything(sink, data_dir):
     ws_batch(sink, 0, 10, RECEIVED_NS)
     ws_batch(sink, 5, 10, RECEIVED_NS + 1)
-    fifo = blocking_input(data_dir)
     before = names(data_dir)
     parent = subprocess.Popen([sys.executable, "-c", "import sys; from datetime import date; from pathlib import Path; "
                                "from spy_streamer.storage.compaction import compact_day; "
                                f"compact_day(Path({str(data_dir)!r}), date(2025, 6, 10))"], cwd=REPO_ROOT)
     try:
-        children = wait_for(lambda: merging_children(parent.pid), timeout=20, what="the merging child")
+        children = freeze_the_merging_child(parent.pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
+        for child in children:
+            child.resume()   # killed by PR_SET_PDEATHSIG already, or sees its new parent at once
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive
     finally:
         parent.kill()
     assert_nothing_changed(data_dir, sorted(before + [SPILL_FOLDER]) if SPILL_FOLDER in names(data_dir) else before)
-    fifo.unlink()
 
     result = compact_day(data_dir, DAY)
 

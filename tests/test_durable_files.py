@@ -233,4 +233,22 @@ def test_compaction_neither_merges_nor_deletes_a_symlink_named_like_a_micro_batc
     result = compact_day(data_dir, DAY)
     assert result.rows == 5
     assert link.is_symlink() and pq.read_table(foreign).num_rows == 7
-    assert "compaction_symlinks_skipped" in [getattr(record, "event", None) for record in caplog.records]
+    assert "compaction_entries_refused" in [getattr(record, "event", None) for record in caplog.records]
+
+
+def test_a_fifo_named_like_a_micro_batch_neither_hangs_a_restart_nor_compaction(tmp_path, caplog):
+    """The same mistake as the heartbeat FIFO, in the data folders: a restart reads the day's files."""
+    from test_compaction import ws_batch
+    from spy_streamer.channels.aggregates import SCHEMA
+    from spy_streamer.storage.compaction import compact_day
+    data_dir = tmp_path / "data"
+    sink = ParquetSink(data_dir)
+    ws_batch(sink, 0, 5, 1_749_562_500_000_000_000)
+    os.mkfifo(sink.partition_dir("A", DAY) / "part-2-2-000002.parquet")
+    script = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; from datetime import date; "
+              "from spy_streamer.storage.parquet_sink import ParquetSink; from spy_streamer.channels.aggregates import SCHEMA; "
+              f"print(sum(t.num_rows for t in ParquetSink(Path({str(data_dir)!r})).stored_rows('A', date(2025, 6, 10), SCHEMA)))")
+    restart = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
+    assert restart.stdout.strip() == "5", restart.stderr
+    assert compact_day(data_dir, DAY).rows == 5
+    assert "compaction_entries_refused" in [getattr(record, "event", None) for record in caplog.records]

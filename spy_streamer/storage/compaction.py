@@ -51,7 +51,7 @@ from .compaction_check import CompactionError, read_or_raise, verify_compacted
 from .compaction_merge import MEMORY_LIMIT, THREADS, child_main, merge_files
 from .compaction_spill import BUCKET_ROWS
 from .durable_files import fsync_directory, temp_beside
-from .layout import (COMPACTION_SPILL_FOLDER as SPILL_FOLDER, day_file_name, partition_dir, symlinked_parquet_files,
+from .layout import (COMPACTION_SPILL_FOLDER as SPILL_FOLDER, day_file_name, partition_dir, refused_parquet_entries,
                      visible_parquet_files)
 
 __all__ = ["BUCKET_ROWS", "MEMORY_LIMIT", "SPILL_FOLDER", "THREADS", "CompactionError", "CompactionResult",
@@ -162,7 +162,7 @@ def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> Compacti
         return CompactionResult(day, Outcome.NO_DATA, final)
     with _exclusive(folder):
         inputs = visible_parquet_files(folder)
-        _report_symlinks(folder)
+        _report_refused(folder)
         if not inputs:
             return CompactionResult(day, Outcome.NO_DATA, final)
         if inputs == [final]:
@@ -181,12 +181,13 @@ def _compact_folder(folder: Path, final: Path, day: date, job: _Job) -> Compacti
                                 final.stat().st_size, merged["peak_rss_bytes"], time.monotonic() - started)
 
 
-def _report_symlinks(folder: Path) -> None:
-    links = symlinked_parquet_files(folder)
-    if links:
-        log.warning("%d symlink(s) named like data in %s neither merged nor deleted (not written by "
-                    "spy-streamer): %s", len(links), folder, ", ".join(path.name for path in links[:5]),
-                    extra={"event": "compaction_symlinks_skipped", "count": len(links)})
+def _report_refused(folder: Path) -> None:
+    refused = refused_parquet_entries(folder)
+    if refused:
+        log.warning("%d entr(ies) named like data in %s are not regular files (symlinks, FIFOs: not written by "
+                    "spy-streamer); neither merged nor deleted: %s", len(refused), folder,
+                    ", ".join(path.name for path in refused[:5]),
+                    extra={"event": "compaction_entries_refused", "count": len(refused)})
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ name, so the name is built and parsed by the same two functions below.
 from __future__ import annotations
 
 import re
+import stat
 from datetime import date
 from pathlib import Path
 
@@ -70,16 +71,26 @@ def is_hidden(name: str) -> bool:
 
 
 def visible_parquet_files(folder: Path) -> list[Path]:
-    """The files a reader sees: `*.parquet` minus hidden names (temporaries, files set aside) and minus
-    symlinks (never written by us: compaction would merge another file's rows, then delete the link)."""
+    """The files a reader sees: `*.parquet` regular files minus hidden names (temporaries, files set aside).
+    A symlink or a FIFO there was never written by us: compaction would merge another file's rows (then
+    delete the link), and opening a FIFO would hang a restart's read of the day."""
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.glob("*.parquet") if not is_hidden(path.name) and not path.is_symlink())
+    return sorted(path for path in folder.glob("*.parquet") if not is_hidden(path.name) and _is_plain_file(path))
 
 
-def symlinked_parquet_files(folder: Path) -> list[Path]:
-    """`*.parquet` symlinks in a data folder: planted there, refused as data, named in a warning."""
-    return sorted(path for path in folder.glob("*.parquet") if path.is_symlink()) if folder.is_dir() else []
+def refused_parquet_entries(folder: Path) -> list[Path]:
+    """`*.parquet` names in a data folder that are not regular files (symlinks, FIFOs): refused as data."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.glob("*.parquet") if not is_hidden(path.name) and not _is_plain_file(path))
+
+
+def _is_plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)   # lstat: the entry itself, never a link's target
+    except OSError:
+        return False
 
 
 def set_aside_name(path: Path) -> Path:
