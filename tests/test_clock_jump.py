@@ -3,10 +3,15 @@ FakeClock whose wall time can move alone (`jump`), with the real reader and writ
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
+
+import pytest
 
 from conftest import FakeClock, ny
-from daemon_harness import wait_for
+from daemon_harness import recent_start_ms, stored_keys, wait_for
 from fake_polygon import session_timeline
+from test_status_command import run_command
 from test_streaming_runner import TUESDAY, make_runner, ms  # noqa: F401 (fixture)
 
 DAY = 86400
@@ -92,3 +97,48 @@ def test_a_jump_past_the_close_and_back_cancels_that_days_close_work(make_runner
     runner.reconcile()
     assert session_day(runner) == TUESDAY
     assert after_close.stop_requested.is_set()            # its compaction is redone at the real close
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime is not installed (apt install libfaketime)")
+def test_the_daemon_follows_its_clock_a_day_ahead_and_back(tmp_path, fake, start, monkeypatch, record_figure):
+    """The measured case, as a subprocess whose wall clock libfaketime moves (its monotonic clock is left
+    alone, as on a host whose clock is set by hand): a day ahead for a few seconds, then back. Seen: the
+    daemon stayed in tomorrow's session, rejected every bar as late, and `check` said OK."""
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    for name, value in (("LD_PRELOAD", str(LIBFAKETIME)), ("FAKETIME_TIMESTAMP_FILE", str(offset)),
+                        ("FAKETIME_CACHE_DURATION", "1"), ("DONT_FAKE_MONOTONIC", "1")):
+        monkeypatch.setenv(name, value)
+    run = start()
+    assert fake.wait_for_subscribers(1, timeout=15)
+    fake.push(session_timeline(recent_start_ms(200), 10))
+    wait_for(lambda: (run.heartbeat() or {}).get("rows_written") == 10, timeout=15, what="today's rows")
+    offset.write_text("+1d\n")                            # tomorrow, same time: tomorrow's session opens
+    wait_for(lambda: [e for e in run.events("market_open") if e["close"] > run.events("market_open")[0]["close"]],
+             timeout=75, what="tomorrow's session")
+    monkeypatch.delenv("LD_PRELOAD")                      # `check` runs on the right clock
+    assert fake.wait_for_subscribers(1, timeout=15)
+
+    def rejected_as_late():
+        fake.push(session_timeline(recent_start_ms(100) + int(time.time()) % 60 * 1000, 1))
+        return run_command("check", run.config_path).stdout.startswith("SPY-STREAMER CRITICAL")
+
+    wait_for(rejected_as_late, timeout=30, interval=0.5, what="check CRITICAL while every bar is late")
+    assert "every row is rejected" in run_command("check", run.config_path).stdout
+    offset.write_text("+0\n")                             # the clock comes back
+    returned = time.monotonic()
+    wait_for(lambda: run.events("session_ended")[-1]["reason"] == "clock_moved_back", timeout=75,
+             what="the session to follow the clock back")
+    record_figure("seconds from the clock's return to the right session", round(time.monotonic() - returned, 1))
+    assert time.monotonic() - returned < 45             # the loop wakes every 30 s; the file is read each second
+    assert fake.wait_for_subscribers(1, timeout=15)
+    late = run.heartbeat()["rejected_late"]
+    bars = session_timeline(recent_start_ms(30), 20)
+    fake.push(bars)
+    wanted = {("SPY", bar["s"]) for bar in bars}
+    wait_for(lambda: wanted <= set(stored_keys(run.data_dir)), timeout=15, what="today's bars stored again")
+    assert run.heartbeat()["rejected_late"] == late
+    assert run.daemon.stop()[0] == 0

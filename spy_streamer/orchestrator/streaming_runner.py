@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above this
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends
-RECONCILE_EVERY_SECONDS = 60         # safety net; transitions have their own jobs
+RECONCILE_EVERY_SECONDS = 30         # safety net; the loop wakes at least this often, so a wall clock that
+                                     # jumped is followed within it (transitions have their own jobs)
 # supervisord's startsecs=0 (so that exit 78 is final) also means no back-off before a restart: a
 # daemon that fails at once would be respawned several times a second. It lingers this long instead.
 MIN_UPTIME_BEFORE_FAILING_SECONDS = 10.0
