@@ -378,7 +378,7 @@ class StreamingRunner:
         refreshing the list, and the reconcile safety net opens a session as soon as the calendar has one."""
         if not self._no_session_announced:
             self._no_session_announced = True
-            log.warning("the calendar has %s; capturing nothing until it has one", NO_SESSION_IN_SIGHT,
+            log.warning("%s; capturing nothing until the calendar has one", NO_SESSION_IN_SIGHT,
                         extra={"event": "no_session_in_sight"})
             self.monitor.send_heartbeat()
 
