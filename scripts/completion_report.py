@@ -32,56 +32,56 @@ REQUIREMENTS = [
      "`spy_streamer/market/market_hours.py` (`MarketCalendar.is_market_open`, `seconds_until_market_open`, "
      "`seconds_until_market_close`), `spy_streamer/market/exchange_rules.py`, `spy_streamer/market/calendar_store.py`, "
      "`spy_streamer/market/calendar_refresh.py`",
-     ["tests/test_market_hours.py", "tests/test_calendar_xnys.py", "tests/test_calendar_refresh.py",
-      "tests/test_status_command.py"]),
+     ["tests/market/test_market_hours.py", "tests/market/test_calendar_xnys.py", "tests/market/test_calendar_refresh.py",
+      "tests/reports/test_status_command.py"]),
     ("Heartbeat: file every 5 min (atomic), alert when no message for 15 min while open, once per stall",
      "`spy_streamer/monitoring/heartbeat_monitor.py` (`HeartbeatMonitor.record_message`, `send_heartbeat`, "
      "`check_stalled_stream`), `spy_streamer/monitoring/health_check.py` (`check`)",
-     ["tests/test_heartbeat_monitor.py", "tests/test_health_check.py",
-      "tests/test_daemon_scenarios.py::test_heartbeat_updates_every_interval",
-      "tests/test_daemon_scenarios.py::test_stall_alerts_once_and_recovers"]),
+     ["tests/monitoring/test_heartbeat_monitor.py", "tests/monitoring/test_health_check.py",
+      "tests/orchestrator/test_daemon_scenarios.py::test_heartbeat_updates_every_interval",
+      "tests/orchestrator/test_daemon_scenarios.py::test_stall_alerts_once_and_recovers"]),
     ("Stream: polygon-api-client `WebSocketClient` subscribed to `A.SPY`, refuses when closed, reconnects with "
      "backoff and jitter, rejected key is fatal, gaps refilled from REST aggregates",
      "`spy_streamer/data_sources/polygon_client.py` (`PolygonStream.stream_realtime`), `spy_streamer/backfill/gap_backfill.py`",
-     ["tests/test_polygon_client.py", "tests/test_faults.py"]),
+     ["tests/data_sources/test_polygon_client.py", "tests/orchestrator/test_faults.py"]),
     ("Parquet: micro-batch every 30 s on its own timer, atomic files, one row per (symbol, start), late and "
      "out-of-session bars dropped and counted, nothing lost on disk errors",
      "`spy_streamer/capture/batch_writer.py`, `spy_streamer/storage/parquet_sink.py`, `spy_streamer/channels/`, "
      "`spy_streamer/capture/seen_keys.py`",
-     ["tests/test_batch_writer.py", "tests/test_daemon_scenarios.py::test_in_market_hours_stores_every_row_once"]),
+     ["tests/capture/test_batch_writer.py", "tests/orchestrator/test_daemon_scenarios.py::test_in_market_hours_stores_every_row_once"]),
     ("Runner: supervisor thread with `schedule`, session at open, graceful stop at close (early closes "
      "included), SIGTERM/SIGINT flush and exit 0",
      "`spy_streamer/orchestrator/streaming_runner.py` (`StreamingRunner.run`, `reconcile`, `CaptureSession`)",
-     ["tests/test_streaming_runner.py", "tests/test_daemon_scenarios.py"]),
+     ["tests/orchestrator/test_streaming_runner.py", "tests/orchestrator/test_daemon_scenarios.py"]),
     ("Config: `config/settings.yaml`, validated at start-up, one message and exit 78 on a bad value",
      "`spy_streamer/config.py` (`load_config`, `require_api_key`)",
-     ["tests/test_config.py"]),
+     ["tests/cli_and_config/test_config.py"]),
     ("Logging rules: JSON lines, only start/stop, connection changes, open/close, heartbeat summaries, "
      "errors and alerts; never a message, a tick or the key; survives logrotate",
      "`spy_streamer/log_setup.py` (`configure_logging`)",
-     ["tests/test_daemon_scenarios.py::test_log_stays_small_and_clean",
-      "tests/test_faults.py::test_log_reopened_after_logrotate",
-      "tests/test_faults.py::test_malformed_frames_are_counted_not_fatal"]),
+     ["tests/orchestrator/test_daemon_scenarios.py::test_log_stays_small_and_clean",
+      "tests/orchestrator/test_faults.py::test_log_reopened_after_logrotate",
+      "tests/orchestrator/test_faults.py::test_malformed_frames_are_counted_not_fatal"]),
 ]
 
 # The task's six scenarios: the subprocess test (its figures) and the injected-clock tests beside it.
 SCENARIOS = [
     ("1. Started outside market hours: no connection; SIGTERM exits 0",
-     ["tests/test_daemon_scenarios.py::test_outside_market_hours_opens_no_connection",
-      "tests/test_streaming_runner.py::test_outside_hours_no_connection_and_a_wake_up_at_the_open"]),
+     ["tests/orchestrator/test_daemon_scenarios.py::test_outside_market_hours_opens_no_connection",
+      "tests/orchestrator/test_streaming_runner.py::test_outside_hours_no_connection_and_a_wake_up_at_the_open"]),
     ("2. Started in market hours: connects, subscribes A.SPY, every bar stored once",
-     ["tests/test_daemon_scenarios.py::test_in_market_hours_stores_every_row_once"]),
+     ["tests/orchestrator/test_daemon_scenarios.py::test_in_market_hours_stores_every_row_once"]),
     ("3. Heartbeat file updates every interval (5 min with an injected clock)",
-     ["tests/test_daemon_scenarios.py::test_heartbeat_updates_every_interval",
-      "tests/test_heartbeat_monitor.py::test_run_beats_at_start_and_every_300_seconds"]),
+     ["tests/orchestrator/test_daemon_scenarios.py::test_heartbeat_updates_every_interval",
+      "tests/monitoring/test_heartbeat_monitor.py::test_run_beats_at_start_and_every_300_seconds"]),
     ("4. A stall alerts once, heartbeat `stalled`, `check` exits 2, recovery (20 min with an injected clock)",
-     ["tests/test_daemon_scenarios.py::test_stall_alerts_once_and_recovers",
-      "tests/test_heartbeat_monitor.py::test_stall_after_twenty_silent_minutes_alerts_exactly_once"]),
+     ["tests/orchestrator/test_daemon_scenarios.py::test_stall_alerts_once_and_recovers",
+      "tests/monitoring/test_heartbeat_monitor.py::test_stall_after_twenty_silent_minutes_alerts_exactly_once"]),
     ("5. Auto-shutdown at close: early close from the fake REST; 16:00 ET with an injected clock",
-     ["tests/test_daemon_scenarios.py::test_early_close_ends_session_and_sleeps",
-      "tests/test_streaming_runner.py::test_starts_at_once_mid_session_and_stops_after_the_1600_close"]),
+     ["tests/orchestrator/test_daemon_scenarios.py::test_early_close_ends_session_and_sleeps",
+      "tests/orchestrator/test_streaming_runner.py::test_starts_at_once_mid_session_and_stops_after_the_1600_close"]),
     ("6. Log size after thousands of messages; no message, tick or key in any line",
-     ["tests/test_daemon_scenarios.py::test_log_stays_small_and_clean"]),
+     ["tests/orchestrator/test_daemon_scenarios.py::test_log_stays_small_and_clean"]),
 ]
 
 

@@ -28,7 +28,10 @@ NY = ZoneInfo("America/New_York")
 INTEGRATION_FIXTURES = {"start", "fake", "s3"}
 INTEGRATION_MODULES = {"test_daemon_scenarios", "test_faults", "test_lake_daemon", "test_deployment", "test_demo",
                        "test_operator_signals", "test_thread_failures", "test_status_command",
-                       "test_calendar_commands", "test_packaging"}
+                       "test_calendar_commands", "test_packaging", "test_calendar_daemon", "test_clock_jump",
+                       "test_idle", "test_systemd_notify", "test_setup", "test_readme_commands", "test_reader_matrix",
+                       "test_oversize_frames", "test_check_plugin", "test_config_paths", "test_closed_pipe",
+                       "test_lake_bounds", "test_compaction"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "test-key-0123456789abcdef"
 ANY_TIME = (0, 2 ** 63 - 1)   # a REST page's requested range (ms) that no row's time leaves
@@ -129,3 +132,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in INTEGRATION_MODULES:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _no_failure_streak_outlives_its_test():
+    """Streaks are process-wide (the heartbeat lists every running one): a test that ends with one still
+    failing must not make the next test's heartbeat or `check` WARNING."""
+    yield
+    from spy_streamer.monitoring import failure_streak
+    with failure_streak._RUNNING_LOCK:
+        failure_streak._RUNNING.clear()

@@ -1,6 +1,6 @@
 """Running the real daemon as a user would: a config window around now, `python -m spy_streamer run` (the
 running interpreter) as a subprocess against the fake Polygon, then the Parquet, heartbeat and log read
-back. scripts/run_streamer.sh itself is tested where it is the subject (tests/test_deployment.py, the demo)."""
+back. scripts/run_streamer.sh itself is tested where it is the subject (tests/deployment/test_deployment.py, the demo)."""
 from __future__ import annotations
 
 import json

@@ -3,7 +3,7 @@
 RESTClient silently turns a body that is not JSON into `[]`, and polygon-api-client never applies its own
 timeouts, so this module fetches raw responses, gives the connection pool its timeouts and checks the shape.
 Private parts of the clients it relies on (`_get`, `BASE`, polygon-api-client's pool options) are tested
-through both libraries in tests/test_client_library.py, so a release that changes them fails there.
+through both libraries in tests/data_sources/test_client_library.py, so a release that changes them fails there.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def make_rest_client(api_key: str, base_url: str, timeout_seconds: float = REST_
         return library.RESTClient(**arguments, connection_pool_kw={"timeout": timeout})
     client = library.RESTClient(**arguments)
     # polygon-api-client builds a Timeout but never passes it to its PoolManager; without this a hung server
-    # would block the caller forever. A private attribute: tests/test_client_library.py fails if it goes.
+    # would block the caller forever. A private attribute: tests/data_sources/test_client_library.py fails if it goes.
     client.client.connection_pool_kw["timeout"] = timeout
     return client
 

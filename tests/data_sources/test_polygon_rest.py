@@ -1,5 +1,5 @@
 """GET /v1/marketstatus/upcoming through the real RESTClient from a loopback server that answers like Polygon.
-(What the calendar does with the rows: tests/test_calendar_refresh.py.)"""
+(What the calendar does with the rows: tests/market/test_calendar_refresh.py.)"""
 import pytest
 
 from conftest import TEST_API_KEY

@@ -1,7 +1,7 @@
 """Both client libraries, polygon-api-client (the default) and its successor massive, installed side by side
 with the test extras: the choice, the REST timeouts each is given (polygon-api-client's through a private
 attribute, so a new version that moves it fails here), REST answers, pages (the private `_get`) and a
-rejected key through each. The whole capture through each: tests/test_daemon_scenarios.py, scenario 2."""
+rejected key through each. The whole capture through each: tests/orchestrator/test_daemon_scenarios.py, scenario 2."""
 from __future__ import annotations
 
 import ast
@@ -125,7 +125,7 @@ def test_pages_of_bars_and_trades_through_either_library(fake, module):
 
 
 def test_polygon_api_client_comes_with_a_plain_install_and_massive_with_its_extra():
-    """client_library imports them by name (tests/test_packaging.py's scan of import statements cannot see
+    """client_library imports them by name (tests/deployment/test_packaging.py's scan of import statements cannot see
     them): the default must be a plain requirement, massive the `massive` extra (and in the test extras)."""
     plain = {distribution_name(line) for line in declared("options", "install_requires")}
     assert DISTRIBUTIONS["polygon"] in plain and DISTRIBUTIONS["massive"] not in plain

@@ -40,7 +40,7 @@ from spy_streamer.storage.lake_catalog import CATALOG_NAME, LakeLocation, catalo
 DAY = date(2026, 11, 30)
 DAY_START_MS = int(datetime(2026, 11, 30, 14, 30, tzinfo=timezone.utc).timestamp() * 1000)  # 09:30 New York
 NAMESPACE = "spy_streamer"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "spy_streamer"
 # Imported only where `storage.kind: iceberg` is configured, and declared as the `lake` extra.
 EXTRA_ONLY = {"lake": {"pyiceberg", "requests"}}   # requests: the REST catalog's bound (storage/lake_bounds.py)
