@@ -3,10 +3,9 @@
 Every problem (missing file, unknown key, wrong type, bad value) becomes one `ConfigError` that names the
 file and the dotted key, so the CLI can print one line and exit 78 (EX_CONFIG) without a traceback.
 
-The file is untrusted text read by an unattended daemon, so the reader is strict before it is clever:
-at most 1 MB, UTF-8, no YAML anchors or aliases (refused from the parser's events before any node is
-built, so an "alias bomb" costs neither memory nor time), no duplicate keys, and only finite numbers in
-sane ranges. A value shown in a message is cut short, and `api_key_env` is never echoed: people paste
+The file is untrusted text read by an unattended daemon, so the reader (`config_file.py`) is strict
+before it is clever: at most 1 MB, UTF-8, no YAML anchors or aliases, no duplicate keys; here, only
+finite numbers in sane ranges. A value shown in a message is cut short, and `api_key_env` is never echoed: people paste
 the key there.
 """
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import reprlib
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -22,31 +20,16 @@ from urllib.parse import parse_qsl, urlsplit
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
-from .storage.durable_files import read_regular_file
+from .config_file import ConfigError, _key_text, _shown, read_config_document  # noqa: F401 (ConfigError: the API)
 
 DEFAULT_CONFIG_PATH = Path("config/settings.yaml")
 CONFIG_PATH_ENV = "SPY_STREAMER_CONFIG"
-MAX_CONFIG_BYTES = 1_000_000
 # Seconds, inclusive. Below the minimums a loop spins and floods the log; above the maximums an alert or a
 # flush would come so late that it is surely a typo (and `.inf` crashes `Event.wait`).
 HEARTBEAT_INTERVAL_RANGE = (0.05, 3600.0)
 ALERT_THRESHOLD_RANGE = (1.0, 86400.0)
 WRITE_INTERVAL_RANGE = (0.05, 3600.0)
-# A real config has about 30 values and 4 levels; these bound the parser's time and memory on any file.
-MAX_YAML_VALUES = 10_000
-MAX_YAML_DEPTH = 32
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-
-
-class ConfigError(Exception):
-    """A configuration problem a person must fix; the message names the file and the key.
-
-    Always one line (whatever a parser or a file name put in it): the CLI prints it as it is."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -106,15 +89,6 @@ class Config:
     paths: PathsConfig
     source: Path
     storage: StorageConfig = StorageConfig()
-
-
-# A value quoted in a message stays short whatever its size or nesting (reprlib never builds the whole repr).
-_SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 40, 40, 40, 3
-
-
-def _shown(value: Any) -> str:
-    return _SHORT.repr(value)
 
 
 # --- value parsers: each takes the raw YAML value and returns the typed one or raises ValueError ---
@@ -364,7 +338,7 @@ def resolve_config_path(cli_path: str | None) -> Path:
 
 
 def load_config(path: Path) -> Config:
-    raw = _read_yaml(path)
+    raw = read_config_document(path)
     values = _anchored(_parse_section(SCHEMA, raw, prefix="", source=path), path)
     hours = values["streaming"]["market_hours"]
     if hours["end_time"] <= hours["start_time"]:
@@ -411,103 +385,6 @@ def require_api_key(config: Config) -> str:
             f"{config.polygon.api_key_env} is not set (it must hold your Polygon API key; to try it without a key: scripts/run_streamer.sh --demo)"
         )
     return key
-
-
-def _read_yaml(path: Path) -> dict:
-    data = _parse_yaml(path, _decode(path, _read_bytes(path)))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return data
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:   # an operator's symlink (a ConfigMap) is followed; a FIFO is refused, never waited on
-        return read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ConfigError(f"{path}: cannot read config file: {getattr(exc, 'strerror', None) or exc}") from None
-
-
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, "
-                          f"line {line})") from None
-
-
-def _parse_yaml(path: Path, text: str) -> Any:
-    try:
-        _refuse_expansion(text)
-        return yaml.load(text, Loader=_StrictLoader)
-    except _Refused as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML{_where(exc.problem_mark)}: {exc.problem or exc.context}") from None
-    except yaml.reader.ReaderError as exc:
-        raise ConfigError(f"{path}: not valid YAML: character {exc.character!r} at offset {exc.position} is not "
-                          f"allowed") from None
-    # PyYAML's scalar constructors fail in their own ways on a tagged or implicit scalar that does not
-    # construct: ValueError for `2024-13-45` (read as a date) or an int of over 4300 digits, IndexError for
-    # an empty `!!int`, AttributeError for an empty `!!timestamp`... Whatever it is, the file is at fault.
-    except Exception as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:200] or type(exc).__name__}") from None
-
-
-def _refuse_expansion(text: str) -> None:
-    """One pass over the parser's events, before any node is built: anchors and aliases (an alias bomb
-    expands a few hundred bytes into gigabytes), more values or deeper nesting than a config file has."""
-    depth = values = 0
-    for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(f"YAML anchors and aliases (& and *) are not allowed{_where(event.start_mark)}")
-        if isinstance(event, yaml.NodeEvent):
-            values += 1
-            if values > MAX_YAML_VALUES:
-                raise _Refused(f"more than {MAX_YAML_VALUES:,} YAML values{_where(event.start_mark)}")
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep{_where(event.start_mark)}")
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-
-
-def _where(mark: Any) -> str:
-    return "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
-
-
-class _Refused(Exception):
-    """Raised for YAML that is valid but not allowed in a config file."""
-
-
-# libyaml's parser when PyYAML was built with it (much faster on a large file); the same events either way.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _StrictLoader(_Loader):
-    """The safe loader, refusing duplicate keys (plain PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in getattr(node, "value", ()):
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # unhashable: the safe loader refuses it below with its own message
-                continue
-            if duplicate:
-                raise _Refused(f"{_key_text(key)}: duplicate key{_where(key_node.start_mark)}")
-        return super().construct_mapping(node, deep=deep)
-
-
-def _key_text(key: Any) -> str:
-    return key if isinstance(key, str) and re.fullmatch(r"[\w.-]{1,64}", key) else _shown(key)
 
 
 def _parse_section(schema: dict, raw: Any, prefix: str, source: Path) -> dict:
