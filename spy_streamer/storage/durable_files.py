@@ -21,7 +21,7 @@ import os
 import stat
 import secrets
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable
 
 TEMP_SUFFIX = ".tmp"       # every temporary is `.<final name>.<random>.tmp`: hidden from pyarrow and DuckDB readers
 FILE_MODE = 0o644          # what `open()` gives under the usual umask: node_exporter and `check` may run as others
