@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from . import frame_columns
 from .base import DECIMAL_PATTERN, NS_SUFFIX, Channel, InvalidEvent, all_of, empty_table, keep_passing, map_event, \
     us_from_ns
 
@@ -133,17 +134,19 @@ def _fast_or_slower(channels: Mapping[str, Channel], channel: Channel, frames: F
 
 # --- fast path: frames of one channel -> one table ---
 
-# The reader's struct lists the event's keys in the order the server sends them (learnt from a frame):
-# the JSON reader then finds each key's field at the next place instead of by hashing its name (10% of the
-# parse). Any other order parses alike, only slower. Options for at most _ORDERS_KEPT orders are kept.
-_STRUCTS: dict[tuple[str, tuple[str, ...]], pa_json.ParseOptions] = {}
+# The events' keys in the order the server sends them (learnt from a frame): the compiled parser tries the
+# next key's column first, and pyarrow's JSON reader finds each key's field at the next place instead of by
+# hashing its name (10% of its parse). Any other order parses alike, only slower. At most _ORDERS_KEPT
+# orders are kept.
+_ORDERS: dict[tuple[str, tuple[str, ...]], dict[str, pa.DataType]] = {}
+_READER_OPTIONS: dict[tuple[str, tuple[str, ...]], pa_json.ParseOptions] = {}
 _ORDERS_KEPT = 64
 _FIELDS: dict[str, dict[str, pa.DataType]] = {}   # per channel: its events' keys and their JSON types
 _KEY = re.compile(r'"([^"\\]{1,32})"\s*:')
 
 
-def _parse_options(channel: Channel, sample: str = "") -> pa_json.ParseOptions:
-    """The JSON reader's options for frames of `channel`, its keys ordered as in `sample` (a frame)."""
+def _event_fields(channel: Channel, sample: str = "") -> dict[str, pa.DataType]:
+    """The keys of `channel`'s events and their JSON types, ordered as in `sample` (a frame)."""
     known = _FIELDS.get(channel.name)
     if known is None:
         columns = {**channel.ws_required, **channel.ws_optional}
@@ -151,13 +154,23 @@ def _parse_options(channel: Channel, sample: str = "") -> pa_json.ParseOptions:
                                                                for column, key in columns.items()}}
     first_event_ends = max(0, min(sample.find("}"), 2000))
     sent = tuple(dict.fromkeys(key for key in _KEY.findall(sample, 0, first_event_ends) if key in known))
-    options = _STRUCTS.get((channel.name, sent))
+    fields = _ORDERS.get((channel.name, sent))
+    if fields is None:
+        fields = {key: known[key] for key in [*sent, *(key for key in known if key not in sent)]}
+        if len(_ORDERS) < _ORDERS_KEPT:
+            _ORDERS[(channel.name, sent)] = fields
+    return fields
+
+
+def _reader_options(channel: Channel, fields: dict[str, pa.DataType]) -> pa_json.ParseOptions:
+    """pyarrow's JSON reader options for frames of events with `fields` (as `{"f": frame}` lines)."""
+    order = (channel.name, tuple(fields))
+    options = _READER_OPTIONS.get(order)
     if options is None:
-        order = [*sent, *(key for key in known if key not in sent)]
-        options = pa_json.ParseOptions(explicit_schema=pa.schema([("f", pa.list_(pa.struct(
-            [(key, known[key]) for key in order])))]), unexpected_field_behavior="ignore")
-        if len(_STRUCTS) < _ORDERS_KEPT:
-            _STRUCTS[(channel.name, sent)] = options
+        options = pa_json.ParseOptions(explicit_schema=pa.schema([("f", pa.list_(pa.struct(list(fields.items()))))]),
+                                       unexpected_field_behavior="ignore")
+        if len(_READER_OPTIONS) < _ORDERS_KEPT:
+            _READER_OPTIONS[order] = options
     return options
 
 
@@ -192,25 +205,37 @@ def _read_lines(texts: list[str], options: pa_json.ParseOptions) -> pa.Table:
 
 def _parse_fast(channel: Channel, frames: Frames, others=()) -> tuple[pa.Table, Counter]:
     """`frames` as one table of `channel`; refused (ValueError) when an event names another subscribed
-    channel of `others`: that frame is for the per-event path, which keeps both channels' rows."""
+    channel of `others`: that frame is for the per-event path, which keeps both channels' rows.
+    The compiled parser takes the frames when they are plainly well-formed; pyarrow's reader otherwise
+    (it also takes a `null` frame or event, counted as bad_shape, and refuses what is not JSON)."""
     texts = _texts(frames)
-    parsed = _read_lines(texts, _parse_options(channel, texts[0]))
-    lists = parsed.column("f").combine_chunks()
-    events = lists.flatten()
-    if others and pc.any(pc.is_in(events.field("ev"), pa.array(sorted(others)))).as_py():
-        raise ValueError("a frame holds events of several subscribed channels")
-    received_us = pa.array([received_ns // 1000 for received_ns, _ in frames], pa.int64())
-    received_us = received_us.take(pc.list_parent_indices(lists))
+    fields = _event_fields(channel, texts[0])
     rejected = Counter()
-    if lists.null_count:  # a frame `null`: not an array
-        rejected["bad_shape"] += lists.null_count
-    return _events_to_table(channel, events, received_us, rejected), rejected
+    parsed = frame_columns.parse("\n".join(texts).encode("utf-8"), fields) if frame_columns.supports(fields) else None
+    if parsed is not None:
+        columns, per_frame = parsed
+        valid = None
+    else:
+        lists = _read_lines(texts, _reader_options(channel, fields)).column("f").combine_chunks()
+        if lists.null_count:  # a frame `null`: not an array
+            rejected["bad_shape"] += lists.null_count
+        events = lists.flatten()
+        columns = dict(zip([field.name for field in events.type], events.flatten()))  # parent nulls included
+        per_frame, valid = np.diff(lists.offsets.to_numpy(zero_copy_only=False)), events.is_valid()
+    if others and pc.any(pc.is_in(columns["ev"], pa.array(sorted(others)))).as_py():
+        raise ValueError("a frame holds events of several subscribed channels")
+    received_us = np.repeat(np.fromiter((received_ns // 1000 for received_ns, _ in frames), np.int64, len(frames)),
+                            per_frame)
+    return _events_to_table(channel, columns, valid, pa.array(received_us), rejected), rejected
 
 
-def _events_to_table(channel: Channel, events: pa.StructArray, received_us: pa.Array, rejected: Counter) -> pa.Table:
-    fields = dict(zip([field.name for field in events.type], events.flatten()))  # parent nulls included
-    checks = [("bad_shape", events.is_valid()), ("wrong_event", pc.equal(fields["ev"], pa.scalar(channel.name))),
+def _events_to_table(channel: Channel, fields: dict[str, pa.Array], valid: pa.Array | None, received_us: pa.Array,
+                     rejected: Counter) -> pa.Table:
+    """`valid`: False for an event that is not an object (`null`); None when every one is."""
+    checks = [("wrong_event", pc.equal(fields["ev"], pa.scalar(channel.name))),
               ("missing_field", all_of([fields[key].is_valid() for key in channel.ws_required.values()]))]
+    if valid is not None:
+        checks.insert(0, ("bad_shape", valid))
     columns = {**channel.ws_required, **channel.ws_optional}
     table = pa.Table.from_arrays([fields[key] for key in columns.values()] + [received_us],
                                  names=list(columns) + ["received_at"])
