@@ -1,6 +1,6 @@
 /* Frames of JSON events -> one column per wanted key, in Arrow's memory layout (channels/frame_columns.py).
 
-   The input is many WebSocket frames joined by '\n'; each frame must be a JSON array of flat JSON objects
+   The input is a list of WebSocket frames (str); each frame must be a JSON array of flat JSON objects
    (Polygon's events). For each wanted key the output is one Arrow column: a validity bitmap and its values
    (int64, double, bool bits, string offsets + data, or a list of int64 as offsets + values). Unknown keys
    are skipped (their values still validated as JSON). A missing key or `null` is a null.
@@ -11,7 +11,7 @@
    return None, and the caller hands the frames to pyarrow's JSON reader, then to the per-event path, which
    decide and count them. So this code only ever has to be right about well-formed input; it never has to
    explain bad input. Every read is bounds-checked against the end of the buffer. The GIL is released while
-   parsing (the input is an immutable bytes object the caller keeps alive), except for the rare number whose
+   parsing (the frames' UTF-8 forms are taken first, and the frames held), except for the rare number whose
    exact conversion needs Python's correctly rounded strtod.
 */
 #define PY_SSIZE_T_CLEAN
@@ -87,7 +87,7 @@ typedef struct {
 enum { OK = 0, REFUSE = 1, NO_MEMORY = 2 };
 
 static inline void skip_ws(Parser *ps) {
-    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r')) ps->p++;
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r')) ps->p++;
 }
 
 static inline int expect(Parser *ps, char c) {
@@ -447,7 +447,7 @@ static int parse_object(Parser *ps) {
     }
 }
 
-/* One frame: an array of objects, then its line's end. */
+/* One frame: an array of objects, and nothing after it but whitespace. */
 static int parse_frame(Parser *ps) {
     int64_t rows_before = ps->rows;
     int status;
@@ -467,20 +467,19 @@ static int parse_frame(Parser *ps) {
         }
     }
     skip_ws(ps);
-    if (ps->p < ps->end) {
-        if (*ps->p != '\n') return REFUSE;
-        ps->p++;
-    }
+    if (ps->p < ps->end) return REFUSE;
     int64_t count = ps->rows - rows_before;
     return buf_put(&ps->frame_counts, &count, sizeof count) ? NO_MEMORY : OK;
 }
 
-static int parse_all(Parser *ps) {
+static int parse_all(Parser *ps, const char **starts, const Py_ssize_t *sizes, Py_ssize_t frames) {
     for (int k = 0; k < ps->ncolumns; k++) {
         Column *c = &ps->columns[k];
         if ((c->kind == 's' || c->kind == 'l') && buf_zeros(&c->offsets, sizeof(int32_t))) return NO_MEMORY;
     }
-    while (ps->p < ps->end) {
+    for (Py_ssize_t f = 0; f < frames; f++) {
+        ps->p = starts[f];
+        ps->end = starts[f] + sizes[f];
         int status = parse_frame(ps);
         if (status) return status;
     }
@@ -514,14 +513,28 @@ static void release(Parser *ps) {
     free(ps->scratch.data);
 }
 
-/* parse(data: bytes, keys: tuple[bytes], kinds: bytes) -> (rows, frame counts, columns) or None. */
+/* The frames' UTF-8 forms (an ASCII str's is its own buffer: no copy), each frame held meanwhile. */
+static int frame_texts(PyObject *frames, const char **starts, Py_ssize_t *sizes) {
+    Py_ssize_t n = PyList_GET_SIZE(frames);
+    for (Py_ssize_t f = 0; f < n; f++) {
+        PyObject *frame = PyList_GET_ITEM(frames, f);
+        if (!PyUnicode_Check(frame)) return REFUSE;
+        starts[f] = PyUnicode_AsUTF8AndSize(frame, &sizes[f]);
+        if (!starts[f]) {   /* e.g. a lone surrogate: no UTF-8 form */
+            PyErr_Clear();
+            return REFUSE;
+        }
+    }
+    return OK;
+}
+
+/* parse(frames: list[str], keys: tuple[bytes], kinds: bytes) -> (rows, frame counts, columns) or None. */
 static PyObject *parse(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *text, *keys;
+    PyObject *frames, *keys;
     const char *kinds;
     Py_ssize_t nkinds;
-    /* bytes, not any buffer: it is read with the GIL released, so nothing may change it meanwhile */
-    if (!PyArg_ParseTuple(args, "O!O!y#", &PyBytes_Type, &text, &PyTuple_Type, &keys, &kinds, &nkinds)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!O!y#", &PyList_Type, &frames, &PyTuple_Type, &keys, &kinds, &nkinds)) return NULL;
     Py_ssize_t nkeys = PyTuple_GET_SIZE(keys);
     if (nkeys != nkinds || nkeys > MAX_KEYS) {
         PyErr_SetString(PyExc_ValueError, "keys and kinds must pair up, at most 32 of them");
@@ -529,12 +542,13 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     }
     Column columns[MAX_KEYS];
     memset(columns, 0, sizeof columns);
-    Parser ps = {.p = PyBytes_AS_STRING(text), .end = PyBytes_AS_STRING(text) + PyBytes_GET_SIZE(text), .columns = columns, .ncolumns = (int)nkeys};
-    memset(&ps.frame_counts, 0, sizeof ps.frame_counts);
-    memset(&ps.scratch, 0, sizeof ps.scratch);
+    Parser ps;
+    memset(&ps, 0, sizeof ps);
+    ps.columns = columns;
+    ps.ncolumns = (int)nkeys;
     for (Py_ssize_t k = 0; k < nkeys; k++) {
         PyObject *key = PyTuple_GET_ITEM(keys, k);
-        if (!PyBytes_Check(key) || !strchr("sidbl", kinds[k]) || kinds[k] == 0) {
+        if (!PyBytes_Check(key) || kinds[k] == 0 || !strchr("sidbl", kinds[k])) {
             PyErr_SetString(PyExc_ValueError, "keys must be bytes and kinds one of s, i, d, b, l");
             return NULL;
         }
@@ -542,14 +556,28 @@ static PyObject *parse(PyObject *self, PyObject *args) {
         columns[k].key_len = (size_t)PyBytes_GET_SIZE(key);
         columns[k].kind = kinds[k];
     }
-    ps.released = PyEval_SaveThread();
-    int status = parse_all(&ps);
-    PyEval_RestoreThread(ps.released);
-    PyObject *result;
-    if (status == NO_MEMORY) result = PyErr_NoMemory();
-    else if (status == REFUSE) result = Py_NewRef(Py_None);
-    else result = result_of(&ps);
+    /* A copy of the list: the caller's may change while the GIL is released; the copy holds each frame. */
+    PyObject *held = PyList_GetSlice(frames, 0, PyList_GET_SIZE(frames));
+    Py_ssize_t n = held ? PyList_GET_SIZE(held) : 0;
+    const char **starts = held ? PyMem_Calloc((size_t)n + 1, sizeof *starts) : NULL;
+    Py_ssize_t *sizes = held ? PyMem_Calloc((size_t)n + 1, sizeof *sizes) : NULL;
+    PyObject *result = NULL;
+    if (!held || !starts || !sizes) {
+        if (held) PyErr_NoMemory();
+    } else if (frame_texts(held, starts, sizes) == REFUSE) {
+        result = Py_NewRef(Py_None);
+    } else {
+        ps.released = PyEval_SaveThread();
+        int status = parse_all(&ps, starts, sizes, n);
+        PyEval_RestoreThread(ps.released);
+        if (status == NO_MEMORY) result = PyErr_NoMemory();
+        else if (status == REFUSE) result = Py_NewRef(Py_None);
+        else result = result_of(&ps);
+    }
     release(&ps);
+    PyMem_Free(starts);
+    PyMem_Free(sizes);
+    Py_XDECREF(held);
     return result;
 }
 

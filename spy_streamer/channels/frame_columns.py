@@ -25,11 +25,11 @@ def supports(fields: dict[str, pa.DataType]) -> bool:
     return AVAILABLE and len(fields) <= 32 and all(kind in _KINDS for kind in fields.values())
 
 
-def parse(lines: bytes, fields: dict[str, pa.DataType]) -> tuple[dict[str, pa.Array], np.ndarray] | None:
-    """({key: column} for each of `fields`, events per frame) for frames joined by newlines; None when
-    they are not all arrays of flat objects with values of the fields' JSON types."""
+def parse(texts: list[str], fields: dict[str, pa.DataType]) -> tuple[dict[str, pa.Array], np.ndarray] | None:
+    """({key: column} for each of `fields`, events per frame) for the frames `texts`; None when they are
+    not all arrays of flat objects with values of the fields' JSON types."""
     keys = tuple(key.encode() for key in fields)
-    parsed = _frame_columns.parse(lines, keys, "".join(_KINDS[kind] for kind in fields.values()).encode())
+    parsed = _frame_columns.parse(texts, keys, "".join(_KINDS[kind] for kind in fields.values()).encode())
     if parsed is None:
         return None
     rows, frame_counts, columns = parsed

@@ -182,14 +182,13 @@ def _json_type(channel: Channel, column: str) -> pa.DataType:
 
 
 def _texts(frames: Frames) -> list[str]:
-    texts = [frame if type(frame) is str else frame.decode("utf-8") for _, frame in frames]
-    if any("\n" in text or "\r" in text for text in texts):
-        raise ValueError("a frame spans lines; NDJSON needs one line per frame")
-    return texts
+    return [frame if type(frame) is str else frame.decode("utf-8") for _, frame in frames]
 
 
 def _read_lines(texts: list[str], options: pa_json.ParseOptions) -> pa.Table:
     """Each frame as one NDJSON line `{"f": frame}`, read with `options` (one row a frame)."""
+    if any("\n" in text or "\r" in text for text in texts):
+        raise ValueError("a frame spans lines; NDJSON needs one line per frame")
     pieces = ['{"f":'] * (2 * len(texts))   # '{"f":' frame '}\n{"f":' frame ... '}': one copy, not two
     pieces[1::2] = texts
     pieces[2::2] = ['}\n{"f":'] * (len(texts) - 1)
@@ -211,7 +210,7 @@ def _parse_fast(channel: Channel, frames: Frames, others=()) -> tuple[pa.Table, 
     texts = _texts(frames)
     fields = _event_fields(channel, texts[0])
     rejected = Counter()
-    parsed = frame_columns.parse("\n".join(texts).encode("utf-8"), fields) if frame_columns.supports(fields) else None
+    parsed = frame_columns.parse(texts, fields) if frame_columns.supports(fields) else None
     if parsed is not None:
         columns, per_frame = parsed
         valid = None
