@@ -24,10 +24,16 @@ COPY setup.cfg /src/setup.cfg
 RUN python -c "import configparser; c = configparser.ConfigParser(); c.read('/src/setup.cfg'); print(c['options']['install_requires'])" > /src/requirements.txt \
     && pip install -r /src/requirements.txt
 
-# Then the package itself (no dependency left to fetch); its sources do not stay in the image.
-COPY pyproject.toml README.md /src/
+# Then the package itself (no dependency left to fetch); its sources do not stay in the image. gcc builds
+# the frame parser's C fast path (setup.py) and is removed in the same layer.
+COPY pyproject.toml setup.py README.md /src/
 COPY spy_streamer /src/spy_streamer
-RUN pip install --no-deps /src && rm -rf /src
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-deps /src \
+    && python -c "from spy_streamer.channels import frame_columns; assert frame_columns.AVAILABLE" \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /src /var/lib/apt/lists/*
 
 WORKDIR /app
 COPY config/settings.yaml config/settings.yaml

@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source "$ROOT/scripts/ensure_venv.sh"
 if ! venv_ready ""; then
-    echo "spy-streamer: $ROOT/.venv is missing or out of date (setup.cfg or pyproject.toml changed); run: $ROOT/scripts/setup.sh" >&2
+    echo "spy-streamer: $ROOT/.venv is missing or out of date (its packaging files or the C parser changed); run: $ROOT/scripts/setup.sh" >&2
     exit 78
 fi
 if [ "${1:-}" = "--demo" ]; then

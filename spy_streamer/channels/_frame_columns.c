@@ -60,7 +60,8 @@ static int buf_zeros(Buf *b, size_t n) {
 typedef struct {
     const char *key;
     size_t key_len;
-    char kind;           /* 's' string, 'i' int64, 'd' double, 'b' bool, 'l' list of int64 */
+    char kind;           /* 's' string, 'i' int64, 'd' double, 'b' bool, 'l' list of int64,
+                            'D' decimal128(38, 18) from a string of at most 20 + 18 digits */
     Buf validity;        /* a bit per row */
     Buf values;          /* int64 / double / bool bits / string data / list child int64 */
     Buf offsets;         /* int32, strings and lists */
@@ -70,6 +71,7 @@ typedef struct {
     int64_t i;
     double d;
     int b;
+    __int128 decimal;
     size_t value_start;  /* strings and lists: where this row's bytes/items begin in `values` */
 } Column;
 
@@ -332,6 +334,30 @@ static int parse_int_list(Parser *ps, Column *c) {
     }
 }
 
+/* A decimal string -?[0-9]{1,20}(.[0-9]{1,18})? as an integer count of 1e-18 (pyarrow's cast of such a
+   string to decimal128(38, 18)); any other text is refused. */
+static int parse_decimal(Parser *ps, Column *c) {
+    int status;
+    ps->scratch.len = 0;
+    if ((status = parse_string(ps, &ps->scratch))) return status;
+    const char *p = ps->scratch.data, *end = p + ps->scratch.len;
+    int negative = p < end && *p == '-';
+    p += negative;
+    unsigned __int128 value = 0;
+    int whole = 0, fraction = 0;
+    while (p < end && *p >= '0' && *p <= '9') { value = value * 10 + (unsigned)(*p - '0'); whole++; p++; }
+    if (whole == 0 || whole > 20) return REFUSE;
+    if (p < end && *p == '.') {
+        p++;
+        while (p < end && *p >= '0' && *p <= '9') { value = value * 10 + (unsigned)(*p - '0'); fraction++; p++; }
+        if (fraction == 0 || fraction > 18) return REFUSE;
+    }
+    if (p != end) return REFUSE;
+    for (int scale = fraction; scale < 18; scale++) value *= 10;
+    c->decimal = negative ? -(__int128)value : (__int128)value;
+    return OK;
+}
+
 /* The value of a wanted key, into its column's slot for the current row. */
 static int parse_wanted(Parser *ps, Column *c) {
     skip_ws(ps);
@@ -362,6 +388,9 @@ static int parse_wanted(Parser *ps, Column *c) {
         case 'l':
             if (*ps->p != '[') return REFUSE;
             return parse_int_list(ps, c);
+        case 'D':
+            if (*ps->p != '"') return REFUSE;
+            return parse_decimal(ps, c);
     }
     return REFUSE;
 }
@@ -395,6 +424,7 @@ static int end_row(Parser *ps) {
         switch (c->kind) {
             case 'i': if (buf_put(&c->values, valid ? &c->i : &(int64_t){0}, 8)) return NO_MEMORY; break;
             case 'd': if (buf_put(&c->values, valid ? &c->d : &(double){0}, 8)) return NO_MEMORY; break;
+            case 'D': if (buf_put(&c->values, valid ? &c->decimal : &(__int128){0}, 16)) return NO_MEMORY; break;
             case 'b':
                 if (row % 8 == 0 && buf_zeros(&c->values, 1)) return NO_MEMORY;
                 if (valid && c->b) c->values.data[row / 8] |= (char)(1 << (row % 8));
@@ -548,8 +578,8 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     ps.ncolumns = (int)nkeys;
     for (Py_ssize_t k = 0; k < nkeys; k++) {
         PyObject *key = PyTuple_GET_ITEM(keys, k);
-        if (!PyBytes_Check(key) || kinds[k] == 0 || !strchr("sidbl", kinds[k])) {
-            PyErr_SetString(PyExc_ValueError, "keys must be bytes and kinds one of s, i, d, b, l");
+        if (!PyBytes_Check(key) || kinds[k] == 0 || !strchr("sidblD", kinds[k])) {
+            PyErr_SetString(PyExc_ValueError, "keys must be bytes and kinds one of s, i, d, b, l, D");
             return NULL;
         }
         columns[k].key = PyBytes_AS_STRING(key);   /* the tuple keeps them alive */

@@ -77,5 +77,5 @@ def aggregate_channel(name: str, title: str, bar_ms: int, timespan: str) -> Chan
         time_column="start", ws_required=WS_REQUIRED, ws_optional=WS_OPTIONAL, rest_required=REST_REQUIRED,
         rest_optional=REST_OPTIONAL, checks=lambda columns: bar_checks(columns, bar_ms), fetch=fetch,
         rest_path=f"/v2/aggs/ticker/{{ticker}}/range/1/{timespan}/{{from}}/{{to}}", gap_step_ms=bar_ms,
-        rest_complete=complete, ws_types={"decimal_volume": pa.string(), "decimal_accumulated_volume": pa.string()},
+        rest_complete=complete,
         ws_scale={"start": MS_TO_US, "end": MS_TO_US}, rest_scale={"start": MS_TO_US}, absent_as={"otc": False})

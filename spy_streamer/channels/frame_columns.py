@@ -11,14 +11,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from .base import DECIMAL, INT_LIST
+
 try:
     from . import _frame_columns
 except ImportError:   # built without a C compiler (setup.py marks the extension optional)
     _frame_columns = None
 
 AVAILABLE = _frame_columns is not None
-INT_LIST = pa.list_(pa.int64())
-_KINDS = {pa.string(): "s", pa.int64(): "i", pa.float64(): "d", pa.bool_(): "b", INT_LIST: "l"}
+NAME = "compiled" if AVAILABLE else "pyarrow"   # logged at start: which parser the daemon runs
+# DECIMAL: read from a string (Polygon's exact sizes and volumes) of at most 20 + 18 digits
+_KINDS = {pa.string(): "s", pa.int64(): "i", pa.float64(): "d", pa.bool_(): "b", INT_LIST: "l", DECIMAL: "D"}
 
 
 def supports(fields: dict[str, pa.DataType]) -> bool:

@@ -167,7 +167,9 @@ def _reader_options(channel: Channel, fields: dict[str, pa.DataType]) -> pa_json
     order = (channel.name, tuple(fields))
     options = _READER_OPTIONS.get(order)
     if options is None:
-        options = pa_json.ParseOptions(explicit_schema=pa.schema([("f", pa.list_(pa.struct(list(fields.items()))))]),
+        struct = pa.struct([(key, pa.string() if pa.types.is_decimal(kind) else kind)   # cast by to_schema
+                            for key, kind in fields.items()])
+        options = pa_json.ParseOptions(explicit_schema=pa.schema([("f", pa.list_(struct))]),
                                        unexpected_field_behavior="ignore")
         if len(_READER_OPTIONS) < _ORDERS_KEPT:
             _READER_OPTIONS[order] = options
@@ -175,6 +177,7 @@ def _reader_options(channel: Channel, fields: dict[str, pa.DataType]) -> pa_json
 
 
 def _json_type(channel: Channel, column: str) -> pa.DataType:
+    """A decimal stays a decimal: Polygon sends it as a string, which each parser turns into the decimal."""
     if column in channel.ws_types:
         return channel.ws_types[column]
     kind = channel.schema.field(column).type

@@ -62,6 +62,5 @@ CHANNEL = Channel(
                    "trf_id": "trf_id", "tape": "tape", "decimal_size": "decimal_size", "conditions": "conditions",
                    "correction": "correction", "sequence_number": "sequence_number"},
     checks=trade_checks, fetch=fetch, rest_path="/v3/trades/{ticker}", gap_step_ms=0,
-    ws_types={"decimal_size": pa.string()},
     ws_scale={"sip_timestamp_ns": MS_TO_NS, "participant_timestamp_ns": MS_TO_NS, "trf_timestamp_ns": MS_TO_NS},
     absent_as={"conditions": []})

@@ -36,6 +36,7 @@ from ..monitoring.metrics import MetricsPublisher
 from ..monitoring.systemd_notify import notify, start_watchdog
 from ..storage.parquet_sink import ParquetSink
 from ..capture.pipeline_stats import BackfillStats, ReaderStats, WriterStats
+from ..channels import frame_columns
 from ..data_sources.client_library import LIBRARY
 from ..data_sources.polygon_client import AuthRejected
 from ..data_sources.polygon_rest import make_rest_client
@@ -161,7 +162,11 @@ class StreamingRunner:
         pa.set_memory_pool(pa.system_memory_pool())
         log.info("spy-streamer started (config %s)", self.config.source,
                  extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions),
-                        "client": str(LIBRARY)})
+                        "client": str(LIBRARY), "frame_parser": frame_columns.NAME})
+        if not frame_columns.AVAILABLE:
+            log.warning("the compiled frame parser is not built (no C compiler at install?): frames are parsed "
+                        "at about a third of the speed; run scripts/setup.sh on a machine with gcc",
+                        extra={"event": "frame_parser_slow"})
         self.sink.remove_temp_files()
         heartbeat_thread = self._start_service(self.monitor)
         if self.lake is not None:  # for the whole process: batches flushed after the close go up overnight

@@ -8,6 +8,7 @@ rounded (equal to Python's float()). Nothing it is given crashes it.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 import math
 import random
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from spy_streamer.channels import channel_for, frame_columns, parsing
+from spy_streamer.channels.base import DECIMAL, DECIMAL_PATTERN
 
 pytestmark = pytest.mark.skipif(not frame_columns.AVAILABLE, reason="the compiled parser is not built")
 
@@ -52,7 +54,8 @@ def assert_agrees(name: str, texts: list[str], must_take: bool = False) -> None:
     assert list(per_frame) == want_per_frame
     for key, column in columns.items():
         column.validate(full=True)
-        assert column.equals(want[key]), (key, column, want[key])
+        expected_column = want[key].cast(DECIMAL) if column.type == DECIMAL else want[key]   # to_schema's cast
+        assert column.equals(expected_column), (key, column, expected_column)
 
 
 # --- events of each channel, as Polygon's documentation shows them, with values drawn ---
@@ -61,7 +64,7 @@ ints = st.integers(-2**63, 2**63 - 1)
 doubles = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-2**53, 2**53)
 texts = st.text(max_size=12)
 VALUES = {pa.string(): texts, pa.int64(): ints, pa.float64(): doubles, pa.bool_(): st.booleans(),
-          pa.list_(pa.int64()): st.lists(ints, max_size=4)}
+          pa.list_(pa.int64()): st.lists(ints, max_size=4), DECIMAL: st.from_regex(DECIMAL_PATTERN, fullmatch=True)}
 unknown = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts,
                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
                        max_leaves=6)
@@ -128,6 +131,9 @@ def test_doubles_are_correctly_rounded(number):
     ('[{"sym":"\\ud83d\\ude00"}]', True), ('[{"sym":"\\ud83d"}]', False), ('[{"sym":"\\ude00"}]', False),
     ('[{"sym":"a\\u0000b"}]', True), ('[{"sym":"tab\there"}]', False), ('[{"sym":"\\x"}]', False),
     ('[{"sym":"a","sym":"b"}]', False), ('[{"s\\u0079m":"SPY"}]', True), ('[{"sym":1}]', False),
+    ('[{"dv":"12345678901234567890.123456789012345678"}]', True), ('[{"dv":"-0.5"}]', True),
+    ('[{"dv":"123456789012345678901"}]', False), ('[{"dv":"1.1234567890123456789"}]', False),
+    ('[{"dv":"1."}]', False), ('[{"dv":".5"}]', False), ('[{"dv":"1e3"}]', False), ('[{"dv":100}]', False),
     ('[{"otc":true}]', True), ('[{"otc":1}]', False), ('[{"otc":tru}]', False), ('[{"c":[1,2,3]}]', True),
     ('[{"c":[1,null]}]', False), ('[{"c":[1.5]}]', False), ('[{"c":[]}]', True), ('[{"c":{}}]', False),
     ('[]', True), ('[{}]', True), ('null', False), ('[null]', False), ('[1]', False), ('{}', False),
@@ -138,7 +144,7 @@ def test_doubles_are_correctly_rounded(number):
 ])
 def test_edges_of_the_grammar(text, taken):
     name, fields = "T", fields_of("T")
-    fields = {**fields, "v": pa.int64(), "otc": pa.bool_()}
+    fields = {**fields, "v": pa.int64(), "otc": pa.bool_(), "dv": DECIMAL}
     parsed = frame_columns.parse([text], fields)
     assert (parsed is not None) == taken, text
     if taken:
@@ -148,7 +154,7 @@ def test_edges_of_the_grammar(text, taken):
         for index, event in enumerate(expected):
             for key, value in event.items():
                 if key in columns:
-                    assert columns[key][index].as_py() == value, (key, text)
+                    assert columns[key][index].as_py() == (Decimal(value) if key == "dv" else value), text
 
 
 def test_frames_that_are_not_text_or_not_utf8_are_refused():

@@ -23,12 +23,16 @@ echo "$(basename "$0") $*" >> "{calls}"
 """
 
 
+PARSER_SOURCES = [str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "spy_streamer" / "channels").glob("*.c")]
+
+
 @pytest.fixture
 def checkout(tmp_path) -> Path:
     """scripts/ and the packaging files of this repo, and a .venv of stand-ins (python, spy-streamer)."""
     root = tmp_path / "checkout"
     shutil.copytree(REPO_ROOT / "scripts", root / "scripts")
-    for name in ("setup.cfg", "pyproject.toml"):
+    for name in ("setup.cfg", "pyproject.toml", "setup.py", *PARSER_SOURCES):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / name, root / name)
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
@@ -99,6 +103,15 @@ def test_a_change_to_pytest_settings_is_no_reason_to_set_up_again(checkout):
     setup_cfg.write_text(setup_cfg.read_text().replace("[tool:pytest]\n", "[tool:pytest]\nmarkers =\n    slow: x\n"))
     assert run(checkout).returncode == 0
     setup_cfg.write_text(setup_cfg.read_text().replace("install_requires =\n", "install_requires =\n    six\n"))
+    assert_refused_with_the_setup_command(run(checkout), checkout, calls_before=1)
+
+
+def test_a_changed_c_source_needs_a_new_set_up(checkout):
+    """The compiled frame parser is built at set-up: an update to its C source is stale until set up again."""
+    stamp(checkout).touch()
+    assert run(checkout).returncode == 0
+    source = checkout / PARSER_SOURCES[0]
+    source.write_text(source.read_text() + "\n/* changed */\n")
     assert_refused_with_the_setup_command(run(checkout), checkout, calls_before=1)
 
 
