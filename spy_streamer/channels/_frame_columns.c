@@ -398,8 +398,8 @@ static int parse_wanted(Parser *ps, Column *c) {
 /* The column for `key`, or NULL. Events of a channel list their keys in one order, and the columns are
    given in that order: the one after the last match is tried first. */
 static Column *wanted(Parser *ps, const char *key, size_t len) {
-    for (int tried = 0; tried < ps->ncolumns; tried++) {
-        int k = (ps->next_guess + tried) % ps->ncolumns;
+    int guess = ps->next_guess < ps->ncolumns ? ps->next_guess : 0;
+    for (int k = guess, tried = 0; tried < ps->ncolumns; tried++, k = k + 1 == ps->ncolumns ? 0 : k + 1) {
         Column *c = &ps->columns[k];
         if (c->key_len == len && memcmp(c->key, key, len) == 0) {
             ps->next_guess = k + 1;
@@ -452,14 +452,12 @@ static int parse_object(Parser *ps) {
     for (;;) {
         skip_ws(ps);
         if (ps->p >= ps->end || *ps->p != '"') return REFUSE;
-        const char *key = ps->p + 1;
+        const char *key = ps->p + 1, *close = key;
         size_t len;
-        const char *close = memchr(key, '"', (size_t)(ps->end - key));
-        if (close && !memchr(key, '\\', (size_t)(close - key))) {   /* the usual key: no escapes */
+        while (close < ps->end && *close != '"' && *close != '\\' && (unsigned char)*close >= 0x20) close++;
+        if (close < ps->end && *close == '"') {   /* the usual key: short, no escapes */
             len = (size_t)(close - key);
             ps->p = close + 1;
-            for (const char *q = key; q < close; q++)
-                if ((unsigned char)*q < 0x20) return REFUSE;
         } else {
             ps->scratch.len = 0;
             if ((status = parse_string(ps, &ps->scratch))) return status;
