@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 
 from spy_streamer.channels import channel_for, frame_columns, parsing
 from spy_streamer.channels.base import DECIMAL, DECIMAL_PATTERN
+from spy_streamer.demo.replay_events import agg_event, quote_event, trade_event
 
 pytestmark = pytest.mark.skipif(not frame_columns.AVAILABLE, reason="the compiled parser is not built")
 
@@ -176,3 +177,32 @@ def test_the_list_given_may_change_while_it_parses():
     parsed = frame_columns.parse(texts, fields_of("T"))
     texts.clear()
     assert parsed[0]["sym"].to_pylist() == ["SPY"] * 1000
+
+
+# --- the whole fast path, with and without the compiled parser ---
+
+SAMPLES = {
+    "A": lambda i: agg_event(1_767_000_000_000 + i * 1000, f"S{i % 7}", volume=100 + i) | {"dv": f"{100 + i}.25"},
+    "AM": lambda i: agg_event(1_767_000_000_000 + i * 60_000, f"S{i % 7}") | {"ev": "AM"},
+    "T": lambda i: trade_event(1_767_000_000_000 + i, f"S{i % 7}", trade_id=str(i), trf_id=i % 3 or None) | {"ds": "0.5"},
+    "Q": lambda i: quote_event(1_767_000_000_000 + i, f"S{i % 7}", sequence=i, trf_id=i % 2 or None),
+}
+
+
+@pytest.mark.parametrize("name", CHANNELS)
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_the_fast_path_stores_the_same_table_with_or_without_the_compiled_parser(monkeypatch, name, separators):
+    """The reader's path is what a machine without a C compiler runs: the same rows, the same counts."""
+    events = [SAMPLES[name](i) for i in range(300)]
+    events[5] = {**events[5], "p": "not a price", "o": "not a price"}       # a frame the parsers refuse
+    events[9] = {**events[9], "ev": "XX"}                                  # an event of no channel
+    events[11] = {key: value for key, value in events[11].items() if key != "sym"}   # a required key missing
+    frames = [(1_767_000_000_000_000_000 + i, json.dumps(events[i:i + 25], separators=separators))
+              for i in range(0, 300, 25)]
+    channels = {name: channel_for(name)}
+    compiled = parsing.parse_frames(channels, frames)
+    monkeypatch.setattr(frame_columns, "AVAILABLE", False)
+    reader = parsing.parse_frames(channels, frames)
+    assert compiled[1] == reader[1] and sum(compiled[1].values()) >= 2
+    assert pa.concat_tables(compiled[0][name]).equals(pa.concat_tables(reader[0][name]))
+    assert pa.concat_tables(compiled[0][name]).num_rows >= 250
