@@ -128,10 +128,12 @@ def logged_events(caplog, name: str) -> list[logging.LogRecord]:
 
 
 def pytest_collection_modifyitems(items):
-    """`-m "not integration"` is the fast unit loop: no real daemon, server or external tool."""
+    """`-m "not integration"` is the fast unit loop: no real daemon, server or external tool. Tests marked
+    `slow` (a minute or so of waiting) go first, so that the parallel workers do not wait on one at the end."""
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in INTEGRATION_MODULES:
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,14 @@ a running one's as of its heartbeat.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 CRITICAL, WARNING = 2, 1
+REASON_CHARACTERS = 160   # of a failed compaction's reason in `check`'s one line (status shows it whole)
+# An absolute path's folders (what follows the last slash, the file's name, is kept).
+_FOLDERS = re.compile(r"(?<!\S)/\S*/")
 STAGED_CRITICAL_SECONDS = 1800.0
 IN_FLIGHT_WARNING_SECONDS = 30.0
 
@@ -74,5 +78,13 @@ def _compaction_failed(hb) -> tuple[int, str] | None:
     if isinstance(failed, dict) and failed:
         channel, why = sorted(failed.items())[0]
         return WARNING, (f"the after-close compaction failed for {', '.join(sorted(failed))} "
-                         f"({channel} {str(why)[:160]}); its micro-batches stay")
+                         f"({channel} {_clipped(str(why))}); its micro-batches stay")
     return None
+
+
+def _clipped(why: str) -> str:
+    """`why` within REASON_CHARACTERS, the unreadable file's name kept however deep data_dir is (seen: a
+    data_dir of 75 characters cut the name off, and `check` no longer named the file)."""
+    if len(why) > REASON_CHARACTERS:
+        why = _FOLDERS.sub(".../", why)
+    return why[:REASON_CHARACTERS]

@@ -81,3 +81,15 @@ def test_a_failed_after_close_compaction_warns_naming_the_file(config):
     assert any("compaction failed: A" in line and "part-1-2-000003.parquet" in line for line in lines)
     rig.compaction.compaction_failed = {}
     assert beat(rig).code == OK
+
+
+def test_a_failed_compaction_under_a_deep_data_dir_still_names_the_file(config):
+    """Seen under pytest-xdist (a longer tmp_path): the 160 characters of the reason ended in the folders."""
+    rig = rig_with(config, FRIDAY_EVENING)
+    deep = "/srv/" + "/".join(["market-data-archive"] * 5) + "/A/date=2026-11-24/part-1-2-000003.parquet"
+    rig.compaction.compaction_failed = {"A": f"2026-11-24: cannot read {deep}: Couldn't deserialize thrift: "
+                                             "don't know what type: \nDeserializing page header failed.\n"
+                                             "; nothing changed"}
+    result = beat(rig)
+    assert result.code == WARNING and "part-1-2-000003.parquet: Couldn't deserialize thrift" in result.text
+    assert any(deep in line for line in heartbeat_lines(load_heartbeat(rig.path), rig.clock.now()))

@@ -102,6 +102,7 @@ def test_a_jump_past_the_close_and_back_cancels_that_days_close_work(make_runner
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime is not installed (apt install libfaketime)")
 def test_the_daemon_follows_its_clock_a_day_ahead_and_back(tmp_path, fake, start, monkeypatch, record_figure):
     """The measured case, as a subprocess whose wall clock libfaketime moves (its monotonic clock is left

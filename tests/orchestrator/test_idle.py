@@ -11,6 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import write_settings
 from daemon_harness import Daemon, events_named, wait_for, window_settings
 
@@ -34,6 +36,7 @@ def cpu_seconds_over(pid: int, seconds: float) -> float:
     return sum(used - before.get(task, 0) for task, used in after.items()) / 1e9
 
 
+@pytest.mark.slow
 def test_a_closed_market_costs_at_most_a_hundredth_of_a_cpu_second_a_minute_and_signals_act_at_once(tmp_path, fake):
     document = window_settings(tmp_path, fake, open_now=False,
                                streaming={"monitoring": {"heartbeat_interval_seconds": 300},
