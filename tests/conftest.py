@@ -129,7 +129,8 @@ def logged_events(caplog, name: str) -> list[logging.LogRecord]:
 
 def pytest_collection_modifyitems(items):
     """`-m "not integration"` is the fast unit loop: no real daemon, server or external tool. Tests marked
-    `slow` (a minute or so of waiting) go first, so that the parallel workers do not wait on one at the end."""
+    `slow` (a minute or so of waiting) go first, so that pytest-xdist hands out their modules first and no
+    worker is left running one alone at the end."""
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in INTEGRATION_MODULES:
             item.add_marker(pytest.mark.integration)

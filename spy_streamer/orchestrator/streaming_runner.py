@@ -48,6 +48,10 @@ from .service import Service
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE_SECONDS = 10.0     # supervisord's stopwaitsecs must be above this
+# The deadline's last part, kept for the heartbeat thread to see its stop: a lake commit that hangs is
+# abandoned that much earlier (safe: logged, the batch stays staged) instead of leaving the idle heartbeat
+# thread no time at all (seen: exit 70, "abandoned: heartbeat", whenever a commit ran to the deadline).
+HEARTBEAT_STOP_SECONDS = 1.0
 CLOSE_GRACE_SECONDS = 5.0            # Polygon sends a second's bar ~2 s after it ends
 RECONCILE_EVERY_SECONDS = 30         # safety net; the loop wakes at least this often, so a wall clock that
                                      # jumped is followed within it (transitions have their own jobs)
@@ -255,7 +259,7 @@ class StreamingRunner:
         if self._session is not None:
             self._end_session("shutdown", deadline)
         self._join_after_close(deadline)
-        self._stop_lake_commits(deadline)
+        self._stop_lake_commits(deadline - HEARTBEAT_STOP_SECONDS)
         self.monitor.stop()
         heartbeat_thread.join(max(0.0, deadline - self.clock.monotonic()))
         if heartbeat_thread.is_alive():

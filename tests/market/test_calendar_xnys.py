@@ -20,8 +20,7 @@ from spy_streamer.config import load_config
 from spy_streamer.market.market_hours import MarketCalendar
 from spy_streamer.market.special_days import SpecialDay, parse_polygon_rows
 
-pytestmark = [pytest.mark.filterwarnings("ignore:Series.values returning an ndarray"),  # inside exchange_calendars
-              pytest.mark.xdist_group("calendar_xnys")]   # one worker builds the reference calendar
+pytestmark = pytest.mark.filterwarnings("ignore:Series.values returning an ndarray")  # inside exchange_calendars
 
 HOURS = load_config(REPO_ROOT / "config" / "settings.yaml").market_hours
 FIRST, LAST = date(2000, 1, 1), date(2030, 12, 31)

@@ -28,8 +28,7 @@ from spy_streamer.channels.parsing import rest_results_with_reasons
 from spy_streamer.storage import lake_tables
 from spy_streamer.storage.compaction import compact_day
 
-pytestmark = [pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
-              pytest.mark.xdist_group("reader_matrix")]   # one worker: one capture, one Spark, not one each
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 CHANNELS = ("A", "AM", "T", "Q")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Polygon's documented fields -> our column. From Polygon's WebSocket and REST references and the models of
