@@ -117,10 +117,12 @@ class BatchWriter(Service):
                 if ended:
                     break
                 self._flushes.take_in_if_done()
-                if self.clock.monotonic() >= next_flush or \
-                        self.stats.rows_pending - self._flushes.rows_in_flight() >= MAX_PENDING_ROWS:
+                now = self.clock.monotonic()
+                if now >= next_flush:
                     self._start_flush(flusher)
-                    next_flush = self.clock.monotonic() + self.interval_seconds
+                    next_flush = now + self.interval_seconds
+                elif self.stats.rows_pending - self._flushes.rows_in_flight() >= MAX_PENDING_ROWS:
+                    self._start_flush(flusher)   # an extra flush: the interval's own stays where it was
             while ahead:
                 self._accept_parsed(*ahead.popleft())
         self.flush()   # takes in the flush in flight (the executor waited for it), then writes the rest
