@@ -931,3 +931,24 @@ def test_run_flushes_in_the_background_and_loses_nothing_when_a_flush_fails_or_t
     assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]          # each once, none lost
     assert rig.stats.rows_written == 40 and rig.stats.rows_pending == 0 and rig.stats.pending_since is None
     assert rig.stats.batches_written == len(parquet_files(data_dir)) == len(calls) - 1
+
+
+def test_an_early_flush_of_a_full_batch_leaves_the_interval_flush_on_its_cadence(data_dir, monkeypatch):
+    """Rows past MAX_PENDING_ROWS are flushed at once, as an extra: the rows after them are still written at
+    the interval's own time, not a whole interval after the extra flush."""
+    monkeypatch.setattr("spy_streamer.capture.batch_writer.MAX_PENDING_ROWS", 5)
+    rig = Rig(data_dir, clock=FrozenClock(SESSION_NOW), interval_seconds=2.0)
+    started = time.monotonic()
+    thread = start_writer(rig)
+    try:
+        bars = session_timeline(ms(ny(2025, 6, 10, 9, 35)), 6)
+        time.sleep(1.2)
+        rig.frames.put((time.time_ns(), frame(bars[:5])))
+        wait_until(lambda: len(parquet_files(data_dir)) == 1, timeout=0.5, what="the early flush")
+        rig.frames.put((time.time_ns(), frame(bars[5:])))
+        wait_until(lambda: len(parquet_files(data_dir)) == 2, timeout=3.0, what="the interval's flush")
+        assert time.monotonic() - started < 2.0 + 0.7, "the interval's flush waited a whole interval after the extra"
+    finally:
+        rig.frames.put(END_OF_STREAM)
+        thread.join(2)
+    assert stored_keys(data_dir) == [("SPY", bar["s"]) for bar in bars]
