@@ -102,11 +102,11 @@ class Channel:
     # What an absent field means, where Polygon documents one: no `c` is no condition ([]), no `otc` is false.
     absent_as: Mapping[str, object] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property   # read per batch: a schema walk each time showed in profiles
     def data_columns(self) -> tuple[str, ...]:
         return tuple(name for name in self.schema.names if name not in ("received_at", "source"))
 
-    @property
+    @functools.cached_property
     def exact_times(self) -> tuple[str, ...]:
         """The timestamp columns derived from a `<name>_ns` column (exact_time)."""
         names = set(self.schema.names)

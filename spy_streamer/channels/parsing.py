@@ -235,7 +235,8 @@ def _events_to_table(channel: Channel, fields: dict[str, pa.Array], valid: pa.Ar
                      rejected: Counter) -> pa.Table:
     """`valid`: False for an event that is not an object (`null`); None when every one is."""
     checks = [("wrong_event", pc.equal(fields["ev"], pa.scalar(channel.name))),
-              ("missing_field", all_of([fields[key].is_valid() for key in channel.ws_required.values()]))]
+              ("missing_field", all_of([fields[key].is_valid() for key in channel.ws_required.values()
+                                        if fields[key].null_count]))]
     if valid is not None:
         checks.insert(0, ("bad_shape", valid))
     columns = {**channel.ws_required, **channel.ws_optional}
@@ -277,7 +278,7 @@ def _typed(column, field: pa.Field, factor: int | None):
         # pyarrow's cast wraps a number too large for the type into a wrong one: only exact forms pass.
         if pc.any(pc.invert(pc.match_substring_regex(column, DECIMAL_PATTERN))).as_py():
             raise ValueError(f"{field.name}: not a decimal of at most 20 + 18 digits")
-    return column.cast(field.type)
+    return column if column.type == field.type else column.cast(field.type)
 
 
 # --- per-event path: frames the fast path refused or that mix channels ---
