@@ -81,7 +81,17 @@ def _keep_pandas_out() -> None:
         pass
 
 
+def _arrow_memory_from_malloc() -> None:
+    """Arrow's default pool, mimalloc, keeps freed pages per thread: a burst of 1M events peaked 190-203 MB
+    with it, 175-181 MB with the system allocator (at the same speed), and an idle daemon held 4 MB more.
+    The pool is chosen once, when pyarrow first asks for it, so it is chosen here, before any import of
+    pyarrow (`pa.set_memory_pool` reaches only the calls made from Python, not the Parquet writer's).
+    An operator's own ARROW_DEFAULT_MEMORY_POOL wins; the compaction child inherits the choice."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    _arrow_memory_from_malloc()
     _keep_pandas_out()
     from .market.calendar_refresh import polygon_refresher
     from .market.calendar_store import load_calendar

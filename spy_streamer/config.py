@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .config_file import ConfigError, _key_text, _shown, read_config_document  # noqa: F401 (ConfigError: the API)
+from .config_file import ConfigError, key_text, shown, read_config_document  # noqa: F401 (ConfigError: the API)
 
 DEFAULT_CONFIG_PATH = Path("config/settings.yaml")
 CONFIG_PATH_ENV = "SPY_STREAMER_CONFIG"
@@ -95,13 +95,13 @@ class Config:
 
 def _string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {_shown(value)}")
+        raise ValueError(f"expected a non-empty string, got {shown(value)}")
     return value.strip()
 
 
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_shown(value)}")
+        raise ValueError(f"expected true or false, got {shown(value)}")
     return value
 
 
@@ -110,7 +110,7 @@ def _seconds_between(low: float, high: float) -> Callable[[Any], float]:
         # bool is an int subclass and `true` is never an interval; comparing before float() keeps a huge
         # int from overflowing, and `low <= nan` is false, so nan and the infinities fail here too.
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}, got {_shown(value)}")
+            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}, got {shown(value)}")
         return float(value)
     return parse
 
@@ -130,10 +130,10 @@ def _looks_like_key(name: str) -> bool:
 
 def _clock_time(value: Any) -> time:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9]{2}:[0-9]{2}", value):
-        raise ValueError(f"expected a time as \"HH:MM\", got {_shown(value)}")
+        raise ValueError(f"expected a time as \"HH:MM\", got {shown(value)}")
     hours, minutes = (int(part) for part in value.split(":"))
     if hours > 23 or minutes > 59:
-        raise ValueError(f"not a time of day: {_shown(value)}")
+        raise ValueError(f"not a time of day: {shown(value)}")
     return time(hours, minutes)
 
 
@@ -142,39 +142,39 @@ def _timezone(value: Any) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, a name too long
-        raise ValueError(f"unknown timezone {_shown(name)}") from None
+        raise ValueError(f"unknown timezone {shown(name)}") from None
 
 
 def _one_of(value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"expected one of {', '.join(choices)}, got {_shown(value)}")
+        raise ValueError(f"expected one of {', '.join(choices)}, got {shown(value)}")
     return value
 
 
 def _weekdays(value: Any) -> frozenset[int]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"expected a non-empty list of weekdays 0-6 (Monday = 0), got {_shown(value)}")
+        raise ValueError(f"expected a non-empty list of weekdays 0-6 (Monday = 0), got {shown(value)}")
     for day in value:
         if isinstance(day, bool) or not isinstance(day, int) or not 0 <= day <= 6:
-            raise ValueError(f"expected weekdays 0-6 (Monday = 0), got {_shown(day)}")
+            raise ValueError(f"expected weekdays 0-6 (Monday = 0), got {shown(day)}")
     return frozenset(value)
 
 
 def _subscriptions(value: Any) -> tuple[str, ...]:
     from .channels import NAMES  # the registry is the one list of what can be recorded (no pyarrow import)
     if not isinstance(value, list) or not value:
-        raise ValueError(f"expected a non-empty list like [\"A.SPY\"], got {_shown(value)}")
+        raise ValueError(f"expected a non-empty list like [\"A.SPY\"], got {shown(value)}")
     for item in value:
         if not isinstance(item, str) or not re.fullmatch(r"[A-Z]+\.(\*|[A-Z0-9][A-Za-z0-9.:-]*)", item):
-            raise ValueError(f"expected channel.symbol like \"A.SPY\" or a wildcard \"A.*\", got {_shown(item)}")
+            raise ValueError(f"expected channel.symbol like \"A.SPY\" or a wildcard \"A.*\", got {shown(item)}")
         if item.split(".", 1)[0] not in NAMES:
-            raise ValueError(f"channel of {_shown(item)} is not supported; supported: {', '.join(NAMES)}")
+            raise ValueError(f"channel of {shown(item)} is not supported; supported: {', '.join(NAMES)}")
     return tuple(dict.fromkeys(value))
 
 
 def _requests_per_second(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= 1000:
-        raise ValueError(f"expected requests per second, 0.1-1000, got {_shown(value)}")
+        raise ValueError(f"expected requests per second, 0.1-1000, got {shown(value)}")
     return float(value)
 
 
@@ -185,13 +185,13 @@ CREDENTIAL_WORDS = ("key", "token", "password", "passwd", "pwd", "secret", "cred
 def _url_shown(value: Any) -> str:
     """A URL for a message without what may be secret: its user:password@ part and its query or fragment."""
     if not isinstance(value, str):
-        return _shown(value)
+        return shown(value)
     base = re.split(r"[?#]", value, maxsplit=1)[0]
     hidden = "?…" if len(base) < len(value) else ""
     start = base.find("://") + 3 if "://" in base else 0
     if base.rfind("@") >= start:
         base = base[:start] + "…" + base[base.rfind("@"):]
-    return _shown(base + hidden)
+    return shown(base + hidden)
 
 
 def _refuse_credentials(text: str) -> None:
@@ -203,7 +203,7 @@ def _refuse_credentials(text: str) -> None:
                          "(or a profile), never in the config file")
     for name, _ in parse_qsl(f"{parts.query}&{parts.fragment}", keep_blank_values=True):
         if any(word in re.sub(r"[-_]", "", name.lower()) for word in CREDENTIAL_WORDS):
-            raise ValueError(f"holds a credential in its query parameter {_shown(name)}; give it through the "
+            raise ValueError(f"holds a credential in its query parameter {shown(name)}; give it through the "
                              f"environment (or a profile), never in the config file")
 
 
@@ -221,7 +221,7 @@ def _ip_address(value: Any) -> str:
         return str(ipaddress.ip_address(_string(value)))
     except ValueError:
         raise ValueError(f"expected an IP address to listen on (127.0.0.1, ::1, 0.0.0.0 for every interface), "
-                         f"got {_shown(value)}") from None
+                         f"got {shown(value)}") from None
 
 
 def _base_url(value: Any) -> str:
@@ -242,7 +242,7 @@ def _optional_port(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"expected a TCP port 1-65535 (or null: off), got {_shown(value)}")
+        raise ValueError(f"expected a TCP port 1-65535 (or null: off), got {shown(value)}")
     return value
 
 
@@ -390,10 +390,10 @@ def require_api_key(config: Config) -> str:
 def _parse_section(schema: dict, raw: Any, prefix: str, source: Path) -> dict:
     section_name = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {section_name}: expected a mapping, got {_shown(raw)}")
+        raise ConfigError(f"{source}: {section_name}: expected a mapping, got {shown(raw)}")
     unknown = sorted(set(raw) - set(schema), key=str)
     if unknown:
-        raise ConfigError(f"{source}: {prefix}{_key_text(unknown[0])}: unknown key")
+        raise ConfigError(f"{source}: {prefix}{key_text(unknown[0])}: unknown key")
     parsed = {}
     for key, spec in schema.items():
         if isinstance(spec, dict):

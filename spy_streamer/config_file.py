@@ -33,7 +33,8 @@ _SHORT = reprlib.Repr()
 _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlevel = 40, 40, 40, 3
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """`value` as a message may quote it: short whatever its size or nesting."""
     return _SHORT.repr(value)
 
 
@@ -127,9 +128,10 @@ class _StrictLoader(_Loader):
             except TypeError:  # unhashable: the safe loader refuses it below with its own message
                 continue
             if duplicate:
-                raise _Refused(f"{_key_text(key)}: duplicate key{_where(key_node.start_mark)}")
+                raise _Refused(f"{key_text(key)}: duplicate key{_where(key_node.start_mark)}")
         return super().construct_mapping(node, deep=deep)
 
 
-def _key_text(key: Any) -> str:
-    return key if isinstance(key, str) and re.fullmatch(r"[\w.-]{1,64}", key) else _shown(key)
+def key_text(key: Any) -> str:
+    """A config key as a message names it: plain when it is a plain name, else quoted short."""
+    return key if isinstance(key, str) and re.fullmatch(r"[\w.-]{1,64}", key) else shown(key)

@@ -161,12 +161,10 @@ class StreamingRunner:
         if not self._start_metrics_server():
             return EX_CONFIG
         self._install_signal_handlers()
-        # Arrow's default mimalloc pool keeps freed pages per thread; after a burst the system allocator
-        # gives more of them back, which keeps the daemon's resident memory lower over a long session.
-        pa.set_memory_pool(pa.system_memory_pool())
         log.info("spy-streamer started (config %s)", self.config.source,
                  extra={"event": "started", "pid": os.getpid(), "subscriptions": list(self.config.polygon.subscriptions),
-                        "client": str(LIBRARY), "frame_parser": frame_columns.NAME})
+                        "client": str(LIBRARY), "frame_parser": frame_columns.NAME,
+                        "arrow_memory_pool": pa.default_memory_pool().backend_name})
         if not frame_columns.AVAILABLE:
             log.warning("the compiled frame parser is not built (no C compiler at install?): frames are parsed "
                         "at about a third of the speed; run scripts/setup.sh on a machine with gcc",

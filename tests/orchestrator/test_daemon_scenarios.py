@@ -43,6 +43,9 @@ def test_in_market_hours_stores_every_row_once(start, fake, record_figure, monke
     run = start()
     assert fake.wait_for_subscribers(1, timeout=15)
     assert run.events("started")[0]["client"].startswith(DISTRIBUTIONS[client] + " ")
+    # Arrow's allocations, the Parquet writer's too, come from malloc: mimalloc's per-thread pages had taken
+    # the peak RSS of a 1M-event burst past 200 MB (cli._arrow_memory_from_malloc).
+    assert run.events("started")[0]["arrow_memory_pool"] == "system"
     assert fake.subscriptions == ["A.SPY"]
     timeline = session_timeline(recent_start_ms(300), 3000)
     fake.push(timeline[:1000], frame_size=1)        # Polygon's usual one bar per frame
