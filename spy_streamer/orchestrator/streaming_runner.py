@@ -167,7 +167,7 @@ class StreamingRunner:
                         "arrow_memory_pool": pa.default_memory_pool().backend_name})
         if not frame_columns.AVAILABLE:
             log.warning("the compiled frame parser is not built (no C compiler at install?): frames are parsed "
-                        "at about a third of the speed; run scripts/setup.sh on a machine with gcc",
+                        "at about half the speed; run scripts/setup.sh on a machine with gcc",
                         extra={"event": "frame_parser_slow"})
         self.sink.remove_temp_files()
         heartbeat_thread = self._start_service(self.monitor)
