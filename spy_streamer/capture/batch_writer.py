@@ -47,12 +47,12 @@ MAX_FRAMES_PER_PARSE = 2000      # frames parsed together: amortizes the parser'
 MAX_BYTES_PER_PARSE = 3_000_000
 STOP_PATIENCE_SECONDS = 2.0   # for the end marker to find room in a full queue
 MAX_PENDING_ROWS = 50_000        # flush early past this, so memory stays flat under heavy load
-# A parse costs about 0.3 ms whatever its size (the JSON reader's set-up, tens of compute calls): a writer
+# A parse costs about 1 ms whatever its size (tens of compute calls, each with a fixed cost): a writer
 # that kept up would pay it per frame (550 frames/s of `A.*` saturated a core). So a batch waits up to this
 # long for more frames (never past the flush timer, never once END_OF_STREAM is in): a few parses a second.
 LINGER_SECONDS = 0.05
-# Batches parsed at once, on as many `frame-parser` threads: the parse (the JSON reader, off the GIL, and
-# the rules) is the pipeline's longest stage, and one thread's Python steps would leave the reader idle.
+# Batches parsed at once, on as many `frame-parser` threads: the parse (the compiled parser or the JSON
+# reader, off the GIL, and the rules) is the pipeline's longest stage, and one thread's Python steps would leave the reader idle.
 PARSERS = 2
 FLUSH_POLL_SECONDS = 0.01   # while a flush is in flight, an idle writer looks this often whether it is done
 
