@@ -20,6 +20,8 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..channels.base import one_array
+
 ARRIVAL = "received_at"
 READ_ORDER = "__read_order"  # temporary column: ties of arrival go to the row read first
 
@@ -80,8 +82,8 @@ def same_key_as_previous(batch: pa.RecordBatch | pa.Table, previous: pa.RecordBa
     missing in both counts as equal."""
     same = None
     for column in columns:
-        values = _whole(batch.column(column))
-        both = values if previous is None else pa.concat_arrays([_whole(previous.column(column)), values])
+        values = one_array(batch.column(column))
+        both = values if previous is None else pa.concat_arrays([one_array(previous.column(column)), values])
         current, before = both.slice(1), both.slice(0, len(both) - 1)
         equal = pc.fill_null(pc.equal(current, before), pc.and_(pc.is_null(current), pc.is_null(before)))
         same = equal if same is None else pc.and_(same, equal)
@@ -102,7 +104,3 @@ def first_received_per_key(table: pa.Table, keys: KeepFirst = BAR_KEYS) -> pa.Ta
                            + [(keys.arrival, "ascending"), (READ_ORDER, "ascending")])
     first = by_key.filter(pc.invert(same_key_as_previous(by_key, None, keys.dedup_key)))
     return first.sort_by([(column, "ascending") for column in keys.order]).drop_columns([READ_ORDER])
-
-
-def _whole(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

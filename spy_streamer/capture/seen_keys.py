@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..channels.base import one_array
 from ..monitoring.failure_streak import FailureStreak
 from .keep_first import KeepFirst
 
@@ -257,7 +258,7 @@ class SeenSlots(_TimeBuckets):
             off = self._off_grid.add_table(table.filter(pa.array(~on_grid))).to_numpy(zero_copy_only=False)
             new[~on_grid] = off
         if on_grid.any():
-            symbols = _column_hash(table.column("symbol").combine_chunks())[on_grid]
+            symbols = _column_hash(one_array(table.column("symbol")))[on_grid]
             new[on_grid] = self._add_slots(symbols, times[on_grid] // step)
         self._evict()
         return pa.array(new)
@@ -401,7 +402,7 @@ def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     """One 64-bit hash per row of `table` over `columns` (strings, ints or timestamps; nulls allowed)."""
     combined = np.zeros(table.num_rows, np.uint64)
     for name in columns:
-        combined = _mix(combined ^ _column_hash(table.column(name).combine_chunks()))
+        combined = _mix(combined ^ _column_hash(one_array(table.column(name))))
     return combined
 
 

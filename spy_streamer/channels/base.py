@@ -138,6 +138,14 @@ def epoch_ms(column) -> pa.Array:
     return column if unit == "ms" else pc.divide(column, {"us": 1000, "ns": 1_000_000}[unit])
 
 
+def one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one Array: a single chunk as it is (`combine_chunks` copies even one, 4 us a column of a
+    batch), several concatenated."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def us_from_ns(column) -> pa.Array:
     """Exact nanoseconds (int64) as a microsecond timestamp (truncated, as the lake always did)."""
     return pc.cast(pc.cast(column, pa.timestamp("ns", tz="UTC")), US_UTC, safe=False)

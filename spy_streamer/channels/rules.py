@@ -9,7 +9,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .base import TICKER_PATTERN, Channel, keep_passing, within
+from .base import TICKER_PATTERN, Channel, keep_passing, one_array, within
 from .subscriptions import symbols_of
 
 
@@ -24,7 +24,7 @@ class ChannelRules:
         rule. `requested`: a REST page's (first, last) row time asked for, in ms, both inclusive."""
         if not table.num_rows:
             return table
-        columns = {name: _one_array(table.column(name)) for name in self.channel.data_columns}
+        columns = {name: one_array(table.column(name)) for name in self.channel.data_columns}
         plausible, subscribed = self._symbol_checks(columns["symbol"])
         checks = [("bad_symbol", plausible), ("unsubscribed", subscribed)] + self.channel.checks(columns)
         if requested is not None:
@@ -39,7 +39,3 @@ class ChannelRules:
         subscribed = plausible if self.any_symbol else pc.is_in(names, value_set=self.symbols)
         return tuple(True if pc.all(check).as_py() else check.take(encoded.indices)
                      for check in (plausible, subscribed))
-
-
-def _one_array(column: pa.ChunkedArray) -> pa.Array:
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
