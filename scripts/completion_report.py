@@ -175,8 +175,14 @@ def render(outcomes, figures, totals, bench) -> str:
     return "\n".join(lines) + "\n"
 
 
+MEASURE_TITLES = {"bare_parsed": "bare client, no-op (parsed)", "bare_raw": "bare client, no-op (raw)",
+                  "daemon": "whole daemon, to durable Parquet", "daemon_spaced": "whole daemon, spaced JSON frames",
+                  "baseline": "baseline daemon, to durable Parquet"}
+
+
 def render_benchmark(b: dict) -> str:
     rss = b["rss_after_each_session_bytes"]
+    measures = [m for m in MEASURE_TITLES if f"{m}_events_per_second" in b]
 
     def spread(figure: dict, scale: float = 1.0, form: str = ",.0f") -> str:
         return " / ".join(f"{figure[key] * scale:{form}}" for key in ("min", "median", "max"))
@@ -186,14 +192,17 @@ def render_benchmark(b: dict) -> str:
         f"sends frames of {b['frame_events']} `A` events over {b['symbols']:,} symbols as fast as it can; "
         f"{b['rounds']} interleaved rounds, each figure min / median / max (daemon write interval "
         f"{b['bench_write_interval_seconds']} s for the timing).", "",
-        "| measured | bare client, no-op (parsed) | bare client, no-op (raw) | whole daemon, to durable Parquet |",
-        "|---|---|---|---|",
-        "| events/s | " + " | ".join(spread(b[f"{m}_events_per_second"]) for m in ("bare_parsed", "bare_raw", "daemon")) + " |",
+        "| measured | " + " | ".join(MEASURE_TITLES[m] for m in measures) + " |",
+        "|---" * (len(measures) + 1) + "|",
+        "| events/s | " + " | ".join(spread(b[f"{m}_events_per_second"]) for m in measures) + " |",
         "| CPU s per 100k events | " + " | ".join(spread(b[f"{m}_cpu_seconds_per_100k"], form=".2f")
-                                               for m in ("bare_parsed", "bare_raw", "daemon")) + " |",
+                                               for m in measures) + " |",
         "| peak RSS (MB, own VmHWM) | " + " | ".join(spread(b[f"{m}_peak_rss_bytes"], 1e-6, ".1f")
-                                                  for m in ("bare_parsed", "bare_raw", "daemon")) + " |",
+                                                  for m in measures) + " |",
         "", "| figure | value |", "|---|---|",
+        *([f"| ratio daemon / baseline daemon ({b['compared_with']}) | {spread(b['ratio_vs_compared'], form='.2f')} |"]
+          if "ratio_vs_compared" in b else []),
+        f"| ratio spaced JSON / compact frames | {spread(b['ratio_spaced_vs_compact'], form='.2f')} |",
         f"| ratio daemon / bare client (parsed) | {spread(b['ratio_vs_parsed'], form='.2f')} |",
         f"| ratio daemon / bare client (raw frames) | {spread(b['ratio_vs_raw'], form='.2f')} |",
         f"| daemon rows missing, frames dropped (max over rounds) | {b['daemon_missing_rows']['max']}, "
